@@ -1,0 +1,122 @@
+"""``python -m bench [--quick] [--big]``: run every scenario against the fake upstream directly and
+through the proxy, then write bench/results.md (and bench/out/results.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+from bench import procs, report, scenarios
+
+# Run order: the shared proxy serves the first two; the rest spawn their own proxies.
+SCENARIOS = {
+    "nonstream": scenarios.nonstream,
+    "streams200": scenarios.streams200,
+    "slow_streams": scenarios.slow_streams,
+    "cold_start": scenarios.cold_start,
+    "key_status": scenarios.key_status,
+    "keys_idle": scenarios.keys_idle,
+    "keys_micro": scenarios.keys_micro,
+}
+SHARED_PROXY = ("nonstream", "streams200")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="1 repetition, shorter runs")
+    p.add_argument("--big", action="store_true", help="10,000 slow streams instead of 2,000")
+    p.add_argument("--reps", type=int, help="repetitions per scenario (default 3, quick 1)")
+    p.add_argument("--slow-streams", type=int, help="concurrent slow streams (overrides --big)")
+    p.add_argument("--only", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    p.add_argument("--out", default=str(procs.BENCH / "results.md"), help="report path")
+    return p.parse_args(argv)
+
+
+def meta(args: argparse.Namespace, argv: list[str], nofile: int, reps: int) -> dict:
+    git = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=procs.ROOT, capture_output=True, text=True
+    )
+    with open("/proc/loadavg") as f:
+        loadavg = " ".join(f.read().split()[:3])
+    return {
+        "args": " ".join(argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "git": git.stdout.strip() or "uncommitted",
+        "cores": len(os.sched_getaffinity(0)),
+        "loadavg": loadavg,
+        "busy_pct": 100 * procs.machine_busy(1.0),
+        "nofile": nofile,
+        "reps": reps,
+    }
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict:
+    nofile = procs.raise_nofile()
+    reps = args.reps or (1 if args.quick else 3)
+    results = {"meta": meta(args, argv, nofile, reps)}
+    wanted = args.only.split(",") if args.only else list(SCENARIOS)
+    procs.OUT.mkdir(exist_ok=True)
+    procs.build_go("fake_upstream")
+    procs.build_go("streamload")
+    fake, fake_port = procs.start_fake()
+    slow = args.slow_streams or (10_000 if args.big else 2_000)
+    ctx = scenarios.Ctx(
+        reps=reps,
+        quick=args.quick,
+        slow_streams=slow,
+        nofile=nofile,
+        fake=fake,
+        fake_port=fake_port,
+    )
+    if any(name in SHARED_PROXY for name in wanted):
+        ctx.proxy, ctx.proxy_port = procs.start_proxy("shared", fake_port)
+        results["meta"]["shared_proxy_ready_s"] = procs.wait_ready(ctx.proxy, ctx.proxy_port)
+    for name in wanted:
+        t0 = time.monotonic()
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        try:
+            results[name] = SCENARIOS[name](ctx)
+        except Exception as exc:  # keep going: one broken scenario must not hide the others
+            traceback.print_exc()
+            results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:1500]}"}
+        results[name]["elapsed_s"] = round(time.monotonic() - t0, 1)
+        if name in SHARED_PROXY and ctx.proxy and not ctx.proxy.alive():
+            results[name]["error"] = "shared proxy died: " + ctx.proxy.log_tail(5)
+    if ctx.proxy:
+        results["shared_proxy_log"] = procs.log_problems(ctx.proxy)
+    results["meta"]["notes"] = ctx.notes
+    return results
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM takes the same path as Ctrl-C, so main's finally reaps every child."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    t0 = time.monotonic()
+    try:
+        results = run(args, argv)
+    finally:
+        procs.stop_all()
+    results["meta"]["elapsed_s"] = time.monotonic() - t0
+    (procs.OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    text = report.render(results)
+    with open(args.out, "w") as f:
+        f.write(text)
+    rows = report.target_rows(results)
+    print(report.table(["figure", "direct", "proxy", "vs direct", "target", "met"], rows))
+    print(f"\nwrote {args.out} ({results['meta']['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

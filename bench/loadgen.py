@@ -1,0 +1,88 @@
+"""Run the load generators (wrk for JSON requests, streamload for SSE) and parse their output."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+from bench import procs
+
+WRK_LUA = """-- POST one small non-stream chat completion per request (written by bench/loadgen.py)
+wrk.method = "POST"
+wrk.body = '{"model":"a/b","messages":[{"role":"user","content":"hi"}],"stream":false}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-client"
+"""
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    """wrk latency like '812.00us' or '1.20ms' -> milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else float("nan")
+
+
+def parse_wrk(out: str) -> dict:
+    """Requests/sec, requests, latency percentiles (ms) and error counts from ``wrk --latency``."""
+    res: dict = {"non2xx": 0, "socket_errors": 0}
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
+        res["rps"] = float(m.group(1))
+    if m := re.search(r"(\d+) requests in ([\d.]+)(\w+)", out):
+        res["requests"] = int(m.group(1))
+    for pct, val in re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.M):
+        res[f"p{pct}_ms"] = _ms(val)
+    if m := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out):
+        res["non2xx"] = int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        res["socket_errors"] = sum(int(x) for x in m.groups())
+    return res
+
+
+def wrk(url: str, seconds: float, conns: int = 64, threads: int = 2) -> dict:
+    """One wrk run; adds 'wrk_cpu_s' (CPU the wrk process used, from RUSAGE_CHILDREN)."""
+    lua = procs.OUT / "post.lua"
+    lua.write_text(WRK_LUA)
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    before = procs.children_cpu()
+    out = subprocess.run(
+        [*argv, "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        start_new_session=True,
+    )
+    res = parse_wrk(out.stdout)
+    res["wrk_cpu_s"] = procs.children_cpu() - before
+    if "rps" not in res:
+        raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
+    return res
+
+
+def streamload(
+    url: str,
+    c: int,
+    n: int,
+    chunks: int,
+    interval_ms: int,
+    ramp_ms: int = 0,
+    timeout_s: int = 120,
+) -> dict:
+    """One streamload run (see streamload.go for the JSON fields); adds 'client_cpu_s'."""
+    exe = procs.build_go("streamload")
+    argv = [str(exe), f"-url={url}", f"-c={c}", f"-n={n}", f"-chunks={chunks}"]
+    argv += [f"-interval-ms={interval_ms}", f"-ramp-ms={ramp_ms}", f"-timeout-s={timeout_s}"]
+    before = procs.children_cpu()
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 30,
+        start_new_session=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"streamload failed ({out.returncode}): {out.stderr[-2000:]}")
+    res = json.loads(out.stdout)
+    res["client_cpu_s"] = procs.children_cpu() - before
+    return res

@@ -1,0 +1,334 @@
+"""The measured scenarios. Each takes the run context and returns a plain dict of medians
+(``direct`` = the fake upstream alone, ``proxy`` = through orpoll) plus raw repetitions."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+
+from bench import loadgen, procs
+
+
+@dataclass
+class Ctx:
+    """What every scenario needs: options, the fake upstream, and the long-lived proxy."""
+
+    reps: int
+    quick: bool
+    slow_streams: int
+    nofile: int
+    fake: procs.Child
+    fake_port: int
+    proxy: procs.Child | None = None
+    proxy_port: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def direct_url(self) -> str:
+        return f"http://127.0.0.1:{self.fake_port}/api/v1/chat/completions"
+
+    def proxy_url(self, port: int | None = None) -> str:
+        return f"http://127.0.0.1:{port or self.proxy_port}/v1/chat/completions"
+
+
+def medians(runs: list[dict]) -> dict:
+    """Median of every numeric top-level field across repetitions."""
+    out = {}
+    for key in runs[0]:
+        vals = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if vals and not isinstance(runs[0][key], bool):
+            out[key] = statistics.median(vals)
+    return out
+
+
+# --- non-stream at 64 connections (wrk) ------------------------------------------------------
+
+
+def _wrk_once(ctx: Ctx, url: str, seconds: float, proxy: bool) -> dict:
+    procs.fake_stats(ctx.fake_port, reset=True)
+    p0 = procs.group_cpu_seconds(ctx.proxy.pid) if proxy else 0.0
+    f0, t0 = procs.cpu_seconds(ctx.fake.pid), time.monotonic()
+    res = loadgen.wrk(url, seconds)
+    wall = time.monotonic() - t0
+    fake_cpu = procs.cpu_seconds(ctx.fake.pid) - f0
+    res["fake_core_pct"] = 100 * fake_cpu / wall
+    res["wrk_core_pct"] = 100 * res["wrk_cpu_s"] / wall
+    if proxy:
+        proxy_cpu = procs.group_cpu_seconds(ctx.proxy.pid) - p0
+        res["proxy_core_pct"] = 100 * proxy_cpu / wall
+        res["proxy_cpu_ms_per_req"] = 1000 * proxy_cpu / max(1, res["requests"])
+        res["upstream_requests"] = procs.fake_stats(ctx.fake_port).get("chat_json", 0)
+    return res
+
+
+def nonstream(ctx: Ctx) -> dict:
+    """wrk -c64 POST non-stream; direct and proxy runs interleaved, ``reps`` times each."""
+    seconds = 3 if ctx.quick else 8
+    loadgen.wrk(ctx.direct_url, 1)  # warm-up: caches, connection pools, JIT-free but still
+    loadgen.wrk(ctx.proxy_url(), 1 if ctx.quick else 2)
+    direct, proxy = [], []
+    for _ in range(ctx.reps):
+        direct.append(_wrk_once(ctx, ctx.direct_url, seconds, proxy=False))
+        proxy.append(_wrk_once(ctx, ctx.proxy_url(), seconds, proxy=True))
+    return {
+        "seconds": seconds,
+        "direct": medians(direct),
+        "proxy": medians(proxy),
+        "runs": {"direct": direct, "proxy": proxy},
+    }
+
+
+# --- 200 concurrent fast streams -------------------------------------------------------------
+
+
+def _streams_once(ctx: Ctx, url: str, n: int, proxy: bool) -> dict:
+    procs.fake_stats(ctx.fake_port, reset=True)
+    p0 = procs.group_cpu_seconds(ctx.proxy.pid) if proxy else 0.0
+    f0, t0 = procs.cpu_seconds(ctx.fake.pid), time.monotonic()
+    # Workers start spread over one stream's length (200 ms), so arrivals are steady at
+    # ~1000/s instead of 200 requests landing at once every 200 ms for the whole run.
+    res = loadgen.streamload(url, c=200, n=n, chunks=20, interval_ms=10, ramp_ms=200)
+    wall = time.monotonic() - t0
+    res["fake_core_pct"] = 100 * (procs.cpu_seconds(ctx.fake.pid) - f0) / wall
+    res["client_core_pct"] = 100 * res["client_cpu_s"] / wall
+    for key in ("ttfc_ms", "total_ms", "late_ms"):
+        res[key + "_p50"], res[key + "_p99"] = res[key].get("p50", -1), res[key].get("p99", -1)
+    if proxy:
+        proxy_cpu = procs.group_cpu_seconds(ctx.proxy.pid) - p0
+        res["proxy_core_pct"] = 100 * proxy_cpu / wall
+        res["proxy_cpu_ms_per_stream"] = 1000 * proxy_cpu / n
+        res["upstream_requests"] = procs.fake_stats(ctx.fake_port).get("chat_stream", 0)
+    return res
+
+
+def streams200(ctx: Ctx) -> dict:
+    """200 concurrent streams of 20 chunks x 10 ms; added time to first chunk is per-rep paired."""
+    n = 1000 if ctx.quick else 3000
+    loadgen.streamload(ctx.direct_url, c=200, n=200, chunks=5, interval_ms=10)
+    loadgen.streamload(ctx.proxy_url(), c=200, n=400, chunks=5, interval_ms=10)
+    direct, proxy, added50, added99, ratio = [], [], [], [], []
+    for _ in range(ctx.reps):
+        d = _streams_once(ctx, ctx.direct_url, n, proxy=False)
+        p = _streams_once(ctx, ctx.proxy_url(), n, proxy=True)
+        direct.append(d)
+        proxy.append(p)
+        added50.append(p["ttfc_ms_p50"] - d["ttfc_ms_p50"])
+        added99.append(p["ttfc_ms_p99"] - d["ttfc_ms_p99"])
+        ratio.append(p["streams_per_s"] / d["streams_per_s"])
+    return {
+        "n": n,
+        "direct": medians(direct),
+        "proxy": medians(proxy),
+        "ratio": statistics.median(ratio),
+        "ttfc_added_p50_ms": statistics.median(added50),
+        "ttfc_added_p99_ms": statistics.median(added99),
+        "runs": {"direct": direct, "proxy": proxy},
+    }
+
+
+# --- many slow streams -----------------------------------------------------------------------
+
+SLOW_RATE = 2500  # new streams per second while ramping up (both paths)
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS of one process every 100 ms and keeps the maximum (backs up VmHWM)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self.halt = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.1):
+            self.peak_kb = max(self.peak_kb, procs.status_kb(self.pid, "VmRSS"))
+
+
+def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, rep: int) -> dict:
+    """A fresh proxy per repetition, so memory kept by earlier scenarios does not blur the peak."""
+    proxy, port = procs.start_proxy(f"slow{rep}", ctx.fake_port)
+    try:
+        procs.wait_ready(proxy, port)
+        loadgen.streamload(ctx.proxy_url(port), c=50, n=100, chunks=3, interval_ms=10)
+        time.sleep(0.5)
+        idle_kb = procs.status_kb(proxy.pid, "VmRSS")
+        hwm_reset = procs.reset_hwm(proxy.pid)
+        sampler = RssSampler(proxy.pid)
+        sampler.start()
+        procs.fake_stats(ctx.fake_port, reset=True)
+        res = loadgen.streamload(
+            ctx.proxy_url(port),
+            c=c,
+            n=c,
+            chunks=10,
+            interval_ms=500,
+            ramp_ms=ramp_ms,
+            timeout_s=120,
+        )
+        sampler.halt.set()
+        sampler.join()
+        peak_kb = max(sampler.peak_kb, procs.status_kb(proxy.pid, "VmHWM") if hwm_reset else 0)
+        res.update(
+            idle_rss_mb=idle_kb / 1024,
+            peak_rss_mb=peak_kb / 1024,
+            kb_per_stream=(peak_kb - idle_kb) / c,
+            hwm_reset=hwm_reset,
+            fake=procs.fake_stats(ctx.fake_port),
+            log=procs.log_problems(proxy),
+            proxy_alive=proxy.alive(),
+        )
+        return res
+    finally:
+        proxy.stop()
+
+
+def slow_streams(ctx: Ctx) -> dict:
+    """C streams of 10 chunks x 500 ms, all open at once; completeness, lateness, RSS/stream."""
+    c = ctx.slow_streams
+    # The proxy holds two sockets per stream (client + upstream) under one RLIMIT_NOFILE.
+    cap = (ctx.nofile - 100) // 2
+    if c > cap:
+        ctx.notes.append(
+            f"slow streams capped at {cap} (asked {c}): RLIMIT_NOFILE hard limit "
+            f"is {ctx.nofile} and the proxy needs 2 fds per stream"
+        )
+        c = cap
+    ramp_ms = int(1000 * c / SLOW_RATE)
+    direct, proxy = [], []
+    for rep in range(ctx.reps):
+        procs.fake_stats(ctx.fake_port, reset=True)
+        d = loadgen.streamload(
+            ctx.direct_url, c=c, n=c, chunks=10, interval_ms=500, ramp_ms=ramp_ms, timeout_s=120
+        )
+        d["fake"] = procs.fake_stats(ctx.fake_port)
+        direct.append(d)
+        proxy.append(_slow_proxy_once(ctx, c, ramp_ms, rep))
+    return {
+        "c": c,
+        "ramp_ms": ramp_ms,
+        "direct": medians(direct),
+        "proxy": medians(proxy),
+        "runs": {"direct": direct, "proxy": proxy},
+    }
+
+
+# --- cold start, key counts, admin -----------------------------------------------------------
+
+
+def cold_start(ctx: Ctx) -> dict:
+    """Seconds from spawning ``python run.py`` to the first answered chat completion."""
+    times, statuses = [], []
+    for rep in range(ctx.reps):
+        proxy, port = procs.start_proxy(f"cold{rep}", ctx.fake_port)
+        try:
+            status, deadline = 0, time.monotonic() + 30
+            while status == 0 and time.monotonic() < deadline and proxy.alive():
+                try:
+                    status = procs.chat_once(port, timeout=10)
+                except OSError:
+                    time.sleep(0.005)
+            times.append(time.monotonic() - proxy.t_spawn)
+            statuses.append(status)
+        finally:
+            proxy.stop()
+    return {"seconds": statistics.median(times), "runs": times, "statuses": statuses}
+
+
+def admin_session(port: int) -> tuple[dict, str]:
+    """Log in through the JSON admin API; returns (headers to send, error text or '')."""
+    jar = SimpleCookie()
+    # A GET first picks up an _xsrf cookie if the proxy sets one; JSON clients then echo it.
+    status, hdrs, _ = procs.http_call(port, "GET", "/admin/login")
+    for raw in hdrs.get_all("Set-Cookie") or []:
+        jar.load(raw)
+    headers = {}
+    if "_xsrf" in jar:
+        headers["X-XSRFToken"] = jar["_xsrf"].value
+    headers["Cookie"] = "; ".join(f"{k}={m.value}" for k, m in jar.items())
+    body = {"password": procs.ADMIN_PASSWORD}
+    status, hdrs, text = procs.http_call(port, "POST", "/admin/login", body, headers)
+    if status >= 400:
+        return headers, f"login HTTP {status}: {text[:200]!r}"
+    for raw in hdrs.get_all("Set-Cookie") or []:
+        jar.load(raw)
+    headers["Cookie"] = "; ".join(f"{k}={m.value}" for k, m in jar.items())
+    return headers, ""
+
+
+def time_key_status(port: int, times: int) -> dict:
+    """Median/max ms of GET /admin/key-status?page=1&limit=50; 'na' explains a skip."""
+    headers, err = admin_session(port)
+    if err:
+        return {"na": err}
+    path = "/admin/key-status?page=1&limit=50"
+    status, _, body = procs.http_call(port, "GET", path, headers=headers, timeout=30)
+    if status != 200:
+        return {"na": f"key-status HTTP {status}: {body[:200]!r}"}
+    samples = []
+    for _ in range(times):
+        t0 = time.perf_counter()
+        status, _, body = procs.http_call(port, "GET", path, headers=headers, timeout=30)
+        samples.append(1000 * (time.perf_counter() - t0))
+    return {
+        "median_ms": statistics.median(samples),
+        "max_ms": max(samples),
+        "bytes": len(body),
+        "status": status,
+    }
+
+
+def key_status(ctx: Ctx) -> dict:
+    """Admin key-status page latency with 10,000 keys loaded."""
+    proxy, port = procs.start_proxy("keys10k", ctx.fake_port, n_keys=10_000)
+    try:
+        ready_s = procs.wait_ready(proxy, port, timeout=120)
+        return {"ready_s": ready_s, **time_key_status(port, 20), "log": procs.log_problems(proxy)}
+    finally:
+        proxy.stop()
+
+
+def keys_idle(ctx: Ctx) -> dict:
+    """RSS once ready with 100,000 keys (via .env), then one chat request and key-status."""
+    proxy, port = procs.start_proxy("keys100k", ctx.fake_port, n_keys=100_000)
+    try:
+        ready_s = procs.wait_ready(proxy, port, timeout=300)
+        time.sleep(0.5)
+        rss_mb = procs.status_kb(proxy.pid, "VmRSS") / 1024
+        chat_status = procs.chat_once(port)
+        ks = time_key_status(port, 5)
+        return {
+            "ready_s": ready_s,
+            "rss_mb": rss_mb,
+            "chat_status": chat_status,
+            "key_status_100k": ks,
+            "log": procs.log_problems(proxy),
+        }
+    finally:
+        proxy.stop()
+
+
+def keys_micro(ctx: Ctx) -> dict:
+    """Run bench/keys_micro.py if present; its last stdout line is JSON with ``us_per_op``."""
+    if not (procs.BENCH / "keys_micro.py").exists():
+        return {"na": "bench/keys_micro.py not written yet"}
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.keys_micro"],
+        cwd=procs.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = out.stdout.strip().splitlines()
+    try:
+        res = json.loads(lines[-1])
+        return {"us_per_op": float(res["us_per_op"]), **res}
+    except (IndexError, ValueError, KeyError, TypeError):
+        return {
+            "na": f"keys_micro output not understood (rc {out.returncode})",
+            "tail": (out.stdout + out.stderr)[-500:],
+        }

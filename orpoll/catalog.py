@@ -1,0 +1,82 @@
+"""ModelCatalog: /v1/models in OpenAI's list shape, cached, with concurrent misses coalesced.
+
+(Not in STYLE.md's module map: a cache with its own refresh rules is one responsibility that
+belongs to neither the client nor the handlers.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import errors
+
+log = logging.getLogger("orpoll.catalog")
+
+
+def openai_list(data: Any) -> dict[str, Any]:
+    """OpenRouter's ``{"data": [...]}`` as ``{"object": "list", "data": [{id, object, ...}]}``.
+
+    Keeps OpenRouter's extra fields (context_length, pricing, ...); adds ``object`` and
+    ``owned_by`` (the id's prefix before "/").
+    """
+    models = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(models, list):
+        raise ValueError("upstream model list has no data array")
+    out = []
+    for m in models:
+        if not isinstance(m, dict) or not isinstance(m.get("id"), str):
+            continue
+        item = dict(m)
+        item["object"] = "model"
+        item.setdefault("created", 0)
+        item.setdefault("owned_by", m["id"].split("/", 1)[0] if "/" in m["id"] else "openrouter")
+        out.append(item)
+    return {"object": "list", "data": out}
+
+
+class ModelCatalog:
+    """Serves the model list from cache; one upstream call however many clients miss at once."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[tuple[int, Any, float]]],
+        *,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fetch, self.ttl, self.clock = fetch, ttl, clock
+        self.body: bytes | None = None
+        self.fetched_at = 0.0
+        self._inflight: asyncio.Future[bytes] | None = None
+
+    async def get(self) -> bytes:
+        """The serialized list; stale when the upstream fails; raises ApiError with no copy."""
+        if self.body is not None and self.clock() - self.fetched_at < self.ttl:
+            return self.body
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._refresh())
+        inflight = self._inflight
+        try:
+            return await asyncio.shield(inflight)
+        finally:
+            if inflight.done() and self._inflight is inflight:
+                self._inflight = None
+
+    async def _refresh(self) -> bytes:
+        status, data, _ = await self.fetch()
+        try:
+            if status != 200:
+                raise ValueError(f"HTTP {status}")
+            body = json.dumps(openai_list(data)).encode()
+        except ValueError as e:
+            if self.body is not None:
+                log.warning("model list refresh failed (%s); serving the cached copy", e)
+                return self.body
+            raise errors.upstream_error(502, f"could not fetch the model list: {e}") from None
+        self.body, self.fetched_at = body, self.clock()
+        return body

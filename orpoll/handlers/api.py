@@ -1,0 +1,235 @@
+"""/v1: chat completions, models, and pass-through of the other OpenAI endpoints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import tornado.web
+from tornado.concurrent import Future
+
+from .. import errors
+from ..relay import Attempts, Relay
+from .base import ApiHandler, BaseHandler
+
+log = logging.getLogger("orpoll.api")
+
+
+@tornado.web.stream_request_body
+class RelayHandler(ApiHandler):
+    """Base of the relaying handlers; it is the relay's ``Sink`` (the client connection)."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.application.inflight += 1
+        self.counted = True
+        self.client_gone, self.transfer, self.flushing, self.backlog = False, None, False, 0
+        self.streaming = False
+        self.attempts = Attempts()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > self.config.max_body_bytes:
+            raise self._too_large()
+
+    def on_finish(self) -> None:
+        if getattr(self, "counted", False):
+            self.counted = False
+            self.application.inflight -= 1
+
+    def _too_large(self) -> errors.ApiError:
+        return errors.PayloadTooLarge(
+            f"request body is larger than {self.config.max_body_bytes} bytes",
+            code="request_too_large",
+        )
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self.config.max_body_bytes:
+            self._chunks.append(chunk)
+        else:
+            self._chunks = []
+
+    def request_body(self) -> bytes:
+        if self._size > self.config.max_body_bytes:
+            raise self._too_large()
+        return b"".join(self._chunks)
+
+    def on_connection_close(self) -> None:
+        self.client_gone = True
+        if self.transfer is not None:
+            self.transfer.abort = True  # curl's progress callback ends the upstream transfer
+
+    # ---- Sink -------------------------------------------------------------------------------
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.set_status(status)
+        for name, value in headers:
+            self.set_header(name, value)
+        if self.streaming:
+            self.request.connection.stream.set_nodelay(True)
+
+    def send(self, data: bytes) -> None:
+        """Write ``data``; streams keep exactly one flush in flight (Tornado 6 resolves only
+        the newest write future, so overlapping flushes would leave earlier ones pending)."""
+        if self.client_gone:
+            return
+        self.write(data)
+        if not self.streaming:
+            return
+        if self.flushing:
+            self.backlog += len(data)
+            if self.backlog > self.config.max_backlog_bytes:
+                log.warning("client too slow (%d bytes backlog); dropping it", self.backlog)
+                self.request.connection.close()
+                self.on_connection_close()
+            return
+        self.flushing = True
+        self.flush().add_done_callback(self._flushed)
+
+    def _flushed(self, fut: Future) -> None:
+        self.flushing = False
+        if fut.exception() is not None:
+            self.on_connection_close()
+        elif self.backlog and not self._finished and not self.client_gone:
+            self.backlog, self.flushing = 0, True
+            self.flush().add_done_callback(self._flushed)
+
+    async def relay(
+        self,
+        url: str,
+        body: bytes | None,
+        *,
+        model: str | None,
+        stream: bool,
+        content_type: str | None = None,
+    ) -> None:
+        self.streaming = stream
+        cfg = self.config
+        relay = Relay(
+            self.scheduler,
+            self.upstream,
+            retries=cfg.retry_count,
+            backoff=cfg.retry_backoff,
+            attempts=self.attempts,
+        )
+        await relay.run(
+            self,
+            url,
+            body,
+            model=model,
+            stream=stream,
+            method=self.request.method,
+            content_type=content_type,
+        )
+        if not self._finished and not self.client_gone:
+            self.finish()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        attempts = getattr(self, "attempts", None)
+        if attempts is not None and attempts.items:
+            self.set_header("X-Orpoll-Attempts", str(len(attempts.items)))
+        super().write_error(status_code, **kwargs)
+
+
+def parse_json_body(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object; BadRequest otherwise."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise errors.BadRequest(
+            f"request body is not valid JSON: {e}", code="invalid_json"
+        ) from None
+    if not isinstance(obj, dict):
+        raise errors.BadRequest("request body must be a JSON object", code="invalid_json")
+    return obj
+
+
+class ChatHandler(RelayHandler):
+    """POST /v1/chat/completions: the body goes upstream unchanged (``model`` filled if absent)."""
+
+    async def post(self) -> None:
+        body = self.request_body()
+        obj = parse_json_body(body)
+        model = obj.get("model")
+        if model is None or model == "":
+            obj["model"] = model = self.config.default_model
+            body = orjson.dumps(obj)
+        elif not isinstance(model, str):
+            raise errors.BadRequest("model must be a string", param="model", code="invalid_type")
+        if not isinstance(obj.get("messages"), list) and "prompt" not in obj:
+            raise errors.BadRequest(
+                "messages must be an array of messages", param="messages", code="invalid_type"
+            )
+        self.model = model
+        await self.relay(
+            self.config.openrouter_api_url, body, model=model, stream=obj.get("stream") is True
+        )
+
+
+class PassThroughHandler(RelayHandler):
+    """Any other /v1/<path> OpenRouter serves (completions, embeddings, ...), with key rotation."""
+
+    async def _pass(self, path: str) -> None:
+        body = self.request_body() if self.request.method != "GET" else None
+        model, stream = None, False
+        if body:
+            obj = parse_json_body(body)
+            model = obj.get("model") if isinstance(obj.get("model"), str) else None
+            stream = obj.get("stream") is True
+        self.model = model
+        url = f"{self.config.upstream_base}/{path}"
+        if self.request.query:
+            url += "?" + self.request.query
+        await self.relay(
+            url,
+            body,
+            model=model,
+            stream=stream,
+            content_type=self.request.headers.get("Content-Type"),
+        )
+
+    get = post = delete = _pass
+
+
+class ModelsHandler(ApiHandler):
+    """GET /v1/models in OpenAI's list shape (cached)."""
+
+    async def get(self) -> None:
+        body = await self.application.catalog.get()
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
+
+
+class ModelHandler(ApiHandler):
+    """GET /v1/models/<id>: one entry of the list."""
+
+    async def get(self, model_id: str) -> None:
+        listing = orjson.loads(await self.application.catalog.get())
+        for m in listing["data"]:
+            if m["id"] == model_id:
+                return self.write_json(m)
+        raise errors.NotFound(
+            f"model {model_id!r} not found", param="model", code="model_not_found"
+        )
+
+
+class HealthzHandler(BaseHandler):
+    """GET /healthz: liveness and key counts (no secrets), for Docker and load balancers."""
+
+    def get(self) -> None:
+        counts = self.scheduler.counts()
+        self.write_json({"status": "ok", "keys": counts})
+
+    def check_xsrf_cookie(self) -> None:
+        pass
+
+
+routes = [
+    (r"/v1/chat/completions", ChatHandler),
+    (r"/v1/models", ModelsHandler),
+    (r"/v1/models/(.+)", ModelHandler),
+    (r"/v1/(.+)", PassThroughHandler),
+    (r"/healthz", HealthzHandler),
+]

@@ -1,0 +1,100 @@
+"""BaseHandler (typed access to app-owned objects) and ApiHandler (OpenAI-shaped errors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+
+from .. import errors
+from ..auth import client_key_ok
+
+if TYPE_CHECKING:
+    from ..app import OrpollApp
+    from ..config import Settings
+    from ..keys import KeyScheduler
+    from ..upstream import OpenRouterClient
+
+log = logging.getLogger("orpoll.api")
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    application: OrpollApp
+
+    @property
+    def config(self) -> Settings:
+        return self.application.config
+
+    @property
+    def scheduler(self) -> KeyScheduler:
+        return self.application.scheduler
+
+    @property
+    def upstream(self) -> OpenRouterClient:
+        return self.application.upstream
+
+    _request_id: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        """This request's id: the client's X-Request-Id when sane, else ours."""
+        if self._request_id is None:
+            given = self.request.headers.get("X-Request-Id", "")
+            ok = 0 < len(given) <= 64 and given.isascii() and given.isprintable()
+            self._request_id = given if ok else self.application.next_request_id()
+        return self._request_id
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """The one error serialiser: OpenAI's ``{"error": {...}}`` for every failure.
+
+        Does not rely on prepare(): Tornado rejects some requests (405) before it runs.
+        """
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if not isinstance(exc, errors.ApiError):
+            reason = (
+                getattr(exc, "log_message", None)
+                if isinstance(exc, tornado.web.HTTPError)
+                else None
+            )
+            exc = errors.from_status(status_code, reason if status_code < 500 else None)
+            if status_code >= 500:
+                exc.message = "internal server error"
+        for name, value in exc.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(exc.body()))
+
+
+class ApiHandler(BaseHandler):
+    """/v1 handlers: bearer check against APP_API_KEY; no cookies, so no XSRF."""
+
+    def check_xsrf_cookie(self) -> None:
+        # Bearer-token API: no cookie carries authority here, so there is nothing to forge.
+        pass
+
+    def prepare(self) -> None:
+        self.set_header("X-Request-Id", self.request_id)
+        if not client_key_ok(self.application.client_keys, self.request.headers):
+            raise errors.Unauthorized(
+                "invalid or missing API key (Authorization: Bearer <APP_API_KEY>)",
+                code="invalid_api_key",
+            )
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown routes: an OpenAI-shaped 404 (Tornado's default_handler_class)."""
+
+    def prepare(self) -> None:
+        raise errors.NotFound(
+            f"unknown route: {self.request.method} {self.request.path}", code="unknown_url"
+        )
+
+    def check_xsrf_cookie(self) -> None:
+        pass

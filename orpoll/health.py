@@ -1,0 +1,157 @@
+"""HealthChecker: probes keys with GET /api/v1/key (free, runs no model) and reports to the pool.
+
+``check_once()`` is a plain async method; ``start()``/``stop()`` wrap it in a PeriodicCallback.
+Troubled keys are probed first, then a slow rotation over the rest keeps credit figures fresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from tornado.ioloop import PeriodicCallback
+
+from .config import Settings
+from .keys import KeyScheduler, KeyState, Verdict
+from .upstream import OpenRouterClient
+
+log = logging.getLogger("orpoll.health")
+# Every key is probed at least this often, so credit and usage figures stay fresh.
+FULL_ROTATION_SECONDS = 1800.0
+INFO_FIELDS = (
+    "label",
+    "limit",
+    "limit_remaining",
+    "limit_reset",
+    "usage",
+    "usage_daily",
+    "usage_monthly",
+    "is_free_tier",
+    "creator_user_id",
+)
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        scheduler: KeyScheduler,
+        upstream: OpenRouterClient,
+        config: Callable[[], Settings],
+    ) -> None:
+        self.scheduler, self.upstream, self.config = scheduler, upstream, config
+        self._periodic: PeriodicCallback | None = None
+        self._cursor = 0
+        self.last_sweep: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.stop()
+        interval = timedelta(seconds=self.config().health_interval)
+        self._periodic = PeriodicCallback(self.check_once, interval, jitter=0.1)
+        self._periodic.start()
+
+    def stop(self) -> None:
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+
+    def restart_if_running(self) -> None:
+        """Apply a new interval (settings changed at run time)."""
+        if self._periodic is not None:
+            self.start()
+
+    def due(self) -> list[KeyState]:
+        """Keys to probe this sweep: troubled ones first, then a slice of the healthy ones."""
+        troubled, healthy = [], []
+        for ks in self.scheduler:
+            if not ks.enabled:
+                continue
+            rate_limited = ks.state == "cooling" and ks.kind == Verdict.KEY_RATE_LIMIT.value
+            if ks.state == "disabled" or ks.state == "cooling" and not rate_limited:
+                troubled.append(ks)
+            elif ks.failures or not ks.info:
+                troubled.append(ks)
+            else:
+                healthy.append(ks)
+        if healthy:
+            share = self.config().health_interval / FULL_ROTATION_SECONDS
+            n = min(len(healthy), max(1, math.ceil(len(healthy) * share)))
+            start = self._cursor % len(healthy)
+            troubled += (healthy + healthy)[start : start + n]
+            self._cursor = start + n
+        return troubled
+
+    async def check_once(self) -> dict[str, Any]:
+        """One sweep; returns counts by result. Never raises."""
+        keys = self.due()
+        sem = asyncio.Semaphore(self.config().health_concurrency)
+        results: dict[str, int] = {}
+
+        async def one(ks: KeyState) -> None:
+            async with sem:
+                result = await self.probe(ks)
+            results[result] = results.get(result, 0) + 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(one(ks) for ks in keys))
+        self.last_sweep = {
+            "at": time.time(),
+            "probed": len(keys),
+            "results": results,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        if keys:
+            log.info(
+                "health sweep: %d keys probed in %.1fs: %s",
+                len(keys),
+                self.last_sweep["seconds"],
+                results,
+            )
+        return self.last_sweep
+
+    async def probe(self, ks: KeyState) -> str:
+        """Probe one key and apply what it shows; returns the result name."""
+        try:
+            status, body, latency = await self.upstream.get_json(self.config().key_info_url, ks.key)
+        except Exception:  # a probe must never take the sweep down
+            log.exception("probe of key %s failed", ks.id)
+            return "error"
+        now = self.scheduler.clock()
+        data = body.get("data") if isinstance(body, dict) else None
+        result = self.apply(ks, status, data if isinstance(data, dict) else None, now)
+        ks.info["probe"] = {
+            "at": now,
+            "result": result,
+            "status": status,
+            "latency_ms": round(latency * 1000, 1),
+        }
+        self.scheduler.dirty.add(ks.id)
+        return result
+
+    def apply(self, ks: KeyState, status: int, data: dict | None, now: float) -> str:
+        sched = self.scheduler
+        if status == 401:
+            sched.disable(ks, "invalid key (health check: 401)")
+            return "invalid"
+        if status != 200 or data is None:
+            return "inconclusive"  # 429/5xx/timeout on the probe: no state change
+        ks.info.update({k: data.get(k) for k in INFO_FIELDS if k in data})
+        remaining = data.get("limit_remaining")
+        if isinstance(remaining, (int, float)) and remaining <= 0:
+            if ks.state != "cooling" or ks.kind != Verdict.KEY_CREDIT.value:
+                sched.cool(
+                    ks,
+                    now + sched.policy.credit,
+                    "key credit limit reached",
+                    Verdict.KEY_CREDIT.value,
+                )
+            return "no_credit"
+        rate_limited = ks.state == "cooling" and ks.kind == Verdict.KEY_RATE_LIMIT.value
+        if ks.state != "available" and not rate_limited or ks.failures:
+            sched.readmit(ks)
+            return "readmitted"
+        return "ok"

@@ -1,0 +1,339 @@
+"""Failover: pick a key, send upstream, report the outcome, try the next key until a first byte.
+
+``Relay.run`` drives one client request; the handler supplies a ``Sink`` that owns the client
+connection. Nothing reaches the client before an attempt is known good, so failures before the
+first data event fail over invisibly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from typing import Protocol
+
+from tornado.curl_httpclient import CurlError
+
+from . import errors, sse
+from .keys import KeyScheduler, KeyState, Outcome, Verdict
+from .upstream import (
+    CURLE_ABORTED_BY_CALLBACK,
+    ERROR_BODY_LIMIT,
+    OpenRouterClient,
+    Transfer,
+    classify,
+    classify_transport,
+)
+
+log = logging.getLogger("orpoll.relay")
+STREAM_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+)
+# Upstream response headers worth passing on to the client.
+PASS_HEADERS = ("X-Generation-Id",)
+_EVENT_RE = re.compile(rb".*?(?:\r\n\r\n|\n\n|\r\r)", re.S)
+
+
+class Sink(Protocol):
+    """The client side of a relay (implemented by the API handler)."""
+
+    client_gone: bool
+
+    def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
+
+    def send(self, data: bytes) -> None: ...
+
+
+class Attempts:
+    """What happened to one request: keys tried and their verdicts (for logs and headers)."""
+
+    __slots__ = ("items", "first_byte", "status")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, int]] = []
+        self.first_byte = 0.0
+        self.status = 0
+
+    def add(self, ks: KeyState, outcome: Outcome | None) -> None:
+        verdict = outcome.verdict.value if outcome else "aborted"
+        self.items.append((ks.id, verdict, outcome.status if outcome else 0))
+
+    def __str__(self) -> str:
+        return ",".join(f"{kid}:{v}:{s}" for kid, v, s in self.items) or "-"
+
+
+class Relay:
+    """Runs one request through the pool with failover."""
+
+    def __init__(
+        self,
+        scheduler: KeyScheduler,
+        upstream: OpenRouterClient,
+        *,
+        retries: int,
+        backoff: float,
+        attempts: Attempts,
+    ) -> None:
+        self.scheduler, self.upstream = scheduler, upstream
+        self.retries, self.backoff = retries, backoff
+        self.attempts = attempts
+
+    async def run(
+        self,
+        sink: Sink,
+        url: str,
+        body: bytes | None,
+        *,
+        model: str | None,
+        stream: bool,
+        method: str = "POST",
+        content_type: str | None = None,
+    ) -> None:
+        """Answer the request through ``sink``; raises ApiError if no attempt succeeds."""
+        tried: list[str] = []
+        last: Outcome | None = None
+        for n in range(self.retries + 1):
+            ks = self.scheduler.pick(tried, model)
+            if ks is None:
+                break
+            tried.append(ks.id)
+            if (
+                last is not None
+                and self.backoff
+                and last.verdict in (Verdict.TRANSIENT, Verdict.PROVIDER)
+            ):
+                await asyncio.sleep(self.backoff * n)
+            if sink.client_gone:
+                return
+            once = _Attempt(self.upstream, ks, sink, self.attempts, stream=stream)
+            outcome = await once.run(url, body, method, content_type)
+            self.attempts.add(ks, outcome)
+            if outcome is None:  # client went away: nothing to say about the key
+                return
+            self.scheduler.report(ks, outcome)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "attempt key=%s verdict=%s status=%s",
+                    ks.id,
+                    outcome.verdict.value,
+                    outcome.status,
+                )
+            if once.committed or not outcome.try_another_key:
+                if not once.committed:
+                    raise self._relay_error(outcome)
+                return
+            last = outcome
+        if last is None:
+            raise self.no_key_error(model)
+        raise self._relay_error(last)
+
+    def _relay_error(self, outcome: Outcome) -> errors.ApiError:
+        return errors.upstream_error(
+            outcome.status or 502, outcome.message, outcome.code, outcome.metadata
+        )
+
+    def no_key_error(self, model: str | None) -> errors.ApiError:
+        """503 (429 if every key is rate limited) with Retry-After = earliest re-admission."""
+        counts = self.scheduler.counts()
+        if not counts["total"]:
+            return errors.NoKeyAvailable("no OpenRouter API keys are configured", code="no_keys")
+        now = self.scheduler.clock()
+        at = self.scheduler.next_available_at(model)
+        headers = {"Retry-After": str(max(1, math.ceil(at - now)))} if at else {}
+        message = (
+            f"no OpenRouter key is available: {counts['total']} keys, "
+            f"{counts['cooling']} cooling, {counts['disabled']} disabled, "
+            f"{counts['paused']} paused"
+        )
+        if at:
+            message += f"; the next returns in {headers['Retry-After']} s"
+        cls = errors.RateLimited if self.scheduler.exhausted_kind() == "rate_limited" else None
+        return (cls or errors.NoKeyAvailable)(message, code="no_key_available", headers=headers)
+
+
+class _Attempt:
+    """One upstream attempt with one key: holds output back until it is known good."""
+
+    __slots__ = (
+        "ks",
+        "sink",
+        "upstream",
+        "attempts",
+        "stream",
+        "transfer",
+        "committed",
+        "pending",
+        "error_body",
+        "pre_error",
+        "tail",
+        "mid_error",
+    )
+
+    def __init__(
+        self,
+        upstream: OpenRouterClient,
+        ks: KeyState,
+        sink: Sink,
+        attempts: Attempts,
+        *,
+        stream: bool,
+    ) -> None:
+        self.upstream, self.ks, self.sink, self.attempts = upstream, ks, sink, attempts
+        self.stream = stream
+        self.transfer = Transfer(self.on_chunk if stream else None)
+        self.committed = False
+        self.pending = b""
+        self.error_body: list[bytes] = []
+        self.pre_error: Outcome | None = None
+        self.mid_error: dict | None = None
+        self.tail = b""
+
+    async def run(
+        self, url: str, body: bytes | None, method: str, content_type: str | None
+    ) -> Outcome | None:
+        req = self.upstream.request(
+            self.ks.key,
+            url,
+            method=method,
+            body=body,
+            transfer=self.transfer,
+            content_type=content_type,
+        )
+        sink = self.sink
+        sink.transfer = self.transfer  # lets the handler abort us on disconnect
+        resp = await self.upstream.fetch(req)
+        if sink.client_gone:
+            return None
+        if isinstance(resp, CurlError):
+            return self._transport_failed(resp)
+        if not self.stream:
+            return self._buffered_done(resp.code, resp.body, resp.headers)
+        return self._stream_done()
+
+    # ---- buffered ---------------------------------------------------------------------------
+
+    def _buffered_done(self, status: int, body: bytes, headers) -> Outcome:
+        if status == 200:
+            err = sse.error_of(body) if b'"error"' in body else None
+            if err is None:
+                self._commit(status, headers.get("Content-Type", "application/json"), headers)
+                self.sink.send(body)
+                return Outcome(Verdict.OK, 200)
+            return classify(200, body, headers.get, error=err)
+        if 200 < status < 300:
+            self._commit(status, headers.get("Content-Type", "application/json"), headers)
+            self.sink.send(body)
+            return Outcome(Verdict.OK, status)
+        return classify(status, body, headers.get)
+
+    def _commit(self, status: int, content_type: str | None, headers=None) -> None:
+        out = [("Content-Type", content_type)] if content_type else list(STREAM_HEADERS)
+        get = headers.get if headers is not None else self.transfer.header
+        for name in PASS_HEADERS:
+            value = get(name)
+            if value:
+                out.append((name, value))
+        out.append(("X-Orpoll-Attempts", str(len(self.attempts.items) + 1)))
+        self.attempts.status = status
+        self.attempts.first_byte = time.monotonic()
+        self.sink.start(status, out)
+        self.committed = True
+
+    # ---- streaming --------------------------------------------------------------------------
+
+    def on_chunk(self, chunk: bytes) -> None:
+        """curl streaming_callback (sync by contract): forward whole events once committed."""
+        if self.transfer.abort:
+            return
+        if self.sink.client_gone:
+            self.transfer.abort = True
+            return
+        if self.transfer.status != 200:
+            if sum(map(len, self.error_body)) < ERROR_BODY_LIMIT:
+                self.error_body.append(chunk)
+            return
+        complete, self.pending = sse.split_complete(self.pending + chunk if self.pending else chunk)
+        if not complete:
+            return
+        if not self.committed:
+            complete = self._first_events(complete)
+            if not complete:
+                return
+        elif b'"error"' in complete:
+            self._watch_error(complete)
+        self.tail = complete[-32:]
+        self.sink.send(complete)
+
+    def _first_events(self, block: bytes) -> bytes:
+        """Before the first data event: drop comments, fail over on an error, else commit.
+
+        OpenRouter's ``: OPENROUTER PROCESSING`` keep-alives are dropped here: passing them on
+        would commit the 200 status and rule out failover.
+        """
+        for m in _EVENT_RE.finditer(block):
+            payload = sse.data_of(m.group().strip(b"\r\n"))
+            if payload is None:
+                continue
+            err = sse.error_of(payload)
+            if err is not None:
+                self.pre_error = classify(200, payload, self.transfer.header, error=err)
+                self.transfer.abort = True
+                return b""
+            self._commit(200, None)
+            return block[m.start() :]
+        return b""
+
+    def _watch_error(self, block: bytes) -> None:
+        for event in sse.events(block):
+            payload = sse.data_of(event)
+            err = sse.error_of(payload) if payload else None
+            if err is not None:
+                self.mid_error = err
+
+    def _stream_done(self) -> Outcome:
+        t = self.transfer
+        if t.status != 200:
+            return classify(t.status, b"".join(self.error_body), t.header)
+        if self.pre_error is not None:
+            return self.pre_error
+        if not self.committed:
+            leftover = self.pending.strip()
+            err = sse.error_of(sse.data_of(leftover) or leftover) if leftover else None
+            if err is not None:
+                return classify(200, leftover, t.header, error=err)
+            if leftover.startswith(b"{"):  # a plain JSON answer to a stream request
+                self._commit(200, "application/json")
+                self.sink.send(self.pending)
+                return Outcome(Verdict.OK, 200)
+            return Outcome(Verdict.TRANSIENT, 502, "upstream stream ended before any data")
+        if self.pending.strip():
+            self.sink.send(self.pending + b"\n\n")
+            self.tail = self.pending[-32:]
+        if not sse.ends_with_done(self.tail):
+            self.sink.send(sse.DONE)
+        if self.mid_error is not None:
+            return classify(200, b"", t.header, error=self.mid_error)
+        return Outcome(Verdict.OK, 200)
+
+    def _transport_failed(self, err: CurlError) -> Outcome | None:
+        if self.pre_error is not None:
+            return self.pre_error  # we aborted it ourselves after an error event
+        outcome = classify_transport(err)
+        if err.errno == CURLE_ABORTED_BY_CALLBACK and self.sink.client_gone:
+            return None
+        if self.committed:
+            # Mid-stream drop: end the stream cleanly, never a silent truncation. The partial
+            # event in ``pending`` is discarded so the client never sees broken JSON.
+            self.sink.send(
+                sse.error_event(
+                    "upstream connection lost mid-stream",
+                    code="upstream_disconnected",
+                    status=502,
+                )
+                + sse.DONE
+            )
+        return outcome

@@ -1,0 +1,131 @@
+"""main(): settings, logging, app, listen, health checks, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+
+import tornado.httpserver
+
+from . import __version__
+from .app import make_app
+from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
+
+log = logging.getLogger("orpoll")
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class JsonFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(config: Settings) -> None:
+    logging.addLevelName(5, "TRACE")
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level_number)
+    # Tornado's own access log would duplicate ours.
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def raise_fd_limit() -> int:
+    """Raise the open-file limit to the hard limit (each stream holds two sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(f"orpoll {__version__}: python run.py\n\n{help_text()}")
+        return
+    if "--version" in argv:
+        print(__version__)
+        return
+    load_dotenv_file()
+    try:
+        config = load_settings(os.environ)
+    except ConfigError as e:
+        print(f"orpoll: configuration error: {e}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(config)
+    asyncio.run(serve(config))
+
+
+async def serve(config: Settings) -> None:
+    started = time.monotonic()
+    fds = raise_fd_limit()
+    app = make_app(config)
+    server = tornado.httpserver.HTTPServer(
+        app, xheaders=True, max_body_size=config.max_body_bytes, idle_connection_timeout=300
+    )
+    server.listen(config.port, config.host)
+    n = len(app.scheduler)
+    log.info(
+        "orpoll %s listening on http://%s:%d (%d keys, fd limit %d, ready in %.2fs)",
+        __version__,
+        config.host,
+        config.port,
+        n,
+        fds,
+        time.monotonic() - started,
+    )
+    if not n:
+        log.warning(
+            "no OpenRouter keys yet: set OPENROUTER_API_KEYS or add keys in the admin; "
+            "/v1 answers 503 until then"
+        )
+    if fds < 2 * config.upstream_max_connections:
+        log.warning(
+            "open-file limit %d is below 2 x UPSTREAM_MAX_CONNECTIONS; "
+            "very many concurrent streams will fail with 'too many open files'",
+            fds,
+        )
+    app.health.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "shutting down: no new connections, waiting up to %.0fs for requests in flight",
+        SHUTDOWN_GRACE_SECONDS,
+    )
+    server.stop()
+    app.health.stop()
+    deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+    while app.inflight and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if app.inflight:
+        log.warning("%d requests still in flight; closing them", app.inflight)
+    await server.close_all_connections()
+    await app.shutdown()

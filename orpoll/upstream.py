@@ -1,0 +1,318 @@
+"""OpenRouterClient: the one curl client, the requests we send upstream, and failure classification.
+
+The only module importing pycurl. ``classify`` turns a failed attempt (status, headers, body) into
+an Outcome following shared/openrouter-facts.md.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+
+from .config import Settings
+from .keys import Outcome, Verdict
+
+# curl errors that mean "we aborted it" (XFERINFO callback returned non-zero).
+CURLE_ABORTED_BY_CALLBACK = 42
+FREE_PER_MIN_COOLDOWN = 60.0
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class Transfer:
+    """Per-attempt hooks handed to curl: status seen, chunks, and an abort switch."""
+
+    __slots__ = ("status", "headers", "abort", "on_chunk", "first_byte_at")
+
+    def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
+        self.status = 0
+        self.headers: list[str] = []
+        self.abort = False
+        self.on_chunk = on_chunk
+        self.first_byte_at = 0.0
+
+    def on_header(self, raw: bytes) -> None:
+        """curl HEADERFUNCTION for streams: records the status line and header lines.
+
+        Runs inside curl, synchronously, so the status is known before the first body chunk
+        reaches ``on_chunk`` (Tornado's header_callback is queued and may arrive after it).
+        """
+        line = raw.decode("latin1")
+        if line.startswith("HTTP/"):
+            parts = line.split(None, 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.headers = []
+        elif line.strip():
+            self.headers.append(line)
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for line in self.headers:
+            k, _, v = line.partition(":")
+            if k.strip().lower() == name:
+                return v.strip()
+        return None
+
+    def progress(self, *_: Any) -> int:
+        """curl XFERINFOFUNCTION: non-zero aborts the transfer (client gone, or we gave up)."""
+        return 1 if self.abort else 0
+
+
+class OpenRouterClient:
+    """Sends requests to OpenRouter with a given key over one shared CurlAsyncHTTPClient."""
+
+    def __init__(self, config: Settings, http: CurlAsyncHTTPClient | None = None) -> None:
+        self.http = http or CurlAsyncHTTPClient(
+            force_instance=True,
+            max_clients=config.upstream_max_connections,
+            max_body_size=256 * 1024 * 1024,
+        )
+        self.configure(config)
+
+    def configure(self, config: Settings) -> None:
+        """Apply (new) settings: attribution headers and timeouts."""
+        self.config = config
+        base = {"Content-Type": "application/json"}
+        if config.http_referer:
+            base["HTTP-Referer"] = config.http_referer
+        if config.x_title:
+            base["X-Title"] = config.x_title
+        self._base_headers = base
+        self._stall = max(1, int(config.request_timeout))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(
+        self,
+        key: str,
+        url: str,
+        *,
+        method: str = "POST",
+        body: bytes | None = None,
+        transfer: Transfer | None = None,
+        content_type: str | None = None,
+    ) -> HTTPRequest:
+        headers = dict(self._base_headers)
+        headers["Authorization"] = "Bearer " + key
+        if content_type:
+            headers["Content-Type"] = content_type
+        if transfer is None:
+            transfer = Transfer()
+        stall = self._stall
+
+        def prepare_curl(curl: pycurl.Curl) -> None:
+            # Abort from curl's progress callback: Tornado has no cancel for a fetch.
+            curl.setopt(pycurl.NOPROGRESS, 0)
+            curl.setopt(pycurl.XFERINFOFUNCTION, transfer.progress)
+            # Silence, not total time, ends a transfer: a stream that keeps producing is never
+            # cut off, one that goes quiet for REQUEST_TIMEOUT_SECONDS is.
+            curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+            curl.setopt(pycurl.LOW_SPEED_TIME, stall)
+            curl.setopt(pycurl.TCP_NODELAY, 1)
+            if transfer.on_chunk is not None:
+                curl.setopt(pycurl.HEADERFUNCTION, transfer.on_header)
+
+        return HTTPRequest(
+            url,
+            method=method,
+            headers=headers,
+            body=body if method in ("POST", "PUT", "PATCH") else None,
+            allow_nonstandard_methods=True,
+            connect_timeout=self.config.connect_timeout,
+            request_timeout=0,  # no cap on total time; LOW_SPEED_* bounds silence
+            streaming_callback=transfer.on_chunk,
+            prepare_curl_callback=prepare_curl,
+            follow_redirects=False,
+        )
+
+    async def fetch(self, request: HTTPRequest) -> HTTPResponse | CurlError:
+        """The response (any status), or the transport error (code 599) as a value."""
+        try:
+            return await self.http.fetch(request, raise_error=False)
+        except CurlError as e:
+            return e
+        except HTTPClientError as e:  # queue timeouts and the like
+            return CurlError(599, str(e))
+
+    async def get_json(self, url: str, key: str | None = None) -> tuple[int, Any, float]:
+        """GET ``url`` (bearer ``key`` if given): (status, parsed body or None, seconds)."""
+        headers = {"Authorization": "Bearer " + key} if key else {}
+        start = time.monotonic()
+        req = HTTPRequest(
+            url,
+            headers=headers,
+            connect_timeout=self.config.connect_timeout,
+            request_timeout=min(self.config.request_timeout, 30.0),
+        )
+        try:
+            resp = await self.http.fetch(req, raise_error=False)
+        except HTTPClientError as e:
+            return e.code, None, time.monotonic() - start
+        try:
+            data = json.loads(resp.body) if resp.body else None
+        except ValueError:
+            data = None
+        return resp.code, data, time.monotonic() - start
+
+
+# ---- classification -------------------------------------------------------------------------
+
+
+def parse_error(body: bytes | str) -> dict[str, Any]:
+    """The ``error`` object of an upstream body ({} when there is none)."""
+    try:
+        obj = json.loads(body) if body else None
+    except ValueError:
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    err = obj.get("error")
+    if isinstance(err, dict):
+        return err
+    return {"message": str(err)} if err else {}
+
+
+def _reset_time(value: Any, now: float) -> float | None:
+    """X-RateLimit-Reset as an epoch second: ms epoch, s epoch, or seconds from now."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    if v > 1e11:
+        return v / 1000.0
+    if v > 1e9:
+        return v
+    return now + v if v >= 0 else None
+
+
+def _retry_after(value: Any, now: float) -> float | None:
+    try:
+        return now + max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _iso_time(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def next_utc_midnight(now: float) -> float:
+    day = time.gmtime(now)
+    return calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)) + 86400.0
+
+
+def _status_of(code: Any, default: int) -> int:
+    """An in-band ``error.code`` (int or string) as an HTTP status."""
+    try:
+        n = int(str(code).strip())
+    except (TypeError, ValueError):
+        return default
+    return n if 400 <= n <= 599 else default
+
+
+def classify(
+    status: int,
+    body: bytes | str,
+    headers: Callable[[str], str | None] = lambda name: None,
+    now: float | None = None,
+    error: dict[str, Any] | None = None,
+) -> Outcome:
+    """One verdict for a failed attempt, from its status, headers and body.
+
+    ``status`` 200 with ``error`` given means an in-band error (non-stream body or SSE event);
+    its ``code`` decides. Never raises.
+    """
+    now = time.time() if now is None else now
+    err = error if error is not None else parse_error(body)
+    if status == 200:
+        status = _status_of(err.get("code"), 502)
+    meta = err.get("metadata") if isinstance(err.get("metadata"), dict) else {}
+    message = str(err.get("message") or f"upstream returned HTTP {status}")
+    raw = meta.get("raw")
+    if raw and "provider returned error" in message.lower():
+        message = f"{message}: {str(raw)[:300]}"
+    text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body))[:8192]
+    text = (text + " " + json.dumps(err)[:8192]).lower()
+    etype = str(meta.get("error_type") or err.get("error_type") or "")
+    source = str(meta.get("limit_source") or "")
+
+    def out(verdict: Verdict, **kw: Any) -> Outcome:
+        return Outcome(
+            verdict, status, message, code=err.get("code", status), metadata=meta or None, **kw
+        )
+
+    if status == 401 or etype == "authentication":
+        return out(Verdict.KEY_INVALID)
+    if status == 402 or etype == "payment_required":
+        if "can only afford" in text or "fewer max_tokens" in text:
+            return out(Verdict.KEY_LOW_CREDIT)
+        if source == "openrouter_in_flight_budget":
+            return out(Verdict.KEY_RATE_LIMIT, retry_at=_retry_after(headers("Retry-After"), now))
+        return out(Verdict.KEY_CREDIT)
+    if status == 403:
+        if (
+            "key limit exceeded" in text
+            or source
+            in (
+                "openrouter_key_limit",
+                "openrouter_workspace_budget",
+                "openrouter_guardrail_budget",
+            )
+            or "budget of" in text
+        ):
+            return out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at")))
+        if "region_restricted" in text or "is banned" in text:
+            return out(Verdict.PROVIDER)  # account-specific: another key may be allowed
+        return out(Verdict.REQUEST)  # moderation, guardrail, permissions
+    if status == 404:
+        if "data policy" in text or "privacy" in text:
+            return out(Verdict.PROVIDER)  # account privacy settings: another account may work
+        return out(Verdict.REQUEST)
+    if status == 429:
+        return _classify_429(out, text, meta, headers, now)
+    if status in (400, 413, 422) or 400 <= status < 500 and status != 408:
+        return out(Verdict.REQUEST)
+    return out(Verdict.TRANSIENT, retry_at=_retry_after(headers("Retry-After"), now))
+
+
+def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
+    retry_after = _retry_after(headers("Retry-After"), now)
+    if (
+        "rate-limited upstream" in text
+        or "capacity_exhausted" in text
+        or meta.get("provider_name")
+        and "free-models-per" not in text
+    ):
+        return out(Verdict.PROVIDER, retry_at=retry_after)
+    meta_headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
+    reset = headers("X-RateLimit-Reset") or meta_headers.get("X-RateLimit-Reset")
+    until = _reset_time(reset, now) if reset else None
+    until = until or retry_after
+    if "free-models-per-day" in text:
+        return out(Verdict.KEY_RATE_LIMIT, retry_at=until or next_utc_midnight(now), scope="free")
+    if "free-models-per-min" in text:
+        return out(
+            Verdict.KEY_RATE_LIMIT, retry_at=until or now + FREE_PER_MIN_COOLDOWN, scope="free"
+        )
+    return out(Verdict.KEY_RATE_LIMIT, retry_at=until)
+
+
+def classify_transport(err: CurlError) -> Outcome:
+    """A transfer that failed below HTTP (connect error, timeout, dropped connection)."""
+    return Outcome(
+        Verdict.TRANSIENT,
+        502,
+        f"upstream connection failed: {err.message}",
+        code="upstream_unreachable",
+    )

@@ -1,0 +1,101 @@
+"""Shared fixtures.
+
+Things (nouns):
+- ``fake``: the FakeOpenRouter state (script it per key, read counters back)
+- ``upstream_url``: base URL of the running fake (``http://127.0.0.1:PORT/api/v1``)
+- ``keys``: the OpenRouter keys the app starts with (override by parametrizing or per module)
+- ``config``: Settings pointing at the fake
+- ``app``: the orpoll app under test (pytest-tornasync serves it on ``http_server_port``)
+- ``base_url``: ``http://127.0.0.1:PORT`` of the app
+- ``sdk``: an ``openai.AsyncOpenAI`` client pointed at the app
+
+Helpers: ``assert_openai_error(resp, status, type)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from orpoll.app import make_app  # noqa: E402
+from orpoll.config import load_settings  # noqa: E402
+from tests.fake_upstream import FakeOpenRouter, make_fake_app  # noqa: E402
+
+KEYS = ["sk-or-v1-test-aaaa1111", "sk-or-v1-test-bbbb2222", "sk-or-v1-test-cccc3333"]
+
+
+@pytest.fixture
+def fake() -> FakeOpenRouter:
+    return FakeOpenRouter()
+
+
+@pytest.fixture
+def upstream_url(io_loop, fake):
+    sock, port = bind_unused_port()
+    server = HTTPServer(make_fake_app(fake))
+    server.add_sockets([sock])
+    yield f"http://127.0.0.1:{port}/api/v1"
+    server.stop()
+
+
+@pytest.fixture
+def keys() -> list[str]:
+    return list(KEYS)
+
+
+@pytest.fixture
+def env(upstream_url, keys, tmp_path) -> dict[str, str]:
+    """Environment the app is configured from (tests may add to it before ``app`` is built)."""
+    return {
+        "OPENROUTER_API_KEYS": ",".join(keys),
+        "OPENROUTER_API_URL": f"{upstream_url}/chat/completions",
+        "OPENROUTER_MODELS_URL": f"{upstream_url}/models",
+        "RETRY_BACKOFF_SECONDS": "0",
+        "DATA_DIR": str(tmp_path / "data"),
+        "ADMIN_PASSWORD": "test-admin-password",
+        "LOG_LEVEL": "debug",
+    }
+
+
+@pytest.fixture
+def config(env):
+    return load_settings(env)
+
+
+@pytest.fixture
+def app(config):
+    app = make_app(config)
+    yield app
+    app.upstream.close()
+
+
+@pytest.fixture
+def base_url(http_server, http_server_port) -> str:
+    return f"http://127.0.0.1:{http_server_port[1]}"
+
+
+@pytest.fixture
+def sdk(base_url):
+    import openai
+
+    return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+
+
+def assert_openai_error(resp, status: int, etype: str | None = None) -> dict:
+    """The response is an OpenAI-shaped error with this status (and type); returns ``error``."""
+    assert resp.code == status, (resp.code, resp.body)
+    assert resp.headers["Content-Type"].startswith("application/json")
+    body = json.loads(resp.body)
+    err = body["error"]
+    assert set(err) >= {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str) and err["message"]
+    if etype is not None:
+        assert err["type"] == etype, err
+    return err

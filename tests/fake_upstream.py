@@ -1,0 +1,291 @@
+"""A fake OpenRouter: a real Tornado app on a loopback port, scripted per key, with counters.
+
+``FakeOpenRouter.script(key, *behaviours)`` queues what the next requests made with ``key`` get
+(the last behaviour repeats). A behaviour is a dict:
+
+- ``{"status": 429, "error": {...}, "headers": {...}}``: an error answer (JSON body)
+- ``{"chunks": 5, "interval": 0.01, "first_delay": 0, "comments": 2}``: a good answer (SSE when
+  the request asks for a stream)
+- plus, for streams: ``"error_first": {...}`` (an error event before any data),
+  ``"mid_error": (n, {...})`` (error event after n chunks), ``"drop_after": n`` (close the
+  socket after n chunks), ``"done": False`` (no [DONE]), ``"tool_calls": True``
+- ``{"hang": True}``: never answer; ``{"inband_error": {...}}``: HTTP 200 with an error body
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+MODELS = [
+    {
+        "id": "openai/gpt-4o",
+        "name": "GPT-4o",
+        "created": 1715367049,
+        "context_length": 128000,
+        "pricing": {"prompt": "0.0000025", "completion": "0.00001"},
+    },
+    {
+        "id": "deepseek/deepseek-chat-v3-0324:free",
+        "name": "DeepSeek V3 (free)",
+        "created": 1742824755,
+        "context_length": 163840,
+        "pricing": {"prompt": "0", "completion": "0"},
+    },
+]
+
+
+def chunk(i: int, model: str, content: str | None = None, **extra: Any) -> bytes:
+    delta = {"content": content if content is not None else f"tok{i} "}
+    if i == 0:
+        delta["role"] = "assistant"
+    body = {
+        "id": "gen-fake",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "provider": "Fake",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        **extra,
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+def completion(model: str, content: str) -> dict[str, Any]:
+    return {
+        "id": "gen-fake",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "provider": "Fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+                "native_finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+
+
+def content_of(n: int) -> str:
+    """What a good stream of n chunks says in total."""
+    return "".join(f"tok{i} " for i in range(n))
+
+
+class FakeOpenRouter:
+    """Scripted behaviour and observed counters, shared by the fake's handlers and the tests."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.default: dict[str, Any] = {"chunks": 3}
+        self.requests: Counter[str] = Counter()  # chat requests per key
+        self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
+        self.disconnects = 0  # streams whose client went away before the end
+        self.finished_streams = 0
+        self.active = 0
+        self.key_info: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.key_probes: Counter[str] = Counter()
+        self.probe_active = 0
+        self.probe_peak = 0
+        self.probe_delay = 0.0
+        self.models_calls = 0
+        self.models_status = 200
+        self.models_delay = 0.0
+
+    def script(self, key: str, *behaviours: dict[str, Any]) -> None:
+        self.scripts[key] = list(behaviours)
+
+    def next_for(self, key: str) -> dict[str, Any]:
+        queue = self.scripts.get(key)
+        if not queue:
+            return self.default
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+class FakeHandler(tornado.web.RequestHandler):
+    def initialize(self, state: FakeOpenRouter) -> None:
+        self.state = state
+        self.gone = False
+
+    def check_xsrf_cookie(self) -> None:
+        pass
+
+    @property
+    def key(self) -> str:
+        return self.request.headers.get("Authorization", "").removeprefix("Bearer ")
+
+    def on_connection_close(self) -> None:
+        self.gone = True
+
+    def send_json(self, obj: Any, status: int = 200, headers: dict | None = None) -> None:
+        self.set_status(status)
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(obj))
+
+
+class ChatHandler(FakeHandler):
+    async def post(self, path: str = "chat/completions") -> None:
+        st = self.state
+        st.requests[self.key] += 1
+        st.bodies.append(self.request.body)
+        st.headers.append(dict(self.request.headers))
+        st.paths.append(path)
+        req = json.loads(self.request.body)
+        model = req.get("model", "?")
+        b = st.next_for(self.key)
+        if "status" in b and b["status"] != 200:
+            error = b.get("error") or {"code": b["status"], "message": f"fake {b['status']}"}
+            return self.send_json({"error": error}, b["status"], b.get("headers"))
+        if b.get("hang"):
+            while not self.gone:
+                await asyncio.sleep(0.05)
+            st.disconnects += 1
+            return
+        if b.get("first_delay"):
+            await asyncio.sleep(b["first_delay"])
+        if b.get("inband_error"):
+            return self.send_json({"error": b["inband_error"]})
+        if req.get("stream") is True:
+            return await self.stream(req, model, b)
+        content = f"answer from {self.key[-4:]}"
+        body = completion(model, content)
+        if b.get("tool_calls"):
+            body["choices"][0]["message"]["tool_calls"] = [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ]
+            body["choices"][0]["finish_reason"] = "tool_calls"
+        if path != "chat/completions":
+            body = {"object": "list", "path": path, "data": [{"embedding": [0.1, 0.2]}]}
+        self.send_json(body, headers={"X-Generation-Id": "gen-fake"})
+
+    async def stream(self, req: dict, model: str, b: dict[str, Any]) -> None:
+        st = self.state
+        st.active += 1
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("X-Generation-Id", "gen-fake")
+        try:
+            for _ in range(b.get("comments", 0)):
+                self.write(b": OPENROUTER PROCESSING\n\n")
+                await self.flush()
+                await asyncio.sleep(0.01)
+            if b.get("error_first"):
+                self.write(chunk(0, model, "", error=b["error_first"]))
+                return self.finish()
+            n = b.get("chunks", 3)
+            mid = b.get("mid_error")
+            for i in range(n):
+                if b.get("tool_calls") and i == 0:
+                    self.write(self.tool_chunk(model))
+                self.write(chunk(i, model))
+                await self.flush()
+                if mid and i + 1 == mid[0]:
+                    self.write(chunk(i + 1, model, "", error=mid[1]))
+                    if b.get("done", True):
+                        self.write(b"data: [DONE]\n\n")
+                    return self.finish()
+                if b.get("drop_after") == i + 1:
+                    self.write(b'data: {"id":"gen-fake","choi')  # half an event, then gone
+                    await self.flush()
+                    self.request.connection.stream.close()
+                    return
+                if b.get("interval"):
+                    await asyncio.sleep(b["interval"])
+            if b.get("done", True):
+                self.write(b"data: [DONE]\n\n")
+            self.finish()
+            st.finished_streams += 1
+        except StreamClosedError:
+            st.disconnects += 1
+        finally:
+            st.active -= 1
+
+    @staticmethod
+    def tool_chunk(model: str) -> bytes:
+        call = {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+        body = {
+            "id": "gen-fake",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}],
+        }
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class ModelsHandler(FakeHandler):
+    async def get(self) -> None:
+        self.state.models_calls += 1
+        if self.state.models_delay:
+            await asyncio.sleep(self.state.models_delay)
+        if self.state.models_status != 200:
+            return self.send_json(
+                {"error": {"code": 500, "message": "down"}}, self.state.models_status
+            )
+        self.send_json({"data": MODELS})
+
+
+class KeyInfoHandler(FakeHandler):
+    async def get(self) -> None:
+        st = self.state
+        st.key_probes[self.key] += 1
+        st.probe_active += 1
+        st.probe_peak = max(st.probe_peak, st.probe_active)
+        try:
+            if st.probe_delay:
+                await asyncio.sleep(st.probe_delay)
+            status, data = st.key_info.get(
+                self.key,
+                (
+                    200,
+                    {
+                        "label": "sk-or-v1-...",
+                        "limit": None,
+                        "limit_remaining": None,
+                        "usage": 0.5,
+                        "is_free_tier": False,
+                    },
+                ),
+            )
+        finally:
+            st.probe_active -= 1
+        if status != 200:
+            return self.send_json({"error": {"code": status, "message": "User not found."}}, status)
+        self.send_json({"data": data})
+
+
+def make_fake_app(state: FakeOpenRouter) -> tornado.web.Application:
+    args = {"state": state}
+    return tornado.web.Application(
+        [
+            (r"/api/v1/chat/completions", ChatHandler, args),
+            (r"/api/v1/models", ModelsHandler, args),
+            (r"/api/v1/key", KeyInfoHandler, args),
+            (r"/api/v1/(completions|embeddings)", ChatHandler, args),
+        ]
+    )
+
+
+def now() -> float:
+    return time.time()
