@@ -107,6 +107,7 @@ class KeyState:
     errors: int = 0
     added_at: float = 0.0
     slot: int = -1
+    group: str = ""  # account the key belongs to (from /api/v1/key), "" = unknown
     info: dict = field(default_factory=dict)  # from /api/v1/key probes
 
     def __post_init__(self) -> None:
