@@ -45,6 +45,7 @@ class Outcome:
     message: str = ""
     retry_at: float | None = None
     scope: str = "all"  # "all" models, or only ":free" models
+    account: bool = False  # the account's state (balance, free quota): cool the whole group
     code: object = None
     metadata: object = None
     headers: dict = field(default_factory=dict)
@@ -201,6 +202,7 @@ class KeyScheduler:
         self._wake: list[tuple[float, int, str, str]] = []  # (time, seq, key id, scope)
         self._seq = 0
         self._recent_401: deque[tuple[float, str]] = deque()
+        self.groups: dict[str, set[str]] = {}  # account -> key ids
         self.dirty: set[str] = set()  # ids whose state changed since the store last saved
         self.version = 0  # bumps when keys are added or removed
 
@@ -231,6 +233,8 @@ class KeyScheduler:
         ks.slot = self._free_slots.pop() if self._free_slots else self._grow()
         self._slots[ks.slot] = ks
         self.keys[kid] = ks
+        if ks.group:
+            self.groups.setdefault(ks.group, set()).add(kid)
         self._sync(ks)
         if ks.state == "cooling":
             self._schedule(ks, ks.until, "all")
@@ -249,9 +253,33 @@ class KeyScheduler:
                 tree.add(ks.slot, -w)
         self._slots[ks.slot] = None
         self._free_slots.append(ks.slot)
+        self._leave_group(ks)
         self.version += 1
         self.dirty.discard(kid)
         return ks
+
+    def set_group(self, ks: KeyState, group: str) -> None:
+        """Record the account a key belongs to (learned from /api/v1/key)."""
+        if ks.group == group:
+            return
+        self._leave_group(ks)
+        ks.group = group
+        if group:
+            self.groups.setdefault(group, set()).add(ks.id)
+        self.dirty.add(ks.id)
+
+    def _leave_group(self, ks: KeyState) -> None:
+        members = self.groups.get(ks.group)
+        if members is not None:
+            members.discard(ks.id)
+            if not members:
+                del self.groups[ks.group]
+
+    def group_of(self, ks: KeyState) -> list[KeyState]:
+        """The key and every other key of its account (just the key when it has none)."""
+        if not ks.group:
+            return [ks]
+        return [self.keys[kid] for kid in self.groups.get(ks.group, ()) if kid in self.keys]
 
     def _grow(self) -> int:
         slot = len(self._slots)
@@ -370,15 +398,21 @@ class KeyScheduler:
                 self.cool(ks, now + seconds, f"{ks.failures} failures in a row", v.value)
         elif v is Verdict.KEY_RATE_LIMIT:
             until = outcome.retry_at or now + self.policy.rate_limited(ks.failures)
-            self.cool(ks, until, outcome.message or "rate limited", v.value, outcome.scope)
+            for member in self._scope(ks, outcome):
+                self.cool(member, until, outcome.message or "rate limited", v.value, outcome.scope)
         elif v is Verdict.KEY_CREDIT:
             until = outcome.retry_at or now + self.policy.credit
-            self.cool(ks, until, outcome.message or "out of credit", v.value)
+            for member in self._scope(ks, outcome):
+                self.cool(member, until, outcome.message or "out of credit", v.value)
         elif v is Verdict.KEY_INVALID:
             if self._incident(now, ks):
                 self.cool(ks, now + INCIDENT_COOLDOWN, "401 during an upstream incident", v.value)
             else:
                 self.disable(ks, outcome.message or "invalid key")
+
+    def _scope(self, ks: KeyState, outcome: Outcome) -> list[KeyState]:
+        """Keys an outcome applies to: the account's group for account-wide verdicts."""
+        return self.group_of(ks) if outcome.account else [ks]
 
     def _incident(self, now: float, ks: KeyState) -> bool:
         """True when most of the pool has turned 401 within a short window."""
@@ -451,9 +485,26 @@ class KeyScheduler:
     def counts(self) -> dict[str, int]:
         """Keys by operator-visible status."""
         now = self.clock()
-        out = {"total": len(self.keys), "available": 0, "cooling": 0, "disabled": 0, "paused": 0}
+        out = {
+            "total": len(self.keys),
+            "available": 0,
+            "cooling": 0,
+            "disabled": 0,
+            "paused": 0,
+            "no_credit": 0,
+            "rate_limited": 0,
+            "free_limited": 0,
+        }
         for ks in self.keys.values():
-            out[ks.status_at(now)] += 1
+            status = ks.status_at(now)
+            out[status] += 1
+            if status == "cooling":
+                if ks.kind == Verdict.KEY_CREDIT.value:
+                    out["no_credit"] += 1
+                elif ks.kind == Verdict.KEY_RATE_LIMIT.value:
+                    out["rate_limited"] += 1
+            if ks.free_until > now:
+                out["free_limited"] += 1
         return out
 
     def exhausted_kind(self) -> str:

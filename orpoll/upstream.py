@@ -259,7 +259,8 @@ def classify(
             return out(Verdict.KEY_LOW_CREDIT)
         if source == "openrouter_in_flight_budget":
             return out(Verdict.KEY_RATE_LIMIT, retry_at=_retry_after(headers("Retry-After"), now))
-        return out(Verdict.KEY_CREDIT)
+        # The balance belongs to the account (every key of it is out), a key cap to the key.
+        return out(Verdict.KEY_CREDIT, account=source != "openrouter_key_limit")
     if status == 403:
         if (
             "key limit exceeded" in text
@@ -300,10 +301,18 @@ def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
     until = _reset_time(reset, now) if reset else None
     until = until or retry_after
     if "free-models-per-day" in text:
-        return out(Verdict.KEY_RATE_LIMIT, retry_at=until or next_utc_midnight(now), scope="free")
+        return out(
+            Verdict.KEY_RATE_LIMIT,
+            retry_at=until or next_utc_midnight(now),
+            scope="free",
+            account=True,  # the daily :free quota is per account, shared by all its keys
+        )
     if "free-models-per-min" in text:
         return out(
-            Verdict.KEY_RATE_LIMIT, retry_at=until or now + FREE_PER_MIN_COOLDOWN, scope="free"
+            Verdict.KEY_RATE_LIMIT,
+            retry_at=until or now + FREE_PER_MIN_COOLDOWN,
+            scope="free",
+            account=True,  # 20 requests/min on :free models per account
         )
     return out(Verdict.KEY_RATE_LIMIT, retry_at=until)
 
