@@ -123,6 +123,13 @@ class Settings:
         editable=True,
         min=1,
     )
+    health_rotation: float = _opt(
+        1800.0,
+        "HEALTH_CHECK_ROTATION_SECONDS",
+        "every healthy key is probed at least this often (credit and usage figures)",
+        editable=True,
+        min=1,
+    )
     health_concurrency: int = _opt(
         8, "HEALTH_CHECK_CONCURRENCY", "health probes in flight at once", editable=True, min=1
     )

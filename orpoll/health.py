@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tornado.ioloop import PeriodicCallback
@@ -21,8 +21,6 @@ from .keys import KeyScheduler, KeyState, Verdict
 from .upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.health")
-# Every key is probed at least this often, so credit and usage figures stay fresh.
-FULL_ROTATION_SECONDS = 1800.0
 INFO_FIELDS = (
     "label",
     "limit",
@@ -78,7 +76,8 @@ class HealthChecker:
             else:
                 healthy.append(ks)
         if healthy:
-            share = self.config().health_interval / FULL_ROTATION_SECONDS
+            cfg = self.config()
+            share = cfg.health_interval / max(cfg.health_rotation, cfg.health_interval)
             n = min(len(healthy), max(1, math.ceil(len(healthy) * share)))
             start = self._cursor % len(healthy)
             troubled += (healthy + healthy)[start : start + n]
@@ -140,18 +139,36 @@ class HealthChecker:
         if status != 200 or data is None:
             return "inconclusive"  # 429/5xx/timeout on the probe: no state change
         ks.info.update({k: data.get(k) for k in INFO_FIELDS if k in data})
+        if isinstance(data.get("free_model_daily_requests"), dict):
+            ks.info["free_daily"] = data["free_model_daily_requests"]
+        account = data.get("creator_user_id") or data.get("organization_id")
+        if isinstance(account, str) and account:
+            sched.set_group(ks, account)
         remaining = data.get("limit_remaining")
         if isinstance(remaining, (int, float)) and remaining <= 0:
+            until = limit_reset_at(data.get("limit_reset"), now) or now + sched.policy.credit
             if ks.state != "cooling" or ks.kind != Verdict.KEY_CREDIT.value:
-                sched.cool(
-                    ks,
-                    now + sched.policy.credit,
-                    "key credit limit reached",
-                    Verdict.KEY_CREDIT.value,
-                )
+                sched.cool(ks, until, "key credit limit reached", Verdict.KEY_CREDIT.value)
             return "no_credit"
         rate_limited = ks.state == "cooling" and ks.kind == Verdict.KEY_RATE_LIMIT.value
         if ks.state != "available" and not rate_limited or ks.failures:
             sched.readmit(ks)
             return "readmitted"
         return "ok"
+
+
+def limit_reset_at(period: object, now: float) -> float | None:
+    """When a key's spend cap resets: the next UTC day, week (Monday) or month boundary."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "daily":
+        return (day + timedelta(days=1)).timestamp()
+    if period == "weekly":
+        return (day + timedelta(days=7 - day.weekday())).timestamp()
+    if period == "monthly":
+        first = day.replace(day=1)
+        return (
+            first.replace(year=first.year + 1, month=1)
+            if first.month == 12
+            else first.replace(month=first.month + 1)
+        ).timestamp()
+    return None  # never resets by itself: until a probe shows credit
