@@ -150,8 +150,9 @@ class HealthChecker:
             if ks.state != "cooling" or ks.kind != Verdict.KEY_CREDIT.value:
                 sched.cool(ks, until, "key credit limit reached", Verdict.KEY_CREDIT.value)
             return "no_credit"
-        rate_limited = ks.state == "cooling" and ks.kind == Verdict.KEY_RATE_LIMIT.value
-        if ks.state != "available" and not rate_limited or ks.failures:
+        if ks.state == "cooling" and ks.kind == Verdict.KEY_RATE_LIMIT.value:
+            return "ok"  # a rate-limit window ends at its reset time, whatever /key says
+        if ks.state != "available" or ks.failures:
             sched.readmit(ks)
             return "readmitted"
         return "ok"
