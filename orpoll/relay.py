@@ -146,9 +146,12 @@ class Relay:
         headers = {"Retry-After": str(max(1, math.ceil(at - now)))} if at else {}
         message = (
             f"no OpenRouter key is available: {counts['total']} keys, "
-            f"{counts['cooling']} cooling, {counts['disabled']} disabled, "
+            f"{counts['cooling']} cooling ({counts['rate_limited']} rate limited, "
+            f"{counts['no_credit']} out of credit), {counts['disabled']} disabled, "
             f"{counts['paused']} paused"
         )
+        if model and model.endswith(":free") and counts["free_limited"]:
+            message += f", {counts['free_limited']} out of :free quota"
         if at:
             message += f"; the next returns in {headers['Retry-After']} s"
         cls = errors.RateLimited if self.scheduler.exhausted_kind() == "rate_limited" else None
