@@ -262,6 +262,10 @@ def classify(
         # The balance belongs to the account (every key of it is out), a key cap to the key.
         return out(Verdict.KEY_CREDIT, account=source != "openrouter_key_limit")
     if status == 403:
+        if meta.get("flagged_input") or meta.get("reasons") or meta.get("patterns"):
+            # Moderation/guardrail: flagged_input echoes the client's text, so no substring
+            # test below may see it (a client could otherwise write "Key limit exceeded").
+            return out(Verdict.REQUEST)
         if (
             "key limit exceeded" in text
             or source

@@ -1,0 +1,262 @@
+"""orpoll.upstream.classify: one verdict per row of issue 2's table and the facts file's summary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orpoll.keys import Verdict
+from orpoll.upstream import classify, next_utc_midnight
+
+NOW = 1_768_300_000.0  # 2026-01-13T10:26:40Z
+MIDNIGHT_MS = 1_768_348_800_000  # 2026-01-14T00:00Z, as OpenRouter sends X-RateLimit-Reset
+
+
+def body(code, message, **metadata) -> bytes:
+    err = {"code": code, "message": message}
+    if metadata:
+        err["metadata"] = metadata
+    return json.dumps({"error": err, "user_id": "user_x"}).encode()
+
+
+def hdrs(**values):
+    values = {k.replace("_", "-").lower(): v for k, v in values.items()}
+    return lambda name: values.get(name.lower())
+
+
+def verdict(status, raw, headers=hdrs(), **kw):
+    return classify(status, raw, headers, now=NOW, **kw)
+
+
+@pytest.mark.parametrize(
+    "status,raw",
+    [
+        (400, body(400, "openai/gpt-5x is not a valid model ID")),
+        (400, body(400, "context too long", error_type="context_length_exceeded")),
+        (413, body(413, "Payload too large")),
+        (422, body(422, "Invalid argument")),
+        (404, body(404, "No endpoints found for foo/bar.")),
+        (
+            403,
+            body(
+                403,
+                "Input flagged by moderation",
+                reasons=["violence"],
+                flagged_input="...",
+                provider_name="OpenAI",
+                model_slug="openai/gpt-4o",
+            ),
+        ),
+        (403, body(403, "Request blocked: guardrail", patterns=["ssn"])),
+    ],
+    ids=["400", "400-context", "413", "422", "404", "403-moderation", "403-guardrail"],
+)
+def test_request_fault(status, raw):
+    out = verdict(status, raw)
+    assert out.verdict is Verdict.REQUEST
+    assert not out.try_another_key
+    assert out.status == status
+    assert out.message == json.loads(raw)["error"]["message"]
+
+
+def test_moderation_echo_of_key_limit_text_is_still_the_requests_fault():
+    # flagged_input echoes the client's own text: it must not be read as OpenRouter's verdict,
+    # or any client could cool the whole pool by writing "Key limit exceeded".
+    raw = body(
+        403,
+        "Your input was flagged",
+        reasons=["harassment"],
+        flagged_input="Key limit exceeded (total limit). region_restricted is banned",
+    )
+    assert verdict(403, raw).verdict is Verdict.REQUEST
+
+
+def test_404_data_policy_tries_another_account():
+    raw = body(
+        404,
+        "No endpoints found matching your data policy (Free model publication). "
+        "Configure: https://openrouter.ai/settings/privacy",
+    )
+    out = verdict(404, raw)
+    assert out.verdict is Verdict.PROVIDER and out.try_another_key
+
+
+def test_403_key_limit_is_credit():
+    raw = body(403, "Key limit exceeded (daily limit). Manage it using https://openrouter.ai/keys")
+    out = verdict(403, raw)
+    assert out.verdict is Verdict.KEY_CREDIT
+
+
+def test_403_key_limit_source_cools_until_resets_at():
+    raw = body(
+        403,
+        "Budget exceeded",
+        limit_source="openrouter_key_limit",
+        resets_at="2026-01-14T00:00:00Z",
+    )
+    out = verdict(403, raw)
+    assert out.verdict is Verdict.KEY_CREDIT
+    assert out.retry_at == MIDNIGHT_MS / 1000
+
+
+def test_403_region_restricted_tries_another_key():
+    out = verdict(403, body(403, "Author Foo is banned in your region"))
+    assert out.verdict is Verdict.PROVIDER
+
+
+@pytest.mark.parametrize(
+    "message", ["User not found.", "No auth credentials found", "Missing Authentication header"]
+)
+def test_401_key_invalid(message):
+    out = verdict(401, body(401, message))
+    assert out.verdict is Verdict.KEY_INVALID and out.message == message
+
+
+def test_402_plain_is_credit():
+    out = verdict(402, body(402, "Insufficient credits. Add more using https://openrouter.ai"))
+    assert out.verdict is Verdict.KEY_CREDIT
+    assert out.retry_at is None  # the scheduler applies the long credit cooldown
+
+
+def test_402_can_only_afford_is_low_credit():
+    raw = body(
+        402,
+        "This request requires more credits, or fewer max_tokens. You requested up to 64000 "
+        "tokens, but can only afford 2666. To increase, visit https://openrouter.ai/settings",
+    )
+    out = verdict(402, raw)
+    assert out.verdict is Verdict.KEY_LOW_CREDIT and out.try_another_key
+
+
+def test_402_in_flight_budget_cools_for_retry_after():
+    raw = body(402, "In-flight budget exceeded", limit_source="openrouter_in_flight_budget")
+    out = verdict(402, raw, hdrs(Retry_After="7"))
+    assert out.verdict is Verdict.KEY_RATE_LIMIT
+    assert out.retry_at == NOW + 7
+
+
+def test_429_x_ratelimit_reset_header_ms_epoch():
+    out = verdict(429, body(429, "Rate limit exceeded"), hdrs(X_RateLimit_Reset=str(MIDNIGHT_MS)))
+    assert out.verdict is Verdict.KEY_RATE_LIMIT
+    assert out.retry_at == MIDNIGHT_MS / 1000
+    assert out.scope == "all"
+
+
+def test_429_reset_from_metadata_headers():
+    raw = body(
+        429,
+        "Rate limit exceeded",
+        headers={
+            "X-RateLimit-Limit": "50",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(MIDNIGHT_MS),
+        },
+    )
+    out = verdict(429, raw)
+    assert out.verdict is Verdict.KEY_RATE_LIMIT and out.retry_at == MIDNIGHT_MS / 1000
+
+
+def test_429_retry_after():
+    out = verdict(429, body(429, "Rate limit exceeded"), hdrs(Retry_After="30"))
+    assert out.verdict is Verdict.KEY_RATE_LIMIT and out.retry_at == NOW + 30
+
+
+def test_429_without_any_hint_leaves_the_time_to_the_scheduler():
+    out = verdict(429, body(429, "Rate limit exceeded"))
+    assert out.verdict is Verdict.KEY_RATE_LIMIT and out.retry_at is None
+
+
+def test_429_free_models_per_min_scope_free():
+    out = verdict(429, body(429, "Rate limit exceeded: free-models-per-min. "))
+    assert out.verdict is Verdict.KEY_RATE_LIMIT
+    assert out.scope == "free"
+    assert out.retry_at == NOW + 60
+
+
+@pytest.mark.parametrize("which", ["free-models-per-day", "free-models-per-day-high-balance"])
+def test_429_free_models_per_day_scope_free_until_reset(which):
+    raw = body(
+        429,
+        f"Rate limit exceeded: {which}. Add 10 credits to unlock 1000 free model requests per day",
+        headers={"X-RateLimit-Limit": "50", "X-RateLimit-Reset": str(MIDNIGHT_MS)},
+    )
+    out = verdict(429, raw)
+    assert out.verdict is Verdict.KEY_RATE_LIMIT
+    assert out.scope == "free"
+    assert out.retry_at == MIDNIGHT_MS / 1000
+
+
+def test_429_free_models_per_day_without_reset_waits_for_utc_midnight():
+    out = verdict(429, body(429, "Rate limit exceeded: free-models-per-day"))
+    assert out.scope == "free" and out.retry_at == next_utc_midnight(NOW) == MIDNIGHT_MS / 1000
+
+
+def test_429_free_quota_wrapped_as_provider_error_is_still_the_keys():
+    raw = body(
+        429,
+        "Provider returned error",
+        raw="Rate limit exceeded: free-models-per-day",
+        provider_name="Chutes",
+    )
+    out = verdict(429, raw)
+    assert out.verdict is Verdict.KEY_RATE_LIMIT and out.scope == "free"
+
+
+def test_429_rate_limited_upstream_is_provider():
+    raw = body(
+        429,
+        "Provider returned error",
+        raw="deepseek/deepseek-chat-v3-0324:free is temporarily rate-limited upstream. "
+        "Please retry shortly.",
+        provider_name="Chutes",
+    )
+    out = verdict(429, raw, hdrs(Retry_After="3"))
+    assert out.verdict is Verdict.PROVIDER and out.try_another_key
+    assert "rate-limited upstream" in out.message  # the real reason reaches the client
+    assert out.retry_at == NOW + 3
+
+
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504, 524, 529])
+def test_transient(status):
+    out = verdict(status, body(status, "Provider returned error"))
+    assert out.verdict is Verdict.TRANSIENT and out.try_another_key
+    assert out.status == status
+
+
+def test_transient_with_non_json_body():
+    out = verdict(502, b"<html>Bad gateway</html>")
+    assert out.verdict is Verdict.TRANSIENT
+    assert out.message == "upstream returned HTTP 502"
+
+
+@pytest.mark.parametrize(
+    "code,expected",
+    [
+        (429, Verdict.KEY_RATE_LIMIT),
+        ("429", Verdict.KEY_RATE_LIMIT),
+        (401, Verdict.KEY_INVALID),
+        ("402", Verdict.KEY_CREDIT),
+        (502, Verdict.TRANSIENT),
+        ("server_error", Verdict.TRANSIENT),
+        (None, Verdict.TRANSIENT),
+        (400, Verdict.REQUEST),
+    ],
+)
+def test_in_band_200_error_by_inner_code(code, expected):
+    err = {"code": code, "message": "generation failed"}
+    raw = json.dumps({"error": err, "choices": [{"finish_reason": "error"}]}).encode()
+    out = verdict(200, raw, error=err)
+    assert out.verdict is expected
+
+
+def test_in_band_error_type_authentication_is_key_invalid():
+    err = {"code": "server_error", "message": "x", "metadata": {"error_type": "authentication"}}
+    assert verdict(200, b"", error=err).verdict is Verdict.KEY_INVALID
+
+
+def test_classify_never_raises_on_garbage():
+    for raw in (b"", b"null", b"[]", b'{"error": "text"}', b'{"error": {"metadata": 5}}', b"\xff"):
+        for status in (400, 401, 402, 403, 404, 429, 500):
+            out = verdict(status, raw)
+            assert out.status == status and out.message
