@@ -209,6 +209,7 @@ class _Attempt:
         sink = self.sink
         sink.transfer = self.transfer  # lets the handler abort us on disconnect
         resp = await self.upstream.fetch(req)
+        self.transfer.curl = None  # the handle goes back to the pool: never touch it again
         if sink.client_gone:
             return None
         if isinstance(resp, CurlError):
@@ -325,17 +326,18 @@ class _Attempt:
     def _transport_failed(self, err: CurlError) -> Outcome | None:
         if self.pre_error is not None:
             return self.pre_error  # we aborted it ourselves after an error event
-        outcome = classify_transport(err)
+        outcome = classify_transport(err, self.transfer)
         if err.errno == CURLE_ABORTED_BY_CALLBACK and self.sink.client_gone:
             return None
         if self.committed:
             # Mid-stream drop: end the stream cleanly, never a silent truncation. The partial
             # event in ``pending`` is discarded so the client never sees broken JSON.
+            timed_out = self.transfer.timed_out
             self.sink.send(
                 sse.error_event(
-                    "upstream connection lost mid-stream",
-                    code="upstream_disconnected",
-                    status=502,
+                    outcome.message if timed_out else "upstream connection lost mid-stream",
+                    code="upstream_timeout" if timed_out else "upstream_disconnected",
+                    status=outcome.status,
                 )
                 + sse.DONE
             )

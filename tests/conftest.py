@@ -8,17 +8,25 @@ Things (nouns):
 - ``app``: the orpoll app under test (pytest-tornasync serves it on ``http_server_port``)
 - ``base_url``: ``http://127.0.0.1:PORT`` of the app
 - ``sdk``: an ``openai.AsyncOpenAI`` client pointed at the app
+- ``api``: ``await api(path, obj, body=..., method=..., headers=...)`` -> HTTPResponse of the app
+  (``obj`` is sent as JSON; never raises on an error status)
 
-Helpers: ``assert_openai_error(resp, status, type)``.
+Behaviours (adjectives):
+- ``in_order``: the scheduler picks keys in the order they were added (``keys[0]`` first), so
+  tests can say which key fails and which one serves
+
+Helpers: ``assert_openai_error(resp, status, type)``, ``InOrder`` (the rng behind ``in_order``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
@@ -79,6 +87,53 @@ def app(config):
 @pytest.fixture
 def base_url(http_server, http_server_port) -> str:
     return f"http://127.0.0.1:{http_server_port[1]}"
+
+
+class InOrder(random.Random):
+    """An rng whose draws are always 0: a weighted pick takes the first usable key by slot."""
+
+    def randrange(self, *args, **kwargs) -> int:
+        return 0
+
+
+@pytest.fixture
+def in_order(app):
+    app.scheduler.rng = InOrder()
+    return app.scheduler
+
+
+@pytest.fixture
+def api(base_url):
+    client = AsyncHTTPClient(force_instance=True, max_clients=50)
+
+    async def fetch(
+        path: str,
+        obj=None,
+        *,
+        body: bytes | str | None = None,
+        method: str | None = None,
+        headers: dict | None = None,
+        **kw,
+    ):
+        if obj is not None:
+            body = json.dumps(obj)
+        if method is None:
+            method = "GET" if body is None else "POST"
+        hdrs = {"Content-Type": "application/json"} if body is not None else {}
+        hdrs.update(headers or {})
+        return await client.fetch(
+            base_url + path,
+            method=method,
+            body=body,
+            headers=hdrs,
+            raise_error=False,
+            request_timeout=30,
+            allow_nonstandard_methods=True,
+            **kw,
+        )
+
+    yield fetch
+    client.close()
 
 
 @pytest.fixture

@@ -8,8 +8,16 @@
   the request asks for a stream)
 - plus, for streams: ``"error_first": {...}`` (an error event before any data),
   ``"mid_error": (n, {...})`` (error event after n chunks), ``"drop_after": n`` (close the
-  socket after n chunks), ``"done": False`` (no [DONE]), ``"tool_calls": True``
-- ``{"hang": True}``: never answer; ``{"inband_error": {...}}``: HTTP 200 with an error body
+  socket after n chunks), ``"done": False`` (no [DONE]), ``"tool_calls": True``,
+  ``"comments_between": True`` (a keep-alive comment after every chunk),
+  ``"raw": [b"...", ...]`` (exactly these pieces, flushed one by one, ``interval`` apart)
+- ``{"hang": True}``: never answer; ``{"inband_error": {...}}``: HTTP 200 with an error body;
+  ``{"choice_error": {...}}``: HTTP 200, partial content and ``finish_reason: "error"``
+- ``"silence": s`` (streams): stop sending for ``s`` seconds after the first chunk
+
+Counters: ``requests`` (per key), ``order`` (keys in request order), ``bodies``, ``headers``,
+``paths``, ``disconnects`` and ``closed_at`` (clients that went away mid-answer, with the
+monotonic time the fake noticed), ``finished_streams``, ``last_chunk_at``, ``active``.
 """
 
 from __future__ import annotations
@@ -91,7 +99,10 @@ class FakeOpenRouter:
         self.bodies: list[bytes] = []
         self.headers: list[dict[str, str]] = []
         self.paths: list[str] = []
-        self.disconnects = 0  # streams whose client went away before the end
+        self.order: list[str] = []  # the key of every chat/pass-through request, in order
+        self.disconnects = 0  # requests whose client went away before the end
+        self.closed_at: list[float] = []  # monotonic time of each of those
+        self.last_chunk_at = 0.0  # monotonic time the latest stream chunk was flushed
         self.finished_streams = 0
         self.active = 0
         self.key_info: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -117,6 +128,7 @@ class FakeHandler(tornado.web.RequestHandler):
     def initialize(self, state: FakeOpenRouter) -> None:
         self.state = state
         self.gone = False
+        self.dropping = False  # we close the socket ourselves: not a client disconnect
 
     def check_xsrf_cookie(self) -> None:
         pass
@@ -127,6 +139,9 @@ class FakeHandler(tornado.web.RequestHandler):
 
     def on_connection_close(self) -> None:
         self.gone = True
+        if not self.dropping:
+            self.state.disconnects += 1
+            self.state.closed_at.append(time.monotonic())
 
     def send_json(self, obj: Any, status: int = 200, headers: dict | None = None) -> None:
         self.set_status(status)
@@ -140,6 +155,7 @@ class ChatHandler(FakeHandler):
     async def post(self, path: str = "chat/completions") -> None:
         st = self.state
         st.requests[self.key] += 1
+        st.order.append(self.key)
         st.bodies.append(self.request.body)
         st.headers.append(dict(self.request.headers))
         st.paths.append(path)
@@ -151,13 +167,17 @@ class ChatHandler(FakeHandler):
             return self.send_json({"error": error}, b["status"], b.get("headers"))
         if b.get("hang"):
             while not self.gone:
-                await asyncio.sleep(0.05)
-            st.disconnects += 1
+                await asyncio.sleep(0.02)
             return
         if b.get("first_delay"):
             await asyncio.sleep(b["first_delay"])
         if b.get("inband_error"):
             return self.send_json({"error": b["inband_error"]})
+        if b.get("choice_error"):
+            body = completion(model, "partial answ")
+            body["choices"][0]["finish_reason"] = "error"
+            body["choices"][0]["error"] = b["choice_error"]
+            return self.send_json(body)
         if req.get("stream") is True:
             return await self.stream(req, model, b)
         content = f"answer from {self.key[-4:]}"
@@ -172,7 +192,12 @@ class ChatHandler(FakeHandler):
             ]
             body["choices"][0]["finish_reason"] = "tool_calls"
         if path != "chat/completions":
-            body = {"object": "list", "path": path, "data": [{"embedding": [0.1, 0.2]}]}
+            body = {
+                "object": "list",
+                "path": path,
+                "key": self.key[-4:],
+                "data": [{"embedding": [0.1, 0.2]}],
+            }
         self.send_json(body, headers={"X-Generation-Id": "gen-fake"})
 
     async def stream(self, req: dict, model: str, b: dict[str, Any]) -> None:
@@ -185,6 +210,15 @@ class ChatHandler(FakeHandler):
                 self.write(b": OPENROUTER PROCESSING\n\n")
                 await self.flush()
                 await asyncio.sleep(0.01)
+            if "raw" in b:
+                for piece in b["raw"]:
+                    self.write(piece)
+                    await self.flush()
+                    st.last_chunk_at = time.monotonic()
+                    await asyncio.sleep(b.get("interval", 0.01))
+                self.finish()
+                st.finished_streams += 1
+                return
             if b.get("error_first"):
                 self.write(chunk(0, model, "", error=b["error_first"]))
                 return self.finish()
@@ -194,7 +228,12 @@ class ChatHandler(FakeHandler):
                 if b.get("tool_calls") and i == 0:
                     self.write(self.tool_chunk(model))
                 self.write(chunk(i, model))
+                if b.get("comments_between"):
+                    self.write(b": OPENROUTER PROCESSING\n\n")
                 await self.flush()
+                st.last_chunk_at = time.monotonic()
+                if i == 0 and b.get("silence"):
+                    await asyncio.sleep(b["silence"])
                 if mid and i + 1 == mid[0]:
                     self.write(chunk(i + 1, model, "", error=mid[1]))
                     if b.get("done", True):
@@ -203,6 +242,7 @@ class ChatHandler(FakeHandler):
                 if b.get("drop_after") == i + 1:
                     self.write(b'data: {"id":"gen-fake","choi')  # half an event, then gone
                     await self.flush()
+                    self.dropping = True
                     self.request.connection.stream.close()
                     return
                 if b.get("interval"):
@@ -212,7 +252,7 @@ class ChatHandler(FakeHandler):
             self.finish()
             st.finished_streams += 1
         except StreamClosedError:
-            st.disconnects += 1
+            pass  # counted by on_connection_close
         finally:
             st.active -= 1
 

@@ -1,0 +1,395 @@
+"""Streaming through the relay: invisible failover before the first data event, mid-stream
+errors, drops, disconnects, timeouts, real streaming and many concurrent streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import openai
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.tcpclient import TCPClient
+
+from tests.conftest import KEYS
+from tests.fake_upstream import chunk, content_of
+
+A, B, C = KEYS
+PAID = "openai/gpt-4o"
+MSG = [{"role": "user", "content": "hi"}]
+DONE = b"data: [DONE]\n\n"
+
+
+def ks_of(app, key):
+    return next(k for k in app.scheduler if k.key == key)
+
+
+def expected_stream(n: int, model: str = PAID) -> bytes:
+    """The bytes the fake sends for a good stream of n chunks."""
+    return b"".join(chunk(i, model) for i in range(n)) + DONE
+
+
+async def sdk_text(sdk, **kw) -> str:
+    stream = await sdk.chat.completions.create(model=PAID, messages=MSG, stream=True, **kw)
+    text = ""
+    async for ev in stream:
+        if ev.choices:
+            text += ev.choices[0].delta.content or ""
+    return text
+
+
+class Raw:
+    """A streamed response read with a plain Tornado client: status, headers, timed chunks."""
+
+    def __init__(self) -> None:
+        self.code = 0
+        self.headers = None
+        self.chunks: list[tuple[float, bytes]] = []
+        self.start = time.monotonic()
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(c for _, c in self.chunks)
+
+    def events(self) -> list[bytes]:
+        return [e for e in self.body.split(b"\n\n") if e]
+
+    def data(self) -> list[bytes]:
+        """The data payloads, in order."""
+        out = []
+        for event in self.events():
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: "):
+                    out.append(line[6:])
+        return out
+
+
+async def stream_raw(base_url: str, client=None, **extra) -> Raw:
+    raw = Raw()
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": True, **extra})
+    own = client is None
+    client = client or AsyncHTTPClient(force_instance=True)
+    try:
+        resp = await client.fetch(
+            HTTPRequest(
+                f"{base_url}/v1/chat/completions",
+                method="POST",
+                body=body,
+                headers={"Content-Type": "application/json"},
+                streaming_callback=lambda c: raw.chunks.append((time.monotonic(), c)),
+                request_timeout=60,
+            ),
+            raise_error=False,
+        )
+    finally:
+        if own:
+            client.close()
+    raw.code, raw.headers = resp.code, resp.headers
+    return raw
+
+
+def assert_clean_sse(raw: Raw) -> None:
+    """Every data payload is JSON or [DONE]; exactly one [DONE], and it is last."""
+    data = raw.data()
+    assert data.count(b"[DONE]") == 1, raw.body
+    assert data[-1] == b"[DONE]"
+    for payload in data[:-1]:
+        json.loads(payload)
+    assert raw.body.endswith(DONE)
+
+
+# ---- failover before the first data event ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        {"status": 502, "error": {"code": 502, "message": "Provider returned error"}},
+        {"status": 429, "error": {"code": 429, "message": "Rate limit exceeded"}},
+        {"error_first": {"code": 502, "message": "Provider disconnected"}},
+        {"comments": 3, "error_first": {"code": "server_error", "message": "overloaded"}},
+        {"comments": 2, "chunks": 0, "done": False},  # ended before any data
+    ],
+    ids=["status-502", "status-429", "error-event-first", "comments-then-error", "no-data"],
+)
+async def test_failover_before_first_data_is_invisible(app, fake, sdk, in_order, script):
+    fake.script(A, script)
+    assert await sdk_text(sdk) == content_of(3)
+    assert fake.order == [A, B]
+    assert ks_of(app, A).errors == 1
+
+
+async def test_failover_before_first_data_raw_bytes(fake, base_url, in_order):
+    fake.script(A, {"comments": 2, "error_first": {"code": 503, "message": "overloaded"}})
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    assert raw.body == expected_stream(3)  # nothing of A's answer, B's byte for byte
+    assert raw.headers["X-Orpoll-Attempts"] == "2"
+    assert raw.headers["Content-Type"].startswith("text/event-stream")
+    assert raw.headers["Cache-Control"] == "no-cache"
+
+
+async def test_stream_error_everywhere_gives_the_last_error_as_json(fake, api, in_order):
+    for key in KEYS:
+        fake.script(key, {"error_first": {"code": 503, "message": f"overloaded {key[-4:]}"}})
+    resp = await api("/v1/chat/completions", {"model": PAID, "messages": MSG, "stream": True})
+    from tests.conftest import assert_openai_error
+
+    e = assert_openai_error(resp, 503)
+    assert e["message"] == f"overloaded {C[-4:]}"
+
+
+async def test_stream_request_fault_reaches_the_sdk(fake, sdk, in_order):
+    fake.script(A, {"status": 400, "error": {"code": 400, "message": "bad model"}})
+    with pytest.raises(openai.BadRequestError):
+        await sdk_text(sdk)
+    assert fake.order == [A]
+
+
+# ---- keep-alive comments -----------------------------------------------------------------------
+
+
+async def test_comments_before_first_data_are_dropped_after_are_passed(fake, base_url):
+    fake.default = {"comments": 3, "chunks": 3, "comments_between": True}
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    assert raw.body.startswith(b"data: ")  # the pre-data keep-alives are gone
+    events = raw.events()
+    assert events.count(b": OPENROUTER PROCESSING") == 3  # one after each data chunk
+    assert events[1] == b": OPENROUTER PROCESSING"
+    assert_clean_sse(raw)
+
+
+async def test_sdk_ignores_passed_comments(fake, sdk):
+    fake.default = {"comments": 1, "chunks": 4, "comments_between": True}
+    assert await sdk_text(sdk) == content_of(4)
+
+
+# ---- after the first data event ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upstream_done", [True, False])
+async def test_mid_stream_error_is_passed_and_ends_with_one_done(
+    fake, base_url, in_order, upstream_done
+):
+    error = {"code": 502, "message": "Provider disconnected mid-generation"}
+    fake.script(A, {"chunks": 5, "mid_error": (2, error), "done": upstream_done})
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    assert_clean_sse(raw)
+    data = raw.data()
+    assert json.loads(data[-2])["error"] == error  # passed through unchanged
+    assert fake.order == [A]  # no retry once bytes reached the client
+
+
+async def test_mid_stream_error_raises_in_the_sdk(fake, sdk, in_order):
+    error = {"code": 429, "message": "Rate limit exceeded", "metadata": {"provider_code": 429}}
+    fake.script(A, {"chunks": 5, "mid_error": (2, error)})
+    stream = await sdk.chat.completions.create(model=PAID, messages=MSG, stream=True)
+    text = ""
+    with pytest.raises(openai.APIError) as exc:
+        async for ev in stream:
+            if ev.choices:
+                text += ev.choices[0].delta.content or ""
+    assert "Rate limit exceeded" in str(exc.value)
+    assert text == content_of(2)
+    assert fake.order == [A]
+
+
+async def test_upstream_drop_mid_stream_ends_with_error_event_and_done(app, fake, base_url):
+    fake.default = {"chunks": 10, "drop_after": 3}
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    assert_clean_sse(raw)  # the half event the fake sent is never forwarded
+    data = raw.data()
+    assert data[:3] == [chunk(i, PAID)[6:-2] for i in range(3)]
+    err = json.loads(data[3])["error"]
+    assert err["code"] == "upstream_disconnected" and err["message"]
+    assert len(data) == 5
+    assert sum(fake.requests.values()) == 1  # never a second (duplicated) answer
+
+
+async def test_upstream_drop_raises_in_the_sdk(fake, sdk):
+    fake.default = {"chunks": 10, "drop_after": 2}
+    with pytest.raises(openai.APIError):
+        await sdk_text(sdk)
+    assert sum(fake.requests.values()) == 1
+
+
+async def test_missing_done_is_added(fake, base_url):
+    fake.default = {"chunks": 4, "done": False}
+    raw = await stream_raw(base_url)
+    assert raw.body == expected_stream(4)
+
+
+async def test_events_split_across_chunks_and_crlf_pass_through(fake, base_url):
+    whole = chunk(0, PAID) + b": keep-alive\n\n" + chunk(1, PAID).replace(b"\n\n", b"\r\n\r\n")
+    whole += b"data: [DONE]\n\n"
+    pieces = [whole[i : i + 7] for i in range(0, len(whole), 7)]
+    fake.default = {"raw": pieces, "interval": 0.001}
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    assert raw.body == whole  # byte for byte, however the upstream cut it
+
+
+async def test_tool_call_stream_survives(fake, sdk):
+    fake.default = {"chunks": 2, "tool_calls": True}
+    stream = await sdk.chat.completions.create(
+        model=PAID,
+        messages=MSG,
+        stream=True,
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+    )
+    calls = []
+    async for ev in stream:
+        if ev.choices and ev.choices[0].delta.tool_calls:
+            calls += ev.choices[0].delta.tool_calls
+    assert calls[0].function.name == "get_weather"
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+
+
+# ---- streams really stream ---------------------------------------------------------------------
+
+
+async def test_first_chunk_arrives_long_before_the_last_is_sent(fake, base_url):
+    fake.default = {"chunks": 5, "interval": 0.3}
+    raw = await stream_raw(base_url)
+    assert raw.body == expected_stream(5)
+    first_at = raw.chunks[0][0] - raw.start
+    assert first_at < 0.6, first_at
+    assert raw.chunks[0][0] < fake.last_chunk_at - 0.9  # while the fake still had 4 to send
+    data_times = []
+    for t, c in raw.chunks:
+        data_times += [t] * c.count(b"data: {")
+    assert len(data_times) == 5
+    gaps = [b - a for a, b in zip(data_times, data_times[1:], strict=False)]
+    assert all(g > 0.15 for g in gaps), gaps  # each chunk on its own, not batched
+
+
+# ---- client disconnect -------------------------------------------------------------------------
+
+
+async def open_raw_stream(base_url: str, **extra):
+    """A raw TCP client that sends a streaming request; returns the stream."""
+    host, port = base_url.removeprefix("http://").split(":")
+    stream = await TCPClient().connect(host, int(port))
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": True, **extra}).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    await stream.write(head + body)
+    return stream
+
+
+async def wait_for(cond, timeout: float) -> float:
+    """Seconds until ``cond()`` held; fails after ``timeout``."""
+    start = time.monotonic()
+    while not cond():
+        assert time.monotonic() - start < timeout, "condition never held"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def test_client_disconnect_mid_stream_aborts_upstream(app, fake, base_url):
+    fake.default = {"chunks": 200, "interval": 0.05}
+    stream = await open_raw_stream(base_url)
+    got = await stream.read_until(b"data: {")
+    assert b"200 OK" in got
+    await wait_for(lambda: fake.active == 1, 2)
+    closed = time.monotonic()
+    stream.close()
+    await wait_for(lambda: fake.disconnects == 1, 2)
+    assert fake.closed_at[0] - closed < 1.0
+    assert fake.finished_streams == 0
+    await wait_for(lambda: app.inflight == 0, 2)
+
+
+async def test_client_disconnect_before_first_byte_aborts_upstream(app, fake, base_url):
+    fake.default = {"hang": True}
+    stream = await open_raw_stream(base_url)
+    await wait_for(lambda: sum(fake.requests.values()) == 1, 2)
+    closed = time.monotonic()
+    stream.close()
+    await wait_for(lambda: fake.disconnects == 1, 2)
+    assert fake.closed_at[0] - closed < 1.0
+    await wait_for(lambda: app.inflight == 0, 2)
+    assert sum(fake.requests.values()) == 1  # no failover for a client that left
+    assert all(k.errors == 0 for k in app.scheduler)
+
+
+async def test_client_disconnect_non_stream_aborts_upstream(app, fake, base_url):
+    fake.default = {"hang": True}
+    stream = await open_raw_stream(base_url, stream=False)
+    await wait_for(lambda: sum(fake.requests.values()) == 1, 2)
+    closed = time.monotonic()
+    stream.close()
+    await wait_for(lambda: fake.disconnects == 1, 2)
+    assert fake.closed_at[0] - closed < 1.0
+
+
+# ---- timeouts ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_timeout(env):
+    env["REQUEST_TIMEOUT_SECONDS"] = "1"
+
+
+async def test_hanging_upstream_fails_over_after_the_timeout(
+    short_timeout, app, fake, sdk, in_order
+):
+    fake.script(A, {"hang": True})
+    t0 = time.monotonic()
+    assert await sdk_text(sdk) == content_of(3)
+    took = time.monotonic() - t0
+    assert 0.9 <= took < 3.0, took
+    assert fake.order == [A, B]
+    assert ks_of(app, A).failures == 1
+
+
+async def test_hanging_upstream_non_stream_fails_over_after_the_timeout(
+    short_timeout, app, fake, sdk, in_order
+):
+    fake.script(A, {"hang": True})
+    t0 = time.monotonic()
+    r = await sdk.chat.completions.create(model=PAID, messages=MSG)
+    assert r.choices[0].message.content == f"answer from {B[-4:]}"
+    assert time.monotonic() - t0 < 3.0
+
+
+async def test_producing_stream_outlives_the_timeout(short_timeout, fake, base_url):
+    fake.default = {"chunks": 8, "interval": 0.4}  # 3.2 s in all, never silent for 1 s
+    raw = await stream_raw(base_url)
+    assert raw.body == expected_stream(8)
+    assert raw.chunks[-1][0] - raw.start > 2.5
+
+
+async def test_silent_stream_is_cut_with_an_error_event(short_timeout, fake, base_url):
+    fake.default = {"chunks": 3, "silence": 3.0}
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    assert_clean_sse(raw)
+    data = raw.data()
+    assert json.loads(data[0])["choices"][0]["delta"]["content"] == "tok0 "
+    assert "error" in json.loads(data[1])
+    assert raw.chunks[-1][0] - raw.start < 2.8
+
+
+# ---- load --------------------------------------------------------------------------------------
+
+
+async def test_200_concurrent_streams_are_byte_exact(app, fake, base_url):
+    fake.default = {"chunks": 20, "interval": 0.01}
+    client = AsyncHTTPClient(force_instance=True, max_clients=200)
+    try:
+        results = await asyncio.gather(*(stream_raw(base_url, client) for _ in range(200)))
+    finally:
+        client.close()
+    expected = expected_stream(20)
+    assert [r.code for r in results] == [200] * 200
+    assert sum(r.body == expected for r in results) == 200
+    assert fake.finished_streams == 200
+    assert sum(fake.requests.values()) == 200
+    assert app.inflight == 0
