@@ -1,0 +1,370 @@
+"""Store: one SQLite database in DATA_DIR for the keys (with their runtime state), admin-edited
+settings, admin sessions and the admin password hash. Never used on the proxy path.
+
+Methods are synchronous; the app awaits them through ``run()`` on one worker thread, so SQLite
+work (and its fsync) never blocks the event loop and writes stay in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from tornado.ioloop import PeriodicCallback
+
+from .keys import KeyScheduler, KeyState
+
+log = logging.getLogger("orpoll.store")
+T = TypeVar("T")
+DB_NAME = "orpoll.db"
+SECRET_FILE = "session_secret"
+# Runtime columns, in KeyState attribute order (``grp`` holds KeyState.group: GROUP is SQL).
+STATE = (
+    "state",
+    "until",
+    "free_until",
+    "reason",
+    "kind",
+    "failures",
+    "last_status",
+    "last_error",
+    "last_used",
+    "requests",
+    "successes",
+    "errors",
+    "group",
+)
+COLUMNS = STATE[:-1] + ("grp",)
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY, secret BLOB NOT NULL, sealed INTEGER NOT NULL DEFAULT 0,
+    weight INTEGER NOT NULL DEFAULT 1, label TEXT NOT NULL DEFAULT '',
+    enabled INTEGER NOT NULL DEFAULT 1, added_at REAL NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'available', until REAL NOT NULL DEFAULT 0,
+    free_until REAL NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL DEFAULT '', failures INTEGER NOT NULL DEFAULT 0,
+    last_status INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+    last_used REAL NOT NULL DEFAULT 0, requests INTEGER NOT NULL DEFAULT 0,
+    successes INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
+    grp TEXT NOT NULL DEFAULT '', info TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL, addr TEXT NOT NULL);
+"""
+INSERT = (
+    f"INSERT OR IGNORE INTO keys (id, secret, sealed, weight, label, enabled, added_at, "
+    f"{', '.join(COLUMNS)}, info) VALUES ({', '.join('?' * (len(COLUMNS) + 8))})"
+)
+SAVE_STATE = f"UPDATE keys SET {', '.join(c + '=?' for c in COLUMNS)}, info=? WHERE id=?"
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used as configured (e.g. encrypted keys, no ENCRYPTION_KEY)."""
+
+
+class Sealer:
+    """AES-256-GCM for key material at rest. The AES key is scrypt(ENCRYPTION_KEY, a random
+    per-database salt); the key id is the associated data, so a sealed row cannot be moved."""
+
+    def __init__(self, passphrase: str, salt: bytes) -> None:
+        aes = hashlib.scrypt(passphrase.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+        self.aead = AESGCM(aes)
+
+    def seal(self, text: str, kid: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self.aead.encrypt(nonce, text.encode(), kid.encode())
+
+    def open(self, blob: bytes, kid: str) -> str:
+        return self.aead.decrypt(blob[:12], blob[12:], kid.encode()).decode()
+
+
+def private_file(path: str) -> None:
+    """Create ``path`` with mode 0600 if missing (SQLite gives its WAL files the same mode)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
+def ensure_secret(data_dir: str, name: str = SECRET_FILE) -> str:
+    """A random secret kept in ``DATA_DIR/name`` (mode 0600), generated on first use."""
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(data_dir, name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path) as f:
+            return f.read().strip()
+    with os.fdopen(fd, "w") as f:
+        value = secrets.token_urlsafe(48)
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return value
+
+
+def state_row(ks: KeyState) -> tuple:
+    """The runtime columns of ``ks`` then its id (SAVE_STATE's parameters)."""
+    values = tuple(getattr(ks, name) for name in STATE)
+    return values + (json.dumps(ks.info) if ks.info else "", ks.id)
+
+
+class Store:
+    def __init__(self, path: str, *, encryption_key: str = "") -> None:
+        self.path = path
+        if path != ":memory:":
+            private_file(path)
+        # Autocommit mode; writes use explicit BEGIN IMMEDIATE ... COMMIT (see _tx).
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: every commit is fsynced, so an answered admin change survives power loss too.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute("PRAGMA secure_delete=ON")  # deleted keys are overwritten, not left over
+        self.db.executescript(SCHEMA)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="orpoll-store")
+        self.sealer = self._sealer(encryption_key) if encryption_key else None
+        self._check_sealed()
+
+    @classmethod
+    def open(cls, data_dir: str, *, encryption_key: str = "") -> Store:
+        """The store of ``data_dir`` (created with mode 0700 if missing)."""
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        return cls(os.path.join(data_dir, DB_NAME), encryption_key=encryption_key)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store method on the store's worker thread; the loop stays free."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---- meta and encryption ----------------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def _sealer(self, passphrase: str) -> Sealer:
+        salt = self.get_meta("enc_salt")
+        if salt is None:
+            salt = base64.b64encode(os.urandom(16)).decode()
+            self.set_meta("enc_salt", salt)
+        sealer = Sealer(passphrase, base64.b64decode(salt))
+        check = self.get_meta("enc_check")
+        if check is None:
+            self.set_meta("enc_check", base64.b64encode(sealer.seal("orpoll", "check")).decode())
+        else:
+            try:
+                sealer.open(base64.b64decode(check), "check")
+            except InvalidTag:
+                raise StoreError(
+                    f"ENCRYPTION_KEY does not match the key that encrypted {self.path}"
+                ) from None
+        return sealer
+
+    def _check_sealed(self) -> None:
+        """Refuse sealed keys without a Sealer; seal clear keys when one is configured."""
+        sealed = self.db.execute("SELECT count(*) FROM keys WHERE sealed=1").fetchone()[0]
+        if sealed and self.sealer is None:
+            raise StoreError(f"{self.path} holds encrypted keys: set ENCRYPTION_KEY to use it")
+        if self.sealer is None:
+            return
+        clear = self.db.execute("SELECT id, secret FROM keys WHERE sealed=0").fetchall()
+        if clear:
+            log.info("encrypting %d stored keys at rest (ENCRYPTION_KEY is set)", len(clear))
+            rows = [(self.sealer.seal(secret, kid), kid) for kid, secret in clear]
+            with self._tx() as db:
+                db.executemany("UPDATE keys SET secret=?, sealed=1 WHERE id=?", rows)
+            # Rewrite the file and empty the WAL, so no page keeps an old clear copy.
+            self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _row(self, ks: KeyState) -> tuple:
+        """INSERT parameters for ``ks``: the key (sealed when configured) and all columns."""
+        sealer = self.sealer
+        secret, sealed = (ks.key, 0) if sealer is None else (sealer.seal(ks.key, ks.id), 1)
+        head = (ks.id, secret, sealed, ks.weight, ks.label, int(ks.enabled), ks.added_at)
+        return head + state_row(ks)[:-1]
+
+    # ---- keys -------------------------------------------------------------------------------
+
+    def load_keys(self) -> list[dict[str, Any]]:
+        """Every stored key as KeyScheduler.add() arguments, in the order they were added."""
+        sql = f"SELECT id, secret, sealed, weight, label, enabled, added_at, {', '.join(COLUMNS)}"
+        out = []
+        for row in self.db.execute(sql + ", info FROM keys ORDER BY rowid"):
+            kid, secret, sealed = row[:3]
+            key = self.sealer.open(secret, kid) if sealed else secret
+            entry = dict(zip(STATE, row[7:-1], strict=True))
+            entry.update(key=key, weight=row[3], label=row[4], enabled=bool(row[5]))
+            entry.update(added_at=row[6], info=json.loads(row[-1]) if row[-1] else {})
+            out.append(entry)
+        return out
+
+    def key_ids(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT id FROM keys")]
+
+    def insert_keys(self, keys: Iterable[KeyState]) -> None:
+        """Store new keys with their current state (existing ids are left alone)."""
+        rows = [self._row(ks) for ks in keys]
+        with self._tx() as db:
+            db.executemany(INSERT, rows)
+
+    def delete_keys(self, ids: Iterable[str]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM keys WHERE id=?", [(kid,) for kid in ids])
+
+    def update_key(self, kid: str, **columns: Any) -> None:
+        """Set operator columns (weight, label, enabled) of one key."""
+        assert set(columns) <= {"weight", "label", "enabled"}, columns
+        sql = f"UPDATE keys SET {', '.join(c + '=?' for c in columns)} WHERE id=?"
+        with self._tx() as db:
+            db.execute(sql, (*columns.values(), kid))
+
+    def replace_keys(
+        self, remove: Iterable[str], add: Iterable[KeyState], weights: Iterable[tuple[int, str]]
+    ) -> None:
+        """One transaction: delete ``remove``, insert ``add``, set (weight, id) pairs."""
+        rows = [self._row(ks) for ks in add]
+        with self._tx() as db:
+            db.executemany("DELETE FROM keys WHERE id=?", [(kid,) for kid in remove])
+            db.executemany(INSERT, rows)
+            db.executemany("UPDATE keys SET weight=? WHERE id=?", list(weights))
+
+    def save_state(self, rows: list[tuple]) -> None:
+        """Write-behind of runtime state: rows from ``state_row``."""
+        with self._tx() as db:
+            db.executemany(SAVE_STATE, rows)
+
+    # ---- settings ---------------------------------------------------------------------------
+
+    def load_settings(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT name, value FROM settings"))
+
+    def save_settings(self, changes: dict[str, str | None]) -> None:
+        """Store admin-edited values by env name; None removes the override."""
+        with self._tx() as db:
+            for name, value in changes.items():
+                if value is None:
+                    db.execute("DELETE FROM settings WHERE name=?", (name,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (name, value))
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    def load_sessions(self, now: float) -> list[tuple[str, float, float, str]]:
+        """Live sessions (expired ones are deleted)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+        return self.db.execute("SELECT id, created, expires, addr FROM sessions").fetchall()
+
+    def add_session(self, sid: str, created: float, expires: float, addr: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (sid, created, expires, addr))
+
+    def touch_session(self, sid: str, expires: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE sessions SET expires=? WHERE id=?", (expires, sid))
+
+    def delete_sessions(self, sid: str | None = None) -> None:
+        """Delete one session, or every session when ``sid`` is None."""
+        with self._tx() as db:
+            if sid is None:
+                db.execute("DELETE FROM sessions")
+            else:
+                db.execute("DELETE FROM sessions WHERE id=?", (sid,))
+
+
+def load_pool(store: Store, scheduler: KeyScheduler) -> bool:
+    """Fill an empty scheduler from the store; returns False when the store holds no keys.
+
+    A scheduler that already holds keys (a test seam) is the pool: the store is made to match.
+    """
+    if len(scheduler):
+        store.replace_keys(store.key_ids(), list(scheduler), ())
+        return True
+    rows = store.load_keys()
+    for row in rows:
+        scheduler.add(row.pop("key"), row.pop("weight"), row.pop("label"), **row)
+    scheduler.dirty.clear()
+    return bool(rows)
+
+
+class WriteBehind:
+    """Writes the scheduler's changed runtime state to the store, about once a second.
+
+    ``flush()`` is a plain async method; ``start()``/``stop()`` wrap it in a PeriodicCallback
+    (only server.py starts it; tests await ``flush()``).
+    """
+
+    def __init__(self, store: Store, scheduler: KeyScheduler, interval: float = 1.0) -> None:
+        self.store, self.scheduler, self.interval = store, scheduler, interval
+        self._periodic: PeriodicCallback | None = None
+
+    def start(self) -> None:
+        self.stop()
+        self._periodic = PeriodicCallback(self.flush, timedelta(seconds=self.interval))
+        self._periodic.start()
+
+    def stop(self) -> None:
+        if self._periodic is not None:
+            self._periodic.stop()
+            self._periodic = None
+
+    def take(self) -> list[tuple]:
+        """Snapshot (on the loop thread) and clear the changed keys."""
+        dirty = self.scheduler.dirty
+        if not dirty:
+            return []
+        ids = list(dirty)
+        dirty.clear()
+        get = self.scheduler.keys.get
+        return [state_row(ks) for kid in ids if (ks := get(kid)) is not None]
+
+    async def flush(self) -> int:
+        """Save what changed; returns the number of keys written. Never raises."""
+        rows = self.take()
+        if not rows:
+            return 0
+        try:
+            await self.store.run(self.store.save_state, rows)
+        except Exception:
+            log.exception("saving the state of %d keys failed; will retry", len(rows))
+            self.scheduler.dirty.update(row[-1] for row in rows)
+            return 0
+        return len(rows)
+
+    def flush_now(self) -> int:
+        """Synchronous flush for shutdown, after the worker thread is idle."""
+        rows = self.take()
+        if rows:
+            self.store.save_state(rows)
+        return len(rows)
