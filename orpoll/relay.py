@@ -114,6 +114,7 @@ class Relay:
             self.attempts.add(ks, outcome)
             if outcome is None:  # client went away: nothing to say about the key
                 return
+            _mask_key(outcome, ks)
             self.scheduler.report(ks, outcome)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -156,6 +157,25 @@ class Relay:
             message += f"; the next returns in {headers['Retry-After']} s"
         cls = errors.RateLimited if self.scheduler.exhausted_kind() == "rate_limited" else None
         return (cls or errors.NoKeyAvailable)(message, code="no_key_available", headers=headers)
+
+
+def _mask_key(outcome: Outcome, ks: KeyState) -> None:
+    """Replace the key with its masked form wherever the upstream's error echoes it: the
+    message and metadata reach the client, the logs and the admin's last_error."""
+
+    def mask(obj):
+        if isinstance(obj, str):
+            return obj.replace(ks.key, ks.masked) if ks.key in obj else obj
+        if isinstance(obj, dict):
+            return {k: mask(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [mask(v) for v in obj]
+        return obj
+
+    outcome.message = mask(outcome.message)
+    outcome.code = mask(outcome.code)
+    if outcome.metadata:
+        outcome.metadata = mask(outcome.metadata)
 
 
 class _Attempt:
@@ -243,7 +263,7 @@ class _Attempt:
                 out.append((name, value))
         out.append(("X-Orpoll-Attempts", str(len(self.attempts.items) + 1)))
         self.attempts.status = status
-        self.attempts.first_byte = time.monotonic()
+        self.attempts.first_byte = time.time()  # the access log subtracts request._start_time
         self.sink.start(status, out)
         self.committed = True
 

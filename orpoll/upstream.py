@@ -140,6 +140,12 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         super().fetch_impl(request, callback)
 
 
+def no_header_log(curl: pycurl.Curl) -> None:
+    """Keep curl quiet: with tornado.curl_httpclient at DEBUG (LOG_LEVEL=debug), Tornado turns
+    on VERBOSE and logs every request header, ``Authorization: Bearer <key>`` included."""
+    curl.setopt(pycurl.VERBOSE, 0)
+
+
 class OpenRouterClient:
     """Sends requests to OpenRouter with a given key over one shared CurlAsyncHTTPClient."""
 
@@ -186,6 +192,7 @@ class OpenRouterClient:
 
         def prepare_curl(curl: pycurl.Curl) -> None:
             transfer.curl = curl
+            no_header_log(curl)
             # Abort from curl's progress callback: Tornado has no cancel for a fetch.
             curl.setopt(pycurl.NOPROGRESS, 0)
             curl.setopt(pycurl.XFERINFOFUNCTION, transfer.progress)
@@ -232,6 +239,7 @@ class OpenRouterClient:
             headers=headers,
             connect_timeout=self.config.connect_timeout,
             request_timeout=min(self.config.request_timeout, 30.0),
+            prepare_curl_callback=no_header_log,
         )
         try:
             resp = await self.http.fetch(req, raise_error=False)

@@ -191,12 +191,21 @@ class ChatHandler(FakeHandler):
                 }
             ]
             body["choices"][0]["finish_reason"] = "tool_calls"
-        if path != "chat/completions":
+        if path == "embeddings":
             body = {
                 "object": "list",
-                "path": path,
+                "model": model,
                 "key": self.key[-4:],
-                "data": [{"embedding": [0.1, 0.2]}],
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                "usage": {"prompt_tokens": 1, "total_tokens": 1},
+            }
+        elif path == "completions":
+            body = {
+                "id": "gen-fake",
+                "object": "text_completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "text": content, "finish_reason": "stop"}],
             }
         self.send_json(body, headers={"X-Generation-Id": "gen-fake"})
 
@@ -274,6 +283,22 @@ class ChatHandler(FakeHandler):
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+class GenerationHandler(FakeHandler):
+    """GET /api/v1/generation?id=...: a keyed GET, scripted like chat (status behaviours)."""
+
+    def get(self) -> None:
+        st = self.state
+        st.requests[self.key] += 1
+        st.order.append(self.key)
+        st.paths.append("generation?" + self.request.query)
+        b = st.next_for(self.key)
+        if "status" in b and b["status"] != 200:
+            error = b.get("error") or {"code": b["status"], "message": f"fake {b['status']}"}
+            return self.send_json({"error": error}, b["status"], b.get("headers"))
+        data = {"id": self.get_argument("id"), "key": self.key[-4:], "total_cost": 0.0}
+        self.send_json({"data": data})
+
+
 class ModelsHandler(FakeHandler):
     async def get(self) -> None:
         self.state.models_calls += 1
@@ -323,6 +348,7 @@ def make_fake_app(state: FakeOpenRouter) -> tornado.web.Application:
             (r"/api/v1/models", ModelsHandler, args),
             (r"/api/v1/key", KeyInfoHandler, args),
             (r"/api/v1/(completions|embeddings)", ChatHandler, args),
+            (r"/api/v1/generation", GenerationHandler, args),
         ]
     )
 
