@@ -5,17 +5,21 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
+import jinja2
 import tornado.web
 
-from .auth import parse_client_keys
+from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .catalog import ModelCatalog
-from .config import Settings
-from .handlers import api
+from .config import ConfigError, Settings, replace_settings
+from .handlers import admin, admin_keys, api
 from .handlers.base import NotFoundHandler
 from .health import HealthChecker
-from .keys import CooldownPolicy, KeyScheduler, mask, parse_keys
+from .keys import CooldownPolicy, KeyScheduler, key_id, mask, parse_keys
+from .store import Store, WriteBehind, ensure_secret, load_pool
 from .upstream import OpenRouterClient
 
 access_log = logging.getLogger("orpoll.access")
@@ -32,9 +36,41 @@ def policy_of(config: Settings) -> CooldownPolicy:
     )
 
 
+class Traffic:
+    """Requests to /v1 and how many failed (status >= 400), per minute over the last hour."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.ring = [[-1, 0, 0] for _ in range(60)]  # [minute, requests, errors]
+        self.requests = self.errors = 0  # since start
+
+    def record(self, status: int) -> None:
+        minute = int(self.clock() // 60)
+        slot = self.ring[minute % 60]
+        if slot[0] != minute:
+            slot[:] = [minute, 0, 0]
+        failed = status >= 400
+        slot[1] += 1
+        slot[2] += failed
+        self.requests += 1
+        self.errors += failed
+
+    def summary(self) -> dict[str, int]:
+        minute = int(self.clock() // 60)
+        live = [slot for slot in self.ring if 0 <= minute - slot[0] < 60]
+        return {
+            "requests_last_hour": sum(slot[1] for slot in live),
+            "errors_last_hour": sum(slot[2] for slot in live),
+            "requests_total": self.requests,
+            "errors_total": self.errors,
+        }
+
+
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """One access line per request; relayed requests add model, keys tried and timings."""
     status = handler.get_status()
+    if handler.request.path.startswith("/v1/"):
+        handler.application.traffic.record(status)
     level = logging.INFO if status < 500 else logging.WARNING
     if not access_log.isEnabledFor(level):
         return
@@ -69,11 +105,14 @@ class OrpollApp(tornado.web.Application):
         *,
         scheduler: KeyScheduler,
         upstream: OpenRouterClient,
+        store: Store,
         health: HealthChecker | None = None,
+        env_config: Settings | None = None,
         **tornado_settings: Any,
     ) -> None:
         self.config = config
-        self.scheduler, self.upstream = scheduler, upstream
+        self.env_config = env_config or config  # before admin edits (what "reset" returns to)
+        self.scheduler, self.upstream, self.store = scheduler, upstream, store
         self.health = health or HealthChecker(scheduler, upstream, lambda: self.config)
         self.catalog = ModelCatalog(
             lambda: upstream.get_json(self.config.openrouter_models_url), ttl=config.models_cache
@@ -82,14 +121,32 @@ class OrpollApp(tornado.web.Application):
         self.inflight = 0  # relayed requests in progress (graceful shutdown waits for them)
         self._request_ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
+        self.started_at = time.time()
+        self.traffic = Traffic()
+        self.write_behind = WriteBehind(store, scheduler)
+        self.sessions = Sessions(store, lambda: self.config.session_lifetime)
+        self.sessions.load()
+        self.password = AdminPassword(store, config.admin_password)
+        self.generated_password = self.password.setup(self.sessions)  # server.py logs it once
+        self.login_throttle = LoginThrottle(lambda: self.config.login_max_failures)
+        self.jinja = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(os.path.join(ROOT, "templates")),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
         settings = {
             "default_handler_class": NotFoundHandler,
             "log_function": log_request,
             "static_path": os.path.join(ROOT, "static"),
             "template_path": os.path.join(ROOT, "templates"),
+            "cookie_secret": config.session_secret_key or ensure_secret(config.data_dir),
+            # Forms need the _xsrf token; AdminHandler lets JSON requests through on an Origin
+            # check instead, and /v1 handlers opt out (bearer tokens, no cookies).
+            "xsrf_cookies": True,
+            "login_url": "/admin/login",
             **tornado_settings,
         }
-        super().__init__(api.routes, **settings)
+        super().__init__(api.routes + admin.routes + admin_keys.routes, **settings)
 
     def next_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._request_ids)}"
@@ -98,6 +155,9 @@ class OrpollApp(tornado.web.Application):
         """Release what the app owns (after the server stopped taking requests)."""
         self.health.stop()
         self.upstream.close()
+        self.write_behind.stop()
+        await self.write_behind.flush()
+        self.store.close()
 
     def apply_settings(self, config: Settings) -> None:
         """Swap in new settings (admin edits); every component reads them from here."""
@@ -124,12 +184,51 @@ def load_env_keys(scheduler: KeyScheduler, text: str) -> int:
     return added
 
 
+def overlay_settings(config: Settings, stored: dict[str, str]) -> Settings:
+    """``config`` with the admin's stored edits applied (a value no longer valid is skipped)."""
+    for name, value in stored.items():
+        try:
+            config = replace_settings(config, {name: value})
+        except ConfigError as e:
+            log.warning("ignoring a stored setting: %s", e)
+    return config
+
+
+def note_env_keys(scheduler: KeyScheduler, text: str) -> None:
+    """Once the store holds keys it is the pool; say so if OPENROUTER_API_KEYS differs."""
+    entries, _ = parse_keys(text)
+    missing = sum(1 for key, _ in entries if key_id(key) not in scheduler.keys)
+    if missing:
+        log.warning(
+            "OPENROUTER_API_KEYS lists %d keys that are not in the store; they are ignored "
+            "(the store seeded from it once; add keys in the admin or POST /admin/add-keys)",
+            missing,
+        )
+
+
 def make_app(config: Settings, **overrides: Any) -> OrpollApp:
-    """Build the app; ``overrides`` may supply ready collaborators (scheduler, upstream, ...)
-    or Tornado settings (the test seam)."""
+    """Build the app; ``overrides`` may supply ready collaborators (scheduler, upstream, store,
+    ...) or Tornado settings (the test seam).
+
+    Keys come from the store in DATA_DIR; OPENROUTER_API_KEYS seeds it when it holds none.
+    Settings edited in the admin (stored) override the environment.
+    """
+    store = overrides.pop("store", None) or Store.open(
+        config.data_dir, encryption_key=config.encryption_key
+    )
+    env_config, config = config, overlay_settings(config, store.load_settings())
     scheduler = overrides.pop("scheduler", None) or KeyScheduler(policy_of(config))
     upstream = overrides.pop("upstream", None) or OpenRouterClient(config)
-    if not len(scheduler):
+    if load_pool(store, scheduler):
+        note_env_keys(scheduler, config.openrouter_api_keys)
+    else:
         load_env_keys(scheduler, config.openrouter_api_keys)
-    app = OrpollApp(config, scheduler=scheduler, upstream=upstream, **overrides)
-    return app
+        store.insert_keys(list(scheduler))
+    return OrpollApp(
+        config,
+        env_config=env_config,
+        scheduler=scheduler,
+        upstream=upstream,
+        store=store,
+        **overrides,
+    )

@@ -16,6 +16,7 @@ import tornado.httpserver
 from . import __version__
 from .app import make_app
 from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
+from .store import StoreError
 
 log = logging.getLogger("orpoll")
 SHUTDOWN_GRACE_SECONDS = 10.0
@@ -78,7 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"orpoll: configuration error: {e}", file=sys.stderr)
         sys.exit(2)
     setup_logging(config)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StoreError as e:
+        print(f"orpoll: storage error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 async def serve(config: Settings) -> None:
@@ -99,6 +104,17 @@ async def serve(config: Settings) -> None:
         fds,
         time.monotonic() - started,
     )
+    if app.generated_password:
+        host = config.host if config.host not in ("", "0.0.0.0", "::") else "localhost"
+        log.warning(
+            "admin password generated (shown this once; only its scrypt hash is stored in %s): "
+            "%s  -- sign in at http://%s:%d/admin/login",
+            config.data_dir,
+            app.generated_password,
+            host,
+            config.port,
+        )
+        app.generated_password = None
     if not n:
         log.warning(
             "no OpenRouter keys yet: set OPENROUTER_API_KEYS or add keys in the admin; "
@@ -111,6 +127,7 @@ async def serve(config: Settings) -> None:
             fds,
         )
     app.health.start()
+    app.write_behind.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,380 @@
+"""/admin: AdminHandler (session, cookies, CSRF rule), the login/logout flow, the pages, and
+the settings, password and app-status JSON endpoints. Key endpoints are in admin_keys.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import platform
+import time
+from typing import Any
+
+import tornado.web
+
+from .. import __version__, errors
+from ..auth import SESSION_COOKIE, Session, cookie_options, local_path, origin_ok, weak_password
+from ..config import ENV_FIELDS, FIELDS, ConfigError, Settings, replace_settings
+from .base import BaseHandler
+
+log = logging.getLogger("orpoll.admin")
+DASHBOARD = "/admin/dashboard"
+# Scripts and styles only from /static: an injected <script> or on*= handler cannot run.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+LOGIN_MESSAGES = {
+    "logged_out": "You are signed out.",
+    "password_changed": "Password changed: sign in with the new one.",
+}
+
+
+class UnsupportedMediaType(errors.ApiError):
+    status, error_type = 415, "invalid_request_error"
+
+
+def is_json(request: tornado.httputil.HTTPServerRequest) -> bool:
+    ctype = request.headers.get("Content-Type", "")
+    return ctype.split(";")[0].strip().lower() == "application/json"
+
+
+class AdminHandler(BaseHandler):
+    """Base of /admin. CSRF rule: a request with a JSON body or with no body at all needs a
+    same-site ``Origin`` (when the browser sends one); anything else (a form) also needs
+    Tornado's ``_xsrf`` token. A cross-site form can send neither JSON nor a custom header."""
+
+    _token: str | None = None
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+
+    @property
+    def secure(self) -> bool:
+        return self.config.cookie_secure or self.request.protocol == "https"
+
+    def set_cookie(self, name: str, value: str | bytes, **kwargs: Any) -> None:
+        # Every admin cookie (the session's and Tornado's _xsrf) passes through here.
+        super().set_cookie(name, value, **cookie_options(self.secure, **kwargs))
+
+    def check_xsrf_cookie(self) -> None:
+        # Runs before prepare() (tornado/web.py: _execute); must not rely on it.
+        if not origin_ok(self.request.headers, self.request.host):
+            raise errors.Forbidden("cross-origin request refused", code="bad_origin")
+        headers = self.request.headers
+        bodiless = not self.request.body and "Content-Type" not in headers
+        sent_token = "X-Xsrftoken" in headers or "X-Csrftoken" in headers
+        if (is_json(self.request) or bodiless) and not sent_token:
+            return
+        super().check_xsrf_cookie()
+
+    def get_current_user(self) -> Session | None:
+        days = self.config.session_lifetime / 86400 + 1
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=days)
+        self._token = raw.decode() if raw else None
+        return self.application.sessions.get(self._token)
+
+    async def prepare(self) -> None:
+        session, sessions = self.current_user, self.application.sessions
+        if session is not None and sessions.stale(session):
+            await sessions.refresh(session)  # sliding expiry; the cookie is renewed with it
+            self.set_session_cookie(self._token)
+
+    def set_session_cookie(self, token: str) -> None:
+        days = self.config.session_lifetime / 86400
+        self.set_signed_cookie(SESSION_COOKIE, token, expires_days=days, path="/admin")
+
+    async def start_session(self) -> None:
+        self._token = await self.application.sessions.create(self.request.remote_ip or "")
+        self.set_session_cookie(self._token)
+
+    def json_body(self) -> dict[str, Any]:
+        """The request's JSON object; 415 for another content type, 400 if malformed."""
+        if not is_json(self.request):
+            raise UnsupportedMediaType(
+                "send JSON (Content-Type: application/json)", code="unsupported_media_type"
+            )
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError as e:
+            raise errors.BadRequest(f"body is not valid JSON: {e}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise errors.BadRequest("body must be a JSON object", code="invalid_json")
+        return body
+
+    def render_template(self, name: str, **ns: Any) -> None:
+        ns.update(
+            xsrf_token=self.xsrf_token.decode(),
+            static_url=self.static_url,
+            current_user=self.current_user,
+            version=__version__,
+        )
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(self.application.jinja.get_template(name).render(**ns))
+
+
+class AdminApiHandler(AdminHandler):
+    """The admin JSON API: 401 (OpenAI-shaped) without a session, never a redirect."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.current_user is None:
+            raise errors.Unauthorized(
+                'admin session required: log in with POST /admin/login {"password": ...}',
+                code="admin_session_required",
+            )
+
+
+def text_field(body: dict[str, Any], name: str, *, limit: int = 10_000) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str) or len(value) > limit:
+        raise errors.BadRequest(f"{name} must be a string", param=name, code="invalid_type")
+    return value
+
+
+# ---- login, logout, password ------------------------------------------------------------------
+
+
+class LoginHandler(AdminHandler):
+    """GET: the login page. POST: JSON ``{"password"}`` (the original's flow) or the form."""
+
+    def get(self) -> None:
+        if self.current_user:
+            return self.redirect(DASHBOARD)
+        self.render_login()
+
+    def render_login(self, error: str = "") -> None:
+        target = self.get_argument("next", None)
+        message = LOGIN_MESSAGES.get(self.get_argument("reason", ""), "")
+        self.render_template(
+            "login.html", next=local_path(target, DASHBOARD), message=message, error=error
+        )
+
+    async def post(self) -> None:
+        form = not is_json(self.request)
+        body = {} if form else self.json_body()
+        password = self.get_body_argument("password", "") if form else text_field(body, "password")
+        addr = self.request.remote_ip or ""
+        throttle = self.application.login_throttle
+        wait = math.ceil(throttle.retry_after(addr))
+        if wait:
+            err = errors.RateLimited(
+                f"too many failed logins; try again in {wait} s",
+                code="login_throttled",
+                headers={"Retry-After": str(wait)},
+            )
+            return self.refuse(form, err)
+        if not await self.application.password.verify(password):
+            log.warning("admin login failed from %s (%d in a row)", addr, throttle.failed(addr))
+            return self.refuse(form, errors.Unauthorized("wrong password", code="invalid_password"))
+        throttle.succeeded(addr)
+        await self.start_session()
+        log.info("admin login from %s", addr)
+        if form:
+            return self.redirect(local_path(self.get_body_argument("next", None), DASHBOARD))
+        expires = self.application.sessions.get(self._token).expires
+        self.write_json({"message": "logged in", "expires_at": expires})
+
+    def refuse(self, form: bool, err: errors.ApiError) -> None:
+        if not form:
+            raise err
+        # The form is shown again with the reason (403 as in jupyterhub/handlers/login.py).
+        self.set_status(429 if isinstance(err, errors.RateLimited) else 403)
+        for name, value in err.headers.items():
+            self.set_header(name, value)
+        self.render_login(err.message)
+
+
+class LogoutHandler(AdminHandler):
+    """POST: end the session server-side (the cookie is useless from now on)."""
+
+    async def post(self) -> None:
+        if self.current_user is not None:
+            await self.application.sessions.revoke(self._token)
+        self.clear_cookie(SESSION_COOKIE, path="/admin")
+        if is_json(self.request) or not self.request.body:
+            return self.write_json({"message": "logged out"})
+        self.redirect("/admin/login?reason=logged_out")
+
+
+class PasswordHandler(AdminApiHandler):
+    """POST ``{"current_password", "new_password"}``: every session ends; this one restarts."""
+
+    async def post(self) -> None:
+        body = self.json_body()
+        current, new = text_field(body, "current_password"), text_field(body, "new_password")
+        password = self.application.password
+        if password.from_env:
+            raise errors.Conflict(
+                "the admin password is set by ADMIN_PASSWORD: change it there and restart",
+                code="password_from_env",
+            )
+        if not await password.verify(current):
+            raise errors.Forbidden(
+                "current password is wrong", param="current_password", code="invalid_password"
+            )
+        problem = weak_password(new)
+        if problem:
+            raise errors.BadRequest(problem, param="new_password", code="weak_password")
+        await password.change(new)
+        revoked = await self.application.sessions.revoke_all()
+        await self.start_session()
+        log.warning(
+            "admin password changed from %s; %d sessions ended", self.request.remote_ip, revoked
+        )
+        self.write_json(
+            {
+                "message": "password changed; other sessions are signed out",
+                "sessions_revoked": revoked,
+            }
+        )
+
+
+# ---- pages ------------------------------------------------------------------------------------
+
+
+class AdminRootHandler(AdminHandler):
+    def get(self) -> None:
+        self.redirect(DASHBOARD)
+
+
+class DashboardHandler(AdminHandler):
+    @tornado.web.authenticated
+    def get(self) -> None:
+        self.render_template("dashboard.html", page="dashboard")
+
+
+class SettingsPageHandler(AdminHandler):
+    @tornado.web.authenticated
+    def get(self) -> None:
+        app = self.application
+        self.render_template(
+            "settings.html",
+            page="settings",
+            fields=settings_view(app)["fields"],
+            public=app.config.public(),
+            password_from_env=app.password.from_env,
+        )
+
+
+# ---- settings and status ----------------------------------------------------------------------
+
+
+def settings_view(app: Any) -> dict[str, Any]:
+    """Editable settings: ``settings`` by env name, ``fields`` with help and limits, and the
+    original's flat lowercase names (``default_model``, ...)."""
+    fields = []
+    for f in dataclasses.fields(Settings):
+        meta = f.metadata
+        if not meta["editable"]:
+            continue
+        value, env_value = getattr(app.config, f.name), getattr(app.env_config, f.name)
+        fields.append(
+            {
+                "name": meta["env"],
+                "value": value,
+                "env_value": env_value,
+                "default": f.default,
+                "overridden": value != env_value,
+                "type": type(f.default).__name__,
+                "help": meta["help"],
+                "min": meta.get("min"),
+                "max": meta.get("max"),
+                "choices": list(meta["choices"]) if "choices" in meta else None,
+            }
+        )
+    flat = {field["name"].lower(): field["value"] for field in fields}
+    return {**flat, "settings": {f["name"]: f["value"] for f in fields}, "fields": fields}
+
+
+def env_name(name: str) -> str:
+    """The env name of a setting given by env name (any case) or field name."""
+    f = ENV_FIELDS.get(name.upper()) or FIELDS.get(name)
+    if f is None or not f.metadata["editable"]:
+        raise errors.BadRequest(
+            f"{name}: not an editable setting", param=name, code="invalid_setting"
+        )
+    return f.metadata["env"]
+
+
+class SettingsHandler(AdminApiHandler):
+    """GET: editable settings. POST ``{NAME: value, ...}`` (or ``{"settings": {...}}``): checked
+    like start-up config, stored, then applied at once; ``null`` returns a setting to its env
+    value. All or nothing: one bad value changes nothing."""
+
+    def get(self) -> None:
+        self.write_json(settings_view(self.application))
+
+    async def post(self) -> None:
+        body = self.json_body()
+        given = body["settings"] if isinstance(body.get("settings"), dict) else body
+        if not given:
+            raise errors.BadRequest("no settings given", code="invalid_setting")
+        changes = {env_name(name): value for name, value in given.items()}
+        app = self.application
+        new = self.changed(app.config, changes)
+        stored = {
+            name: None if value is None else str(getattr(new, ENV_FIELDS[name].name))
+            for name, value in changes.items()
+        }
+        await app.store.run(app.store.save_settings, stored)
+        app.apply_settings(self.changed(app.config, changes))  # current config: edits may race
+        log.info("settings changed in the admin: %s", ", ".join(sorted(changes)))
+        self.write_json(
+            {
+                "message": "settings saved and applied",
+                "changed": sorted(changes),
+                **settings_view(app),
+            }
+        )
+
+    def changed(self, config: Settings, changes: dict[str, Any]) -> Settings:
+        env = self.application.env_config
+        for name, value in changes.items():
+            if value is None:
+                value = getattr(env, ENV_FIELDS[name].name)
+            try:
+                config = replace_settings(config, {name: value})
+            except ConfigError as e:
+                raise errors.BadRequest(str(e), param=name, code="invalid_setting") from None
+        return config
+
+
+class AppStatusHandler(AdminApiHandler):
+    """GET: uptime, version, keys by state, request counters, effective settings (no secrets)."""
+
+    def get(self) -> None:
+        app = self.application
+        uptime = time.time() - app.started_at
+        self.write_json(
+            {
+                "version": __version__,
+                "python_version": platform.python_version(),
+                "start_time": app.started_at,
+                "uptime_seconds": round(uptime, 1),
+                "keys": app.scheduler.counts(),
+                "requests": {**app.traffic.summary(), "inflight": app.inflight},
+                "health": app.health.last_sweep,
+                "sessions": len(app.sessions.active),
+                "admin_password_source": "env" if app.password.from_env else "store",
+                "encrypted_at_rest": app.store.sealer is not None,
+                "settings": app.config.public(),
+            }
+        )
+
+
+routes = [
+    (r"/admin/?", AdminRootHandler),
+    (r"/admin/login", LoginHandler),
+    (r"/admin/logout", LogoutHandler),
+    (r"/admin/password", PasswordHandler),
+    (r"/admin/dashboard", DashboardHandler),
+    (r"/admin/settings-page", SettingsPageHandler),
+    (r"/admin/settings", SettingsHandler),
+    (r"/admin/app-status", AppStatusHandler),
+]
