@@ -100,7 +100,7 @@ class Transfer:
                 return v.strip()
         return None
 
-    def progress(self, _dltotal: int, dlnow: int, *_: Any) -> int:
+    def progress(self, _dltotal: int, dlnow: int, _ultotal: int = 0, ulnow: int = 0) -> int:
         """curl XFERINFOFUNCTION: non-zero aborts the transfer (client gone, or we gave up).
 
         Also the stall timer. curl's LOW_SPEED_* averages over a window of about 5 s that
@@ -112,8 +112,9 @@ class Transfer:
             return 1
         if self.stall:
             now = time.monotonic()
-            if dlnow != self._seen:
-                self._seen, self._quiet_since = dlnow, now
+            moved = dlnow + ulnow  # a long request upload is not silence either
+            if moved != self._seen:
+                self._seen, self._quiet_since = moved, now
             elif now - self._quiet_since >= self.stall:
                 self.timed_out = self._abort = True
                 return 1

@@ -9,7 +9,8 @@
 - plus, for streams: ``"error_first": {...}`` (an error event before any data),
   ``"mid_error": (n, {...})`` (error event after n chunks), ``"drop_after": n`` (close the
   socket after n chunks), ``"done": False`` (no [DONE]), ``"tool_calls": True``,
-  ``"comments_between": True`` (a keep-alive comment after every chunk),
+  ``"comments_between": True`` (a keep-alive comment after every chunk), ``"pad": n``
+  (each chunk's content is n bytes of "x"),
   ``"raw": [b"...", ...]`` (exactly these pieces, flushed one by one, ``interval`` apart)
 - ``{"hang": True}``: never answer; ``{"inband_error": {...}}``: HTTP 200 with an error body;
   ``{"choice_error": {...}}``: HTTP 200, partial content and ``finish_reason: "error"``
@@ -236,7 +237,8 @@ class ChatHandler(FakeHandler):
             for i in range(n):
                 if b.get("tool_calls") and i == 0:
                     self.write(self.tool_chunk(model))
-                self.write(chunk(i, model))
+                pad = b.get("pad")
+                self.write(chunk(i, model, "x" * pad if pad else None))
                 if b.get("comments_between"):
                     self.write(b": OPENROUTER PROCESSING\n\n")
                 await self.flush()

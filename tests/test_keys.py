@@ -380,3 +380,19 @@ def test_account_wide_verdict_cools_every_key_of_the_account(sched, clock):
     assert len(drain(sched, "openai/gpt-4o")) == 3
     sched.report(c, Outcome(Verdict.KEY_CREDIT, 402, "Insufficient credits", account=True))
     assert c.state == "cooling" and a.state == b.state == "available"
+
+
+@pytest.mark.xfail(
+    reason="orpoll/keys.py KeyScheduler.report/_incident: keys that turned 401 before the "
+    "incident was recognised stay disabled (until a health sweep); the issue asks for a short "
+    "cooldown only once most keys 401 within the window",
+    strict=True,
+)
+def test_incident_also_spares_the_keys_that_401ed_first(sched, clock):
+    keys = fill(sched, 4)
+    for ks in keys:
+        sched.report(ks, Outcome(Verdict.KEY_INVALID, 401, "User not found."))
+        clock.advance(1)
+    assert [k.state for k in keys] == ["cooling"] * 4
+    clock.advance(INCIDENT_COOLDOWN)
+    assert len(drain(sched)) == 4

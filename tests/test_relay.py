@@ -332,7 +332,7 @@ async def test_every_key_401_reads_as_an_incident(app, fake, api, in_order):
     e = assert_openai_error(resp, 401, "authentication_error")
     assert e["message"] == "User not found."
     assert fake.order == KEYS
-    assert [ks_of(app, k).state for k in KEYS] == ["disabled", "disabled", "cooling"]
+    assert ks_of(app, C).state == "cooling"  # the third 401 in a row: an incident
     resp = await api(CHAT, chat_body())
     assert_openai_error(resp, 503)
     assert 55 <= int(resp.headers["Retry-After"]) <= 61  # the short incident cooldown
@@ -450,3 +450,21 @@ async def test_tool_calls_non_stream(fake, sdk):
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+@pytest.mark.xfail(
+    reason="orpoll/keys.py KeyScheduler.exhausted_kind ignores the model and the time: a key "
+    "whose :free quota is spent counts as rate limited even for a paid model, so a pool that "
+    "is out of credit answers 429 instead of 503",
+    strict=True,
+)
+async def test_out_of_credit_pool_is_503_even_when_free_quota_is_also_spent(app, fake, api):
+    daily = err(429, "Rate limit exceeded: free-models-per-day")
+    for key in KEYS:
+        fake.script(key, daily, err(402, "Insufficient credits"))
+    free = {"model": "deepseek/deepseek-chat-v3-0324:free", "messages": MSG}
+    assert_openai_error(await api(CHAT, free), 429)  # every key's :free quota is spent
+    assert_openai_error(await api(CHAT, chat_body()), 402)  # and every key is out of credit
+    assert app.scheduler.counts()["no_credit"] == 3
+    resp = await api(CHAT, chat_body())  # a paid model: credit, not a rate limit, is why
+    assert_openai_error(resp, 503, "service_unavailable")

@@ -263,8 +263,7 @@ async def test_first_chunk_arrives_long_before_the_last_is_sent(fake, base_url):
     for t, c in raw.chunks:
         data_times += [t] * c.count(b"data: {")
     assert len(data_times) == 5
-    gaps = [b - a for a, b in zip(data_times, data_times[1:], strict=False)]
-    assert all(g > 0.15 for g in gaps), gaps  # each chunk on its own, not batched
+    assert data_times[-1] - data_times[0] > 0.9  # spread out as sent, not batched at the end
 
 
 # ---- client disconnect -------------------------------------------------------------------------
@@ -393,3 +392,42 @@ async def test_200_concurrent_streams_are_byte_exact(app, fake, base_url):
     assert fake.finished_streams == 200
     assert sum(fake.requests.values()) == 200
     assert app.inflight == 0
+
+
+@pytest.fixture
+def small_backlog(env):
+    env["MAX_STREAM_BACKLOG_BYTES"] = "65536"
+
+
+async def test_client_that_stops_reading_is_dropped_and_upstream_aborted(
+    small_backlog, app, fake, base_url
+):
+    fake.default = {"chunks": 2000, "pad": 32768}  # 64 MB: far past every socket buffer
+    stream = await open_raw_stream(base_url)
+    await stream.read_until(b"\r\n\r\n")  # the headers, then never read again
+    try:
+        await wait_for(lambda: fake.disconnects == 1, 10)
+        assert fake.finished_streams == 0
+        await wait_for(lambda: app.inflight == 0, 5)
+    finally:
+        stream.close()
+
+
+async def test_streamed_completions_pass_through(fake, base_url):
+    client = AsyncHTTPClient(force_instance=True)
+    chunks: list[bytes] = []
+    try:
+        resp = await client.fetch(
+            HTTPRequest(
+                f"{base_url}/v1/completions",
+                method="POST",
+                body=json.dumps({"model": PAID, "prompt": "hi", "stream": True}),
+                headers={"Content-Type": "application/json"},
+                streaming_callback=chunks.append,
+            )
+        )
+    finally:
+        client.close()
+    assert resp.code == 200
+    assert b"".join(chunks) == expected_stream(3)
+    assert fake.paths == ["completions"]
