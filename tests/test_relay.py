@@ -392,6 +392,19 @@ async def test_unknown_fields_survive_unchanged(fake, api):
     assert json.loads(fake.bodies[0]) == body
 
 
+async def test_defaulting_the_model_keeps_the_rest_exact(app, fake, api):
+    raw = (
+        b'{ "messages": [{"role": "user", "content": "hi"}],\n'
+        b'  "seed": 123456789012345678901234567890, "temperature": 0.10000000000000001,\n'
+        b'  "x": {"deep": [1, 2.50, "\\u00e9"]} }'
+    )
+    resp = await api(CHAT, body=raw)
+    assert resp.code == 200
+    sent = fake.bodies[0]
+    assert json.loads(sent) == {**json.loads(raw), "model": app.config.default_model}
+    assert raw[1:] in sent  # everything but the model, byte for byte
+
+
 async def test_upstream_headers(app, fake, api, env):
     resp = await api(CHAT, chat_body(), headers={"Authorization": "Bearer client-secret"})
     assert resp.code == 200

@@ -146,6 +146,15 @@ def parse_json_body(body: bytes) -> dict[str, Any]:
     return obj
 
 
+def with_model(body: bytes, obj: dict[str, Any], model: str) -> bytes:
+    """``body`` with ``"model"`` set and the rest byte for byte: re-serialising would turn
+    integers beyond 64 bits into floats (orjson) and change the client's formatting."""
+    if "model" not in obj:
+        at = body.index(b"{") + 1
+        return body[:at] + b'"model":' + orjson.dumps(model) + (b"," if obj else b"") + body[at:]
+    return orjson.dumps({**obj, "model": model})  # "model": null or "": rare, re-serialise
+
+
 class ChatHandler(RelayHandler):
     """POST /v1/chat/completions: the body goes upstream unchanged (``model`` filled if absent)."""
 
@@ -154,8 +163,8 @@ class ChatHandler(RelayHandler):
         obj = parse_json_body(body)
         model = obj.get("model")
         if model is None or model == "":
-            obj["model"] = model = self.config.default_model
-            body = orjson.dumps(obj)
+            model = self.config.default_model
+            body = with_model(body, obj, model)
         elif not isinstance(model, str):
             raise errors.BadRequest("model must be a string", param="model", code="invalid_type")
         if not isinstance(obj.get("messages"), list) and "prompt" not in obj:
