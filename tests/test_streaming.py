@@ -12,7 +12,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.tcpclient import TCPClient
 
-from tests.conftest import KEYS
+from tests.conftest import KEYS, assert_openai_error
 from tests.fake_upstream import chunk, content_of
 
 A, B, C = KEYS
@@ -134,8 +134,6 @@ async def test_stream_error_everywhere_gives_the_last_error_as_json(fake, api, i
     for key in KEYS:
         fake.script(key, {"error_first": {"code": 503, "message": f"overloaded {key[-4:]}"}})
     resp = await api("/v1/chat/completions", {"model": PAID, "messages": MSG, "stream": True})
-    from tests.conftest import assert_openai_error
-
     e = assert_openai_error(resp, 503)
     assert e["message"] == f"overloaded {C[-4:]}"
 
@@ -431,3 +429,18 @@ async def test_streamed_completions_pass_through(fake, base_url):
     assert resp.code == 200
     assert b"".join(chunks) == expected_stream(3)
     assert fake.paths == ["completions"]
+
+
+async def test_200_concurrent_streams_with_a_failing_key(app, fake, base_url):
+    fake.default = {"chunks": 10, "interval": 0.01}
+    fake.script(A, {"comments": 1, "error_first": {"code": 502, "message": "down"}})
+    client = AsyncHTTPClient(force_instance=True, max_clients=200)
+    try:
+        results = await asyncio.gather(*(stream_raw(base_url, client) for _ in range(200)))
+    finally:
+        client.close()
+    expected = expected_stream(10)
+    assert sum(r.code == 200 and r.body == expected for r in results) == 200
+    assert fake.requests[A] >= 1  # A was tried (and failed) before it cooled
+    assert fake.finished_streams == 200
+    assert sum(int(r.headers["X-Orpoll-Attempts"]) for r in results) == 200 + fake.requests[A]
