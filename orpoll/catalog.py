@@ -55,17 +55,25 @@ class ModelCatalog:
         self._inflight: asyncio.Future[bytes] | None = None
 
     async def get(self) -> bytes:
-        """The serialized list; stale when the upstream fails; raises ApiError with no copy."""
+        """The serialized list; raises ApiError when there has never been a copy.
+
+        An expired copy is served at once while one refresh runs in the background (stale
+        while revalidate): a slow or failing upstream never makes a client wait once a list
+        has been fetched.
+        """
         if self.body is not None and self.clock() - self.fetched_at < self.ttl:
             return self.body
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._refresh())
-        inflight = self._inflight
-        try:
-            return await asyncio.shield(inflight)
-        finally:
-            if inflight.done() and self._inflight is inflight:
-                self._inflight = None
+            self._inflight.add_done_callback(self._refreshed)
+        if self.body is not None:
+            return self.body
+        return await asyncio.shield(self._inflight)
+
+    def _refreshed(self, fut: asyncio.Future[bytes]) -> None:
+        self._inflight = None
+        if not fut.cancelled():
+            fut.exception()  # mark retrieved: waiters (if any) get it; a refresh may have none
 
     async def _refresh(self) -> bytes:
         status, data, _ = await self.fetch()

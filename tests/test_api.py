@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import openai
 import pytest
@@ -244,18 +245,42 @@ def short_models_cache(env):
     env["MODELS_CACHE_SECONDS"] = "0.2"
 
 
-async def test_stale_list_served_when_refresh_fails(short_models_cache, fake, api):
+async def eventually(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+async def test_stale_list_served_when_refresh_fails(short_models_cache, app, fake, api):
     first = await api("/v1/models")
     assert first.code == 200
     fake.models_status = 500
     await asyncio.sleep(0.3)
     again = await api("/v1/models")
     assert again.code == 200 and again.body == first.body
-    assert fake.models_calls == 2
+    await eventually(lambda: fake.models_calls == 2)
     fake.models_status = 200
+    fetched = app.catalog.fetched_at
     await asyncio.sleep(0.3)
     assert (await api("/v1/models")).code == 200
-    assert fake.models_calls >= 3
+    await eventually(lambda: app.catalog.fetched_at > fetched)  # the next refresh took
+    assert fake.models_calls == 3
+
+
+async def test_stale_list_served_at_once_while_a_slow_refresh_runs(
+    short_models_cache, app, fake, api
+):
+    first = await api("/v1/models")
+    fetched = app.catalog.fetched_at
+    fake.models_delay = 1.5
+    await asyncio.sleep(0.3)
+    t0 = time.monotonic()
+    again = await asyncio.gather(*(api("/v1/models") for _ in range(5)))
+    assert time.monotonic() - t0 < 1.0  # nobody waits for the upstream
+    assert all(r.code == 200 and r.body == first.body for r in again)
+    await eventually(lambda: app.catalog.fetched_at > fetched)
+    assert fake.models_calls == 2  # one refresh for all of them
 
 
 async def test_models_502_when_it_never_worked(fake, api):
