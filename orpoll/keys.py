@@ -415,14 +415,30 @@ class KeyScheduler:
         return self.group_of(ks) if outcome.account else [ks]
 
     def _incident(self, now: float, ks: KeyState) -> bool:
-        """True when most of the pool has turned 401 within a short window."""
+        """True when most of the pool has turned 401 within a short window.
+
+        Once recognised, keys that were disabled by a 401 earlier in the window get the short
+        incident cooldown too: they were most likely victims of the same incident.
+        """
         recent = self._recent_401
         recent.append((now, ks.id))
         while recent and recent[0][0] < now - INCIDENT_WINDOW:
             recent.popleft()
         hit = {kid for _, kid in recent}
-        enabled = sum(1 for k in self.keys.values() if k.enabled) if len(hit) >= 3 else 0
-        return len(hit) >= INCIDENT_MIN_KEYS and len(hit) >= INCIDENT_SHARE * enabled
+        if len(hit) < INCIDENT_MIN_KEYS or len(hit) < INCIDENT_SHARE * len(self.keys):
+            return False
+        for kid in hit:
+            other = self.keys.get(kid)
+            if other is not None and other.state == "disabled" and other.kind == "key_invalid":
+                self._set_state(
+                    other,
+                    "cooling",
+                    until=now + INCIDENT_COOLDOWN,
+                    reason="401 during an upstream incident",
+                    kind="key_invalid",
+                )
+                self._schedule(other, now + INCIDENT_COOLDOWN, "all")
+        return True
 
     def cool(self, ks: KeyState, until: float, reason: str, kind: str = "", scope: str = "all"):
         """Take the key out until ``until`` (for ":free" models only when scope is "free")."""
@@ -507,12 +523,16 @@ class KeyScheduler:
                 out["free_limited"] += 1
         return out
 
-    def exhausted_kind(self) -> str:
-        """Why nothing is usable: "rate_limited" if every enabled key is rate limited."""
+    def exhausted_kind(self, model: str | None = None) -> str:
+        """Why nothing is usable for ``model``: "rate_limited" if every enabled key is rate
+        limited for it (a :free quota counts only for :free models), else "unavailable"."""
+        now = self.clock()
+        free = bool(model and model.endswith(":free"))
+
+        def limited(k: KeyState) -> bool:
+            if k.state == "cooling" and k.until > now:
+                return k.kind == Verdict.KEY_RATE_LIMIT.value
+            return k.state != "disabled" and free and k.free_until > now
+
         enabled = [k for k in self.keys.values() if k.enabled]
-        if enabled and all(
-            k.kind == Verdict.KEY_RATE_LIMIT.value and k.state == "cooling" or k.free_until
-            for k in enabled
-        ):
-            return "rate_limited"
-        return "unavailable"
+        return "rate_limited" if enabled and all(map(limited, enabled)) else "unavailable"

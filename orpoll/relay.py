@@ -155,7 +155,7 @@ class Relay:
             message += f", {counts['free_limited']} out of :free quota"
         if at:
             message += f"; the next returns in {headers['Retry-After']} s"
-        cls = errors.RateLimited if self.scheduler.exhausted_kind() == "rate_limited" else None
+        cls = errors.RateLimited if self.scheduler.exhausted_kind(model) == "rate_limited" else None
         return (cls or errors.NoKeyAvailable)(message, code="no_key_available", headers=headers)
 
 

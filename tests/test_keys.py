@@ -382,12 +382,6 @@ def test_account_wide_verdict_cools_every_key_of_the_account(sched, clock):
     assert c.state == "cooling" and a.state == b.state == "available"
 
 
-@pytest.mark.xfail(
-    reason="orpoll/keys.py KeyScheduler.report/_incident: keys that turned 401 before the "
-    "incident was recognised stay disabled (until a health sweep); the issue asks for a short "
-    "cooldown only once most keys 401 within the window",
-    strict=True,
-)
 def test_incident_also_spares_the_keys_that_401ed_first(sched, clock):
     keys = fill(sched, 4)
     for ks in keys:

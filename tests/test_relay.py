@@ -465,12 +465,6 @@ async def test_tool_calls_non_stream(fake, sdk):
     assert json.loads(call.function.arguments) == {"city": "Paris"}
 
 
-@pytest.mark.xfail(
-    reason="orpoll/keys.py KeyScheduler.exhausted_kind ignores the model and the time: a key "
-    "whose :free quota is spent counts as rate limited even for a paid model, so a pool that "
-    "is out of credit answers 429 instead of 503",
-    strict=True,
-)
 async def test_out_of_credit_pool_is_503_even_when_free_quota_is_also_spent(app, fake, api):
     daily = err(429, "Rate limit exceeded: free-models-per-day")
     for key in KEYS:
