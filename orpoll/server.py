@@ -20,6 +20,7 @@ from .store import StoreError
 
 log = logging.getLogger("orpoll")
 SHUTDOWN_GRACE_SECONDS = 10.0
+LISTEN_BACKLOG = 8192
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,7 +94,9 @@ async def serve(config: Settings) -> None:
     server = tornado.httpserver.HTTPServer(
         app, xheaders=True, max_body_size=config.max_body_bytes, idle_connection_timeout=300
     )
-    server.listen(config.port, config.host)
+    # Tornado's default backlog of 128 drops SYNs when thousands of clients connect at once;
+    # the kernel caps this at net.core.somaxconn.
+    server.listen(config.port, config.host, backlog=LISTEN_BACKLOG)
     n = len(app.scheduler)
     log.info(
         "orpoll %s listening on http://%s:%d (%d keys, fd limit %d, ready in %.2fs)",
