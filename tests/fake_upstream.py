@@ -301,6 +301,23 @@ class GenerationHandler(FakeHandler):
         self.send_json({"data": data})
 
 
+class EchoHandler(FakeHandler):
+    """POST /api/v1/audio/...: any body (multipart too); echoes what arrived."""
+
+    def post(self, path: str) -> None:
+        st = self.state
+        st.requests[self.key] += 1
+        st.order.append(self.key)
+        st.paths.append(path)
+        st.bodies.append(self.request.body)
+        b = st.next_for(self.key)
+        if "status" in b and b["status"] != 200:
+            error = b.get("error") or {"code": b["status"], "message": f"fake {b['status']}"}
+            return self.send_json({"error": error}, b["status"], b.get("headers"))
+        ctype = self.request.headers.get("Content-Type", "")
+        self.send_json({"text": "echo", "content_type": ctype, "key": self.key[-4:]})
+
+
 class ModelsHandler(FakeHandler):
     async def get(self) -> None:
         self.state.models_calls += 1
@@ -351,6 +368,7 @@ def make_fake_app(state: FakeOpenRouter) -> tornado.web.Application:
             (r"/api/v1/key", KeyInfoHandler, args),
             (r"/api/v1/(completions|embeddings)", ChatHandler, args),
             (r"/api/v1/generation", GenerationHandler, args),
+            (r"/api/v1/(audio/.+)", EchoHandler, args),
         ]
     )
 

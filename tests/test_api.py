@@ -341,6 +341,27 @@ async def test_pass_through_get_with_query(fake, api, in_order):
     assert fake.paths == ["generation?id=gen-123"] * 2
 
 
+async def test_pass_through_forwards_non_json_bodies_unchanged(fake, api, in_order):
+    fake.script(A, {"status": 502, "error": {"code": 502, "message": "bad gateway"}})
+    boundary = "b0undary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            f"Content-Type: audio/wav\r\n\r\n"
+        ).encode()
+        + bytes(range(256))
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    ctype = f"multipart/form-data; boundary={boundary}"
+    resp = await api(
+        "/v1/audio/transcriptions", body=form, method="POST", headers={"Content-Type": ctype}
+    )
+    assert resp.code == 200, resp.body
+    assert json.loads(resp.body) == {"text": "echo", "content_type": ctype, "key": B[-4:]}
+    assert fake.bodies == [form, form]  # byte for byte, to each key tried
+
+
 async def test_pass_through_never_forwards_the_client_authorization(client_keys, fake, api):
     resp = await api(
         "/v1/embeddings",

@@ -183,7 +183,8 @@ class PassThroughHandler(RelayHandler):
     async def _pass(self, path: str) -> None:
         body = self.request_body() if self.request.method != "GET" else None
         model, stream = None, False
-        if body:
+        ctype = self.request.headers.get("Content-Type", "")
+        if body and (not ctype or "json" in ctype.lower()):  # multipart etc. go as they are
             obj = parse_json_body(body)
             model = obj.get("model") if isinstance(obj.get("model"), str) else None
             stream = obj.get("stream") is True
@@ -196,7 +197,7 @@ class PassThroughHandler(RelayHandler):
             body,
             model=model,
             stream=stream,
-            content_type=self.request.headers.get("Content-Type"),
+            content_type=ctype or None,
         )
 
     get = post = delete = _pass
