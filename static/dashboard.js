@@ -77,7 +77,7 @@
       el("td", { className: "num" }, k.requests.toLocaleString()),
       el("td", { className: "num" }, k.success_rate === null ? "—" : (100 * k.success_rate).toFixed(1) + "%"),
       el("td", { className: "num" }, credit),
-      el("td", { className: "mono small" }, k.group || "—"),
+      el("td", { className: "account mono small", title: k.group }, k.group || "—"),
       el("td", { className: "actions" }, actions(k)));
   }
 

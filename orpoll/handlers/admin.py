@@ -257,7 +257,7 @@ class SettingsPageHandler(AdminHandler):
             "settings.html",
             page="settings",
             fields=settings_view(app)["fields"],
-            public=app.config.public(),
+            public=effective(app.config),
             password_from_env=app.password.from_env,
         )
 
@@ -290,6 +290,17 @@ def settings_view(app: Any) -> dict[str, Any]:
         )
     flat = {field["name"].lower(): field["value"] for field in fields}
     return {**flat, "settings": {f["name"]: f["value"] for f in fields}, "fields": fields}
+
+
+def effective(config: Settings) -> list[tuple[str, str]]:
+    """Every setting as shown on the settings page; secrets only say whether they are set."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(config, f.name)
+        if f.metadata["secret"]:
+            value = "set" if value else "not set"
+        rows.append((f.metadata["env"], "(empty)" if value == "" else str(value)))
+    return rows
 
 
 def env_name(name: str) -> str:
