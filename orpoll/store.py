@@ -218,16 +218,18 @@ class Store:
 
     def load_keys(self) -> list[dict[str, Any]]:
         """Every stored key as KeyScheduler.add() arguments, in the order they were added."""
+        return list(self.iter_keys())
+
+    def iter_keys(self) -> Iterator[dict[str, Any]]:
+        """load_keys() one row at a time (100k keys need not be in memory twice)."""
         sql = f"SELECT id, secret, sealed, weight, label, enabled, added_at, {', '.join(COLUMNS)}"
-        out = []
         for row in self.db.execute(sql + ", info FROM keys ORDER BY rowid"):
             kid, secret, sealed = row[:3]
             key = self.sealer.open(secret, kid) if sealed else secret
             entry = dict(zip(STATE, row[7:-1], strict=True))
             entry.update(key=key, weight=row[3], label=row[4], enabled=bool(row[5]))
             entry.update(added_at=row[6], info=json.loads(row[-1]) if row[-1] else {})
-            out.append(entry)
-        return out
+            yield entry
 
     def key_ids(self) -> list[str]:
         return [row[0] for row in self.db.execute("SELECT id FROM keys")]
@@ -311,11 +313,10 @@ def load_pool(store: Store, scheduler: KeyScheduler) -> bool:
     if len(scheduler):
         store.replace_keys(store.key_ids(), list(scheduler), ())
         return True
-    rows = store.load_keys()
-    for row in rows:
+    for row in store.iter_keys():
         scheduler.add(row.pop("key"), row.pop("weight"), row.pop("label"), **row)
     scheduler.dirty.clear()
-    return bool(rows)
+    return bool(len(scheduler))
 
 
 class WriteBehind:
