@@ -95,7 +95,7 @@ async def test_session_cookie_is_httponly_strict_and_scoped(client, app):
 
 async def test_wrong_password_is_401_and_logged_without_the_password(client, caplog):
     caplog.set_level(logging.INFO)
-    with ExpectLog("orpoll.admin", "admin login failed from 127.0.0.1 \\(1 in a row\\)"):
+    with ExpectLog("orpoll.admin", "wrong admin password from 127.0.0.1 \\(1 in a row\\)"):
         resp = await client.login("guess-one-two-three")
     assert_openai_error(resp, 401, "authentication_error")
     assert SESSION_COOKIE not in client.cookies
@@ -251,9 +251,13 @@ async def test_password_change_revokes_every_other_session(generated):
     assert assert_openai_error(await first.post("/admin/password", weak), 400)["param"] == (
         "new_password"
     )
-    wrong = {"current_password": "not-it", "new_password": "a-new-long-password"}
-    assert_openai_error(await first.post("/admin/password", wrong), 403)
     body = {"current_password": old, "new_password": "a-new-long-password"}
+    wrong = {**body, "current_password": "not-it"}
+    for _ in range(app.config.login_max_failures):
+        assert_openai_error(await first.post("/admin/password", wrong), 403)
+    # Guessing the current password is throttled like a login.
+    assert_openai_error(await first.post("/admin/password", body), 429)
+    app.login_throttle.succeeded("127.0.0.1")
     result = await first.json("POST", "/admin/password", body)
     assert result["sessions_revoked"] == 2
     assert_openai_error(await second.get("/admin/key-status"), 401)

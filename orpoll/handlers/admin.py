@@ -93,6 +93,24 @@ class AdminHandler(BaseHandler):
         self._token = await self.application.sessions.create(self.request.remote_ip or "")
         self.set_session_cookie(self._token)
 
+    async def password_ok(self, password: str) -> bool:
+        """Check the admin password under the per-address throttle (RateLimited while the
+        address must wait). Failures are logged without the attempted password."""
+        addr = self.request.remote_ip or ""
+        throttle = self.application.login_throttle
+        wait = math.ceil(throttle.retry_after(addr))
+        if wait:
+            raise errors.RateLimited(
+                f"too many failed logins; try again in {wait} s",
+                code="login_throttled",
+                headers={"Retry-After": str(wait)},
+            )
+        if await self.application.password.verify(password):
+            throttle.succeeded(addr)
+            return True
+        log.warning("wrong admin password from %s (%d in a row)", addr, throttle.failed(addr))
+        return False
+
     def json_body(self) -> dict[str, Any]:
         """The request's JSON object; 415 for another content type, 400 if malformed."""
         if not is_json(self.request):
@@ -159,22 +177,14 @@ class LoginHandler(AdminHandler):
         form = not is_json(self.request)
         body = {} if form else self.json_body()
         password = self.get_body_argument("password", "") if form else text_field(body, "password")
-        addr = self.request.remote_ip or ""
-        throttle = self.application.login_throttle
-        wait = math.ceil(throttle.retry_after(addr))
-        if wait:
-            err = errors.RateLimited(
-                f"too many failed logins; try again in {wait} s",
-                code="login_throttled",
-                headers={"Retry-After": str(wait)},
-            )
+        try:
+            ok = await self.password_ok(password)
+        except errors.RateLimited as err:
             return self.refuse(form, err)
-        if not await self.application.password.verify(password):
-            log.warning("admin login failed from %s (%d in a row)", addr, throttle.failed(addr))
+        if not ok:
             return self.refuse(form, errors.Unauthorized("wrong password", code="invalid_password"))
-        throttle.succeeded(addr)
         await self.start_session()
-        log.info("admin login from %s", addr)
+        log.info("admin login from %s", self.request.remote_ip)
         if form:
             return self.redirect(local_path(self.get_body_argument("next", None), DASHBOARD))
         expires = self.application.sessions.get(self._token).expires
@@ -214,7 +224,7 @@ class PasswordHandler(AdminApiHandler):
                 "the admin password is set by ADMIN_PASSWORD: change it there and restart",
                 code="password_from_env",
             )
-        if not await password.verify(current):
+        if not await self.password_ok(current):
             raise errors.Forbidden(
                 "current password is wrong", param="current_password", code="invalid_password"
             )
