@@ -15,7 +15,7 @@ import tornado.web
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .catalog import ModelCatalog
 from .config import ConfigError, Settings, replace_settings
-from .handlers import admin, admin_keys, api
+from .handlers import admin, admin_keys, admin_settings, api
 from .handlers.base import NotFoundHandler
 from .health import HealthChecker
 from .keys import CooldownPolicy, KeyScheduler, key_id, mask, parse_keys
@@ -146,7 +146,8 @@ class OrpollApp(tornado.web.Application):
             "login_url": "/admin/login",
             **tornado_settings,
         }
-        super().__init__(api.routes + admin.routes + admin_keys.routes, **settings)
+        routes = api.routes + admin.routes + admin_settings.routes + admin_keys.routes
+        super().__init__(routes, **settings)
 
     def next_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._request_ids)}"
