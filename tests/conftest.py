@@ -20,6 +20,7 @@ Helpers: ``assert_openai_error(resp, status, type)``, ``InOrder`` (the rng behin
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -137,10 +138,15 @@ def api(base_url):
 
 
 @pytest.fixture
-def sdk(base_url):
+def sdk(base_url, io_loop):
     import openai
 
-    return openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    yield client
+    # The SDK leaves async generators half-iterated after [DONE]; finalize them (and close the
+    # client) on the test's loop while it still runs, not at interpreter exit.
+    gc.collect()
+    io_loop.run_sync(client.close)
 
 
 def assert_openai_error(resp, status: int, etype: str | None = None) -> dict:

@@ -183,11 +183,12 @@ async def test_every_client_key_is_accepted(client_keys, fake, api, key):
 
 async def test_sdk_with_and_without_the_client_key(client_keys, fake, base_url):
     good = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="client-key-two", max_retries=0)
-    r = await good.chat.completions.create(model=PAID, messages=MSG)
-    assert r.choices[0].message.content.startswith("answer from")
     bad = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="nope", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        await bad.chat.completions.create(model=PAID, messages=MSG)
+    async with good, bad:
+        r = await good.chat.completions.create(model=PAID, messages=MSG)
+        assert r.choices[0].message.content.startswith("answer from")
+        with pytest.raises(openai.AuthenticationError):
+            await bad.chat.completions.create(model=PAID, messages=MSG)
 
 
 async def test_healthz_needs_no_client_key(client_keys, api):

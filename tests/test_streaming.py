@@ -33,9 +33,10 @@ def expected_stream(n: int, model: str = PAID) -> bytes:
 async def sdk_text(sdk, **kw) -> str:
     stream = await sdk.chat.completions.create(model=PAID, messages=MSG, stream=True, **kw)
     text = ""
-    async for ev in stream:
-        if ev.choices:
-            text += ev.choices[0].delta.content or ""
+    async with stream:  # closed even when the SDK raises mid-stream
+        async for ev in stream:
+            if ev.choices:
+                text += ev.choices[0].delta.content or ""
     return text
 
 
@@ -138,10 +139,11 @@ async def test_stream_error_everywhere_gives_the_last_error_as_json(fake, api, i
     assert e["message"] == f"overloaded {C[-4:]}"
 
 
-async def test_stream_request_fault_reaches_the_sdk(fake, sdk, in_order):
+async def test_stream_request_fault_is_relayed_as_json(fake, api, in_order):
     fake.script(A, {"status": 400, "error": {"code": 400, "message": "bad model"}})
-    with pytest.raises(openai.BadRequestError):
-        await sdk_text(sdk)
+    resp = await api("/v1/chat/completions", {"model": PAID, "messages": MSG, "stream": True})
+    e = assert_openai_error(resp, 400, "invalid_request_error")
+    assert e["message"] == "bad model"
     assert fake.order == [A]
 
 
@@ -187,9 +189,10 @@ async def test_mid_stream_error_raises_in_the_sdk(fake, sdk, in_order):
     stream = await sdk.chat.completions.create(model=PAID, messages=MSG, stream=True)
     text = ""
     with pytest.raises(openai.APIError) as exc:
-        async for ev in stream:
-            if ev.choices:
-                text += ev.choices[0].delta.content or ""
+        async with stream:
+            async for ev in stream:
+                if ev.choices:
+                    text += ev.choices[0].delta.content or ""
     assert "Rate limit exceeded" in str(exc.value)
     assert text == content_of(2)
     assert fake.order == [A]
@@ -240,9 +243,10 @@ async def test_tool_call_stream_survives(fake, sdk):
         tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
     )
     calls = []
-    async for ev in stream:
-        if ev.choices and ev.choices[0].delta.tool_calls:
-            calls += ev.choices[0].delta.tool_calls
+    async with stream:
+        async for ev in stream:
+            if ev.choices and ev.choices[0].delta.tool_calls:
+                calls += ev.choices[0].delta.tool_calls
     assert calls[0].function.name == "get_weather"
     assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
 

@@ -20,6 +20,11 @@ log = logging.getLogger("orpoll.api")
 class RelayHandler(ApiHandler):
     """Base of the relaying handlers; it is the relay's ``Sink`` (the client connection)."""
 
+    # Class defaults: on_connection_close also runs when prepare() raised before setting them
+    # (a 401 or 413 answered before the body was read closes the connection).
+    client_gone = False
+    transfer = None
+
     def prepare(self) -> None:
         super().prepare()
         self.application.inflight += 1
