@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 
 import openai
@@ -384,3 +385,16 @@ async def test_healthz_counts_keys(app, api):
     assert body["status"] == "ok"
     assert body["keys"]["total"] == 3 and body["keys"]["disabled"] == 1
     assert body["keys"]["available"] == 2
+
+
+async def test_rejected_requests_log_no_traceback(client_keys, small_body, fake, api, caplog):
+    caplog.set_level(logging.WARNING)
+    big = {"model": PAID, "messages": [{"role": "user", "content": "x" * 4000}]}
+    for _ in range(3):
+        assert_openai_error(await api(CHAT, GOOD), 401)
+        assert_openai_error(
+            await api(CHAT, big, headers={"Authorization": "Bearer client-key-3"}), 413
+        )
+    await still_serving(api, headers={"Authorization": "Bearer client-key-3"})
+    await asyncio.sleep(0.05)  # let the closed connections be noticed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
