@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from . import errors
@@ -68,7 +68,7 @@ def page_of(
     desc, name = sort.startswith("-"), sort.lstrip("-")
     func = sort_key(name, now)
     q = q.strip().lstrip(".").lower()
-    rows: Collection[KeyState] = sched.keys.values()
+    rows = sched.keys.values()  # dict order is the order keys were added
     if q or status:
         rows = [
             ks
@@ -77,7 +77,7 @@ def page_of(
         ]
     start, end = (page - 1) * limit, page * limit
     if func is None:
-        ordered: Iterable[KeyState] = reversed(rows) if desc else rows  # type: ignore[call-overload]
+        ordered = reversed(rows) if desc else rows
         return list(itertools.islice(ordered, start, end)), len(rows)
     if end * 8 < len(rows):
         pick = heapq.nlargest if desc else heapq.nsmallest

@@ -390,8 +390,9 @@ async def test_app_status_counts_requests_and_shows_no_secret(env, serve, sdk):
     headers = {"Authorization": "Bearer client-secret-key-1", "Content-Type": "application/json"}
     chat = json.dumps({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "x"}]})
     for auth in (headers, {}):
-        await c.http.fetch(f"{url}/v1/chat/completions", method="POST", body=chat,
-                           headers=auth, raise_error=False)  # fmt: skip
+        await c.http.fetch(
+            f"{url}/v1/chat/completions", method="POST", body=chat, headers=auth, raise_error=False
+        )
     resp = await c.get("/admin/app-status")
     data = json.loads(resp.body)
     assert data["keys"]["total"] == 3 and data["keys"]["available"] == 3
