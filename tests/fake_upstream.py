@@ -130,6 +130,7 @@ class FakeHandler(tornado.web.RequestHandler):
         self.state = state
         self.gone = False
         self.dropping = False  # we close the socket ourselves: not a client disconnect
+        self.counted_gone = False
 
     def check_xsrf_cookie(self) -> None:
         pass
@@ -141,6 +142,13 @@ class FakeHandler(tornado.web.RequestHandler):
     def on_connection_close(self) -> None:
         self.gone = True
         if not self.dropping:
+            self.note_disconnect()
+
+    def note_disconnect(self) -> None:
+        """Count the client going away, once (Tornado skips on_connection_close when a write
+        already failed and the handler finished first)."""
+        if not self.counted_gone:
+            self.counted_gone = True
             self.state.disconnects += 1
             self.state.closed_at.append(time.monotonic())
 
@@ -263,7 +271,7 @@ class ChatHandler(FakeHandler):
             self.finish()
             st.finished_streams += 1
         except StreamClosedError:
-            pass  # counted by on_connection_close
+            self.note_disconnect()
         finally:
             st.active -= 1
 
