@@ -33,6 +33,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--big", action="store_true", help="10,000 slow streams instead of 2,000")
     p.add_argument("--reps", type=int, help="repetitions per scenario (default 3, quick 1)")
     p.add_argument("--slow-streams", type=int, help="concurrent slow streams (overrides --big)")
+    p.add_argument(
+        "--slow-rate", type=int, default=2500, help="slow streams opened per second (2500)"
+    )
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     p.add_argument("--out", default=str(procs.BENCH / "results.md"), help="report path")
     return p.parse_args(argv)
@@ -45,7 +48,7 @@ def meta(args: argparse.Namespace, argv: list[str], nofile: int, reps: int) -> d
     with open("/proc/loadavg") as f:
         loadavg = " ".join(f.read().split()[:3])
     return {
-        "args": " ".join(argv),
+        "command": " ".join(["python -m bench", *argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "git": git.stdout.strip() or "uncommitted",
         "cores": len(os.sched_getaffinity(0)),
@@ -54,6 +57,20 @@ def meta(args: argparse.Namespace, argv: list[str], nofile: int, reps: int) -> d
         "nofile": nofile,
         "reps": reps,
     }
+
+
+def ensure_shared_proxy(ctx: scenarios.Ctx) -> None:
+    """Start the proxy shared by the first scenarios, or restart it (with a note) if it died."""
+    if ctx.proxy and ctx.proxy.alive():
+        return
+    name = "shared"
+    if ctx.proxy:
+        rc = ctx.proxy.popen.returncode
+        ctx.notes.append(f"shared proxy had exited (code {rc}); restarted it")
+        ctx.proxy.stop()
+        name = "shared-restarted"  # keep the dead one's log
+    ctx.proxy, ctx.proxy_port = procs.start_proxy(name, ctx.fake_port)
+    procs.wait_ready(ctx.proxy, ctx.proxy_port)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
@@ -70,24 +87,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         reps=reps,
         quick=args.quick,
         slow_streams=slow,
+        slow_rate=args.slow_rate,
         nofile=nofile,
         fake=fake,
         fake_port=fake_port,
     )
-    if any(name in SHARED_PROXY for name in wanted):
-        ctx.proxy, ctx.proxy_port = procs.start_proxy("shared", fake_port)
-        results["meta"]["shared_proxy_ready_s"] = procs.wait_ready(ctx.proxy, ctx.proxy_port)
     for name in wanted:
         t0 = time.monotonic()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         try:
+            if name in SHARED_PROXY:
+                ensure_shared_proxy(ctx)
             results[name] = SCENARIOS[name](ctx)
         except Exception as exc:  # keep going: one broken scenario must not hide the others
             traceback.print_exc()
             results[name] = {"error": f"{type(exc).__name__}: {str(exc)[:1500]}"}
         results[name]["elapsed_s"] = round(time.monotonic() - t0, 1)
         if name in SHARED_PROXY and ctx.proxy and not ctx.proxy.alive():
-            results[name]["error"] = "shared proxy died: " + ctx.proxy.log_tail(5)
+            rc = ctx.proxy.popen.returncode
+            died = f"shared proxy died (exit {rc}; log tail: {ctx.proxy.log_tail(5)!r})"
+            results[name]["error"] = f"{died}; {results[name].get('error', '')}"
     if ctx.proxy:
         results["shared_proxy_log"] = procs.log_problems(ctx.proxy)
     results["meta"]["notes"] = ctx.notes

@@ -41,7 +41,7 @@ def parse_wrk(out: str) -> dict:
 
 
 def wrk(url: str, seconds: float, conns: int = 64, threads: int = 2) -> dict:
-    """One wrk run; adds 'wrk_cpu_s' (CPU the wrk process used, from RUSAGE_CHILDREN)."""
+    """One wrk run; adds 'client_cpu_s' (CPU wrk used, from RUSAGE_CHILDREN)."""
     lua = procs.OUT / "post.lua"
     lua.write_text(WRK_LUA)
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
@@ -54,7 +54,7 @@ def wrk(url: str, seconds: float, conns: int = 64, threads: int = 2) -> dict:
         start_new_session=True,
     )
     res = parse_wrk(out.stdout)
-    res["wrk_cpu_s"] = procs.children_cpu() - before
+    res["client_cpu_s"] = procs.children_cpu() - before
     if "rps" not in res:
         raise RuntimeError(f"wrk failed: {out.stdout}\n{out.stderr}")
     return res
@@ -73,7 +73,7 @@ def streamload(
     exe = procs.build_go("streamload")
     argv = [str(exe), f"-url={url}", f"-c={c}", f"-n={n}", f"-chunks={chunks}"]
     argv += [f"-interval-ms={interval_ms}", f"-ramp-ms={ramp_ms}", f"-timeout-s={timeout_s}"]
-    before = procs.children_cpu()
+    before, drops = procs.children_cpu(), procs.listen_drops()
     out = subprocess.run(
         argv,
         capture_output=True,
@@ -85,4 +85,9 @@ def streamload(
         raise RuntimeError(f"streamload failed ({out.returncode}): {out.stderr[-2000:]}")
     res = json.loads(out.stdout)
     res["client_cpu_s"] = procs.children_cpu() - before
+    res["listen_drops"] = procs.listen_drops() - drops
+    # Flat copies of the distributions, so repetitions can be reduced to medians.
+    for key in ("ttfc_ms", "total_ms", "late_ms", "connect_ms"):
+        for stat in ("p50", "p99", "max"):
+            res[f"{key}_{stat}"] = res[key].get(stat)
     return res

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,8 +68,10 @@ def free_port() -> int:
 class Child:
     """A long-lived child in its own session (process group), logging to a file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict, cwd: Path | str = ROOT):
-        self.name = name
+    def __init__(
+        self, name: str, argv: list[str], env: dict, cwd: Path | str = ROOT, tmp: Path | None = None
+    ):
+        self.name, self.tmp = name, tmp  # tmp: a directory removed by stop()
         self.log_path = OUT / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.t_spawn = time.monotonic()
@@ -103,6 +106,8 @@ class Child:
             except subprocess.TimeoutExpired:
                 continue
         self._log.close()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def log_tail(self, n: int = 15) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()
@@ -172,10 +177,42 @@ def open_fds(pid: int) -> int:
         return -1
 
 
+def listen_drops() -> int:
+    """TcpExt ListenDrops (includes ListenOverflows), machine-wide: SYNs dropped because an
+    accept queue was full; the client retries such a SYN after ~1 s."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            row = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(row.get("ListenDrops", 0))
+    return 0
+
+
+def listen_backlog(port: int) -> int:
+    """Accept-queue size of the socket listening on ``port`` (Send-Q in ``ss -ltn``); -1 if
+    unknown."""
+    try:
+        out = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        return int(out[2])
+    except (OSError, IndexError, ValueError, subprocess.TimeoutExpired):
+        return -1
+
+
 def children_cpu() -> float:
     """CPU of reaped children (wrk, streamload) so far; diff around one run to get its share."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, irq) CPU seconds of all cores since boot: busy excludes idle and iowait (guest
+    time is already in user); irq is hard+soft interrupt time, e.g. loopback packet work."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / CLK_TCK, (v[5] + v[6]) / CLK_TCK
 
 
 def machine_busy(seconds: float = 1.0) -> float:
@@ -256,12 +293,17 @@ def bench_keys(n: int) -> list[str]:
     return ["sk-or-v1-" + hashlib.sha256(b"%d" % i).hexdigest() for i in range(n)]
 
 
-def start_proxy(name: str, fake_port: int, n_keys: int = 2, **extra: str) -> tuple[Child, int]:
+def start_proxy(
+    name: str, fake_port: int, n_keys: int = 2, max_conns: int | None = None, **extra: str
+) -> tuple[Child, int]:
     """Spawn ``python run.py`` against the fake, cwd = a fresh temp dir (its own .env, DATA_DIR).
 
     Large key lists go through that .env: one environment string is capped at 128 KiB by Linux.
-    Returns immediately; see wait_ready.
+    ``max_conns`` sets UPSTREAM_MAX_CONNECTIONS (else the proxy's default). Returns at once;
+    see wait_ready.
     """
+    if max_conns:
+        extra["UPSTREAM_MAX_CONNECTIONS"] = str(max_conns)
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix=f"orpoll-{name}-", dir=OUT))
     keys = ",".join(bench_keys(n_keys))
@@ -272,7 +314,6 @@ def start_proxy(name: str, fake_port: int, n_keys: int = 2, **extra: str) -> tup
         OPENROUTER_MODELS_URL=f"http://127.0.0.1:{fake_port}/api/v1/models",
         LOG_LEVEL="warn",
         DATA_DIR=str(tmp / "data"),
-        UPSTREAM_MAX_CONNECTIONS="12000",
         HEALTH_CHECK_INTERVAL_SECONDS="3600",
         ADMIN_PASSWORD=ADMIN_PASSWORD,
         PYTHONUNBUFFERED="1",
@@ -282,7 +323,8 @@ def start_proxy(name: str, fake_port: int, n_keys: int = 2, **extra: str) -> tup
         env["OPENROUTER_API_KEYS"] = keys
     else:
         (tmp / ".env").write_text(f"OPENROUTER_API_KEYS={keys}\n")
-    child = Child(f"proxy-{name}", [sys.executable, str(ROOT / "run.py")], env, cwd=tmp)
+    argv = [sys.executable, str(ROOT / "run.py")]
+    child = Child(f"proxy-{name}", argv, env, cwd=tmp, tmp=tmp)
     return child, port
 
 

@@ -22,6 +22,7 @@ class Ctx:
     reps: int
     quick: bool
     slow_streams: int
+    slow_rate: int  # new slow streams per second while they ramp up (both paths)
     nofile: int
     fake: procs.Child
     fake_port: int
@@ -47,30 +48,47 @@ def medians(runs: list[dict]) -> dict:
     return out
 
 
+def measured(ctx: Ctx, proxy: procs.Child | None, run, counter: str) -> dict:
+    """Call ``run()`` (a load generator) and add CPU shares, in percent of one core, of the fake
+    and the proxy, the proxy's CPU in seconds, and the upstream's request count ``counter``."""
+    procs.fake_stats(ctx.fake_port, reset=True)
+    p0 = procs.group_cpu_seconds(proxy.pid) if proxy else 0.0
+    f0, m0 = procs.cpu_seconds(ctx.fake.pid), procs.machine_busy_seconds()
+    t0 = time.monotonic()
+    res = run()
+    wall = time.monotonic() - t0
+    res["fake_core_pct"] = 100 * (procs.cpu_seconds(ctx.fake.pid) - f0) / wall
+    res["client_core_pct"] = 100 * res["client_cpu_s"] / wall
+    m1 = procs.machine_busy_seconds()
+    res["machine_core_pct"] = 100 * (m1[0] - m0[0]) / wall
+    res["irq_core_pct"] = 100 * (m1[1] - m0[1]) / wall
+    ours = res["fake_core_pct"] + res["client_core_pct"] + res["irq_core_pct"]
+    if proxy:
+        res["proxy_cpu_s"] = procs.group_cpu_seconds(proxy.pid) - p0
+        res["proxy_core_pct"] = 100 * res["proxy_cpu_s"] / wall
+        ours += res["proxy_core_pct"]
+    # Anything else running on the machine (other jobs) competes with the proxy; a large
+    # share here makes the run suspect.
+    res["other_core_pct"] = res["machine_core_pct"] - ours
+    res["upstream_requests"] = procs.fake_stats(ctx.fake_port).get(counter, 0)
+    return res
+
+
 # --- non-stream at 64 connections (wrk) ------------------------------------------------------
 
 
 def _wrk_once(ctx: Ctx, url: str, seconds: float, proxy: bool) -> dict:
-    procs.fake_stats(ctx.fake_port, reset=True)
-    p0 = procs.group_cpu_seconds(ctx.proxy.pid) if proxy else 0.0
-    f0, t0 = procs.cpu_seconds(ctx.fake.pid), time.monotonic()
-    res = loadgen.wrk(url, seconds)
-    wall = time.monotonic() - t0
-    fake_cpu = procs.cpu_seconds(ctx.fake.pid) - f0
-    res["fake_core_pct"] = 100 * fake_cpu / wall
-    res["wrk_core_pct"] = 100 * res["wrk_cpu_s"] / wall
+    child = ctx.proxy if proxy else None
+    res = measured(ctx, child, lambda: loadgen.wrk(url, seconds), "chat_json")
     if proxy:
-        proxy_cpu = procs.group_cpu_seconds(ctx.proxy.pid) - p0
-        res["proxy_core_pct"] = 100 * proxy_cpu / wall
-        res["proxy_cpu_ms_per_req"] = 1000 * proxy_cpu / max(1, res["requests"])
-        res["upstream_requests"] = procs.fake_stats(ctx.fake_port).get("chat_json", 0)
+        res["proxy_cpu_ms_per_req"] = 1000 * res["proxy_cpu_s"] / max(1, res["requests"])
     return res
 
 
 def nonstream(ctx: Ctx) -> dict:
     """wrk -c64 POST non-stream; direct and proxy runs interleaved, ``reps`` times each."""
     seconds = 3 if ctx.quick else 8
-    loadgen.wrk(ctx.direct_url, 1)  # warm-up: caches, connection pools, JIT-free but still
+    loadgen.wrk(ctx.direct_url, 1)  # warm-up: connection pools, caches, lazy imports
     loadgen.wrk(ctx.proxy_url(), 1 if ctx.quick else 2)
     direct, proxy = [], []
     for _ in range(ctx.reps):
@@ -88,22 +106,14 @@ def nonstream(ctx: Ctx) -> dict:
 
 
 def _streams_once(ctx: Ctx, url: str, n: int, proxy: bool) -> dict:
-    procs.fake_stats(ctx.fake_port, reset=True)
-    p0 = procs.group_cpu_seconds(ctx.proxy.pid) if proxy else 0.0
-    f0, t0 = procs.cpu_seconds(ctx.fake.pid), time.monotonic()
     # Workers start spread over one stream's length (200 ms), so arrivals are steady at
     # ~1000/s instead of 200 requests landing at once every 200 ms for the whole run.
-    res = loadgen.streamload(url, c=200, n=n, chunks=20, interval_ms=10, ramp_ms=200)
-    wall = time.monotonic() - t0
-    res["fake_core_pct"] = 100 * (procs.cpu_seconds(ctx.fake.pid) - f0) / wall
-    res["client_core_pct"] = 100 * res["client_cpu_s"] / wall
-    for key in ("ttfc_ms", "total_ms", "late_ms"):
-        res[key + "_p50"], res[key + "_p99"] = res[key].get("p50", -1), res[key].get("p99", -1)
+    def run() -> dict:
+        return loadgen.streamload(url, c=200, n=n, chunks=20, interval_ms=10, ramp_ms=200)
+
+    res = measured(ctx, ctx.proxy if proxy else None, run, "chat_stream")
     if proxy:
-        proxy_cpu = procs.group_cpu_seconds(ctx.proxy.pid) - p0
-        res["proxy_core_pct"] = 100 * proxy_cpu / wall
-        res["proxy_cpu_ms_per_stream"] = 1000 * proxy_cpu / n
-        res["upstream_requests"] = procs.fake_stats(ctx.fake_port).get("chat_stream", 0)
+        res["proxy_cpu_ms_per_stream"] = 1000 * res["proxy_cpu_s"] / n
     return res
 
 
@@ -121,10 +131,16 @@ def streams200(ctx: Ctx) -> dict:
         added50.append(p["ttfc_ms_p50"] - d["ttfc_ms_p50"])
         added99.append(p["ttfc_ms_p99"] - d["ttfc_ms_p99"])
         ratio.append(p["streams_per_s"] / d["streams_per_s"])
+    # Unloaded baseline: one stream at a time, so added TTFC here is pure per-hop latency and
+    # any extra under load is queueing in the proxy.
+    one_d = loadgen.streamload(ctx.direct_url, c=1, n=100, chunks=2, interval_ms=10)
+    one_p = loadgen.streamload(ctx.proxy_url(), c=1, n=100, chunks=2, interval_ms=10)
     return {
         "n": n,
         "direct": medians(direct),
         "proxy": medians(proxy),
+        "ttfc_added_c1_p50_ms": one_p["ttfc_ms_p50"] - one_d["ttfc_ms_p50"],
+        "ttfc_added_c1_p99_ms": one_p["ttfc_ms_p99"] - one_d["ttfc_ms_p99"],
         "ratio": statistics.median(ratio),
         "ttfc_added_p50_ms": statistics.median(added50),
         "ttfc_added_p99_ms": statistics.median(added99),
@@ -133,8 +149,6 @@ def streams200(ctx: Ctx) -> dict:
 
 
 # --- many slow streams -----------------------------------------------------------------------
-
-SLOW_RATE = 2500  # new streams per second while ramping up (both paths)
 
 
 class RssSampler(threading.Thread):
@@ -149,9 +163,13 @@ class RssSampler(threading.Thread):
             self.peak_kb = max(self.peak_kb, procs.status_kb(self.pid, "VmRSS"))
 
 
+def _slow_run(url: str, c: int, ramp_ms: int):
+    return lambda: loadgen.streamload(url, c=c, n=c, chunks=10, interval_ms=500, ramp_ms=ramp_ms)
+
+
 def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, rep: int) -> dict:
     """A fresh proxy per repetition, so memory kept by earlier scenarios does not blur the peak."""
-    proxy, port = procs.start_proxy(f"slow{rep}", ctx.fake_port)
+    proxy, port = procs.start_proxy(f"slow{rep}", ctx.fake_port, max_conns=12_000)
     try:
         procs.wait_ready(proxy, port)
         loadgen.streamload(ctx.proxy_url(port), c=50, n=100, chunks=3, interval_ms=10)
@@ -160,20 +178,14 @@ def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, rep: int) -> dict:
         hwm_reset = procs.reset_hwm(proxy.pid)
         sampler = RssSampler(proxy.pid)
         sampler.start()
-        procs.fake_stats(ctx.fake_port, reset=True)
-        res = loadgen.streamload(
-            ctx.proxy_url(port),
-            c=c,
-            n=c,
-            chunks=10,
-            interval_ms=500,
-            ramp_ms=ramp_ms,
-            timeout_s=120,
-        )
-        sampler.halt.set()
-        sampler.join()
+        try:
+            res = measured(ctx, proxy, _slow_run(ctx.proxy_url(port), c, ramp_ms), "chat_stream")
+        finally:
+            sampler.halt.set()
+            sampler.join()
         peak_kb = max(sampler.peak_kb, procs.status_kb(proxy.pid, "VmHWM") if hwm_reset else 0)
         res.update(
+            listen_backlog=procs.listen_backlog(port),
             idle_rss_mb=idle_kb / 1024,
             peak_rss_mb=peak_kb / 1024,
             kb_per_stream=(peak_kb - idle_kb) / c,
@@ -198,13 +210,10 @@ def slow_streams(ctx: Ctx) -> dict:
             f"is {ctx.nofile} and the proxy needs 2 fds per stream"
         )
         c = cap
-    ramp_ms = int(1000 * c / SLOW_RATE)
+    ramp_ms = int(1000 * c / ctx.slow_rate)
     direct, proxy = [], []
     for rep in range(ctx.reps):
-        procs.fake_stats(ctx.fake_port, reset=True)
-        d = loadgen.streamload(
-            ctx.direct_url, c=c, n=c, chunks=10, interval_ms=500, ramp_ms=ramp_ms, timeout_s=120
-        )
+        d = measured(ctx, None, _slow_run(ctx.direct_url, c, ramp_ms), "chat_stream")
         d["fake"] = procs.fake_stats(ctx.fake_port)
         direct.append(d)
         proxy.append(_slow_proxy_once(ctx, c, ramp_ms, rep))
@@ -213,6 +222,8 @@ def slow_streams(ctx: Ctx) -> dict:
         "ramp_ms": ramp_ms,
         "direct": medians(direct),
         "proxy": medians(proxy),
+        "proxy_last": {k: proxy[-1][k] for k in ("fake", "log", "proxy_alive", "errors")},
+        "direct_fake_last": direct[-1]["fake"],
         "runs": {"direct": direct, "proxy": proxy},
     }
 
@@ -222,7 +233,7 @@ def slow_streams(ctx: Ctx) -> dict:
 
 def cold_start(ctx: Ctx) -> dict:
     """Seconds from spawning ``python run.py`` to the first answered chat completion."""
-    times, statuses = [], []
+    times, statuses, rss_mb = [], [], []
     for rep in range(ctx.reps):
         proxy, port = procs.start_proxy(f"cold{rep}", ctx.fake_port)
         try:
@@ -232,11 +243,20 @@ def cold_start(ctx: Ctx) -> dict:
                     status = procs.chat_once(port, timeout=10)
                 except OSError:
                     time.sleep(0.005)
+            if status != 200:
+                raise RuntimeError(f"no answer (status {status}): {proxy.log_tail(8)}")
             times.append(time.monotonic() - proxy.t_spawn)
             statuses.append(status)
+            time.sleep(0.3)
+            rss_mb.append(procs.status_kb(proxy.pid, "VmRSS") / 1024)
         finally:
             proxy.stop()
-    return {"seconds": statistics.median(times), "runs": times, "statuses": statuses}
+    return {
+        "seconds": statistics.median(times),
+        "rss_2_keys_mb": statistics.median(rss_mb),  # baseline for the 100k-key figure
+        "runs": times,
+        "statuses": statuses,
+    }
 
 
 def admin_session(port: int) -> tuple[dict, str]:
@@ -274,10 +294,15 @@ def time_key_status(port: int, times: int) -> dict:
         t0 = time.perf_counter()
         status, _, body = procs.http_call(port, "GET", path, headers=headers, timeout=30)
         samples.append(1000 * (time.perf_counter() - t0))
+    try:
+        listed = len(json.loads(body).get("keys", []))
+    except (ValueError, AttributeError):
+        listed = -1
     return {
         "median_ms": statistics.median(samples),
         "max_ms": max(samples),
         "bytes": len(body),
+        "keys_listed": listed,
         "status": status,
     }
 
@@ -313,22 +338,26 @@ def keys_idle(ctx: Ctx) -> dict:
 
 
 def keys_micro(ctx: Ctx) -> dict:
-    """Run bench/keys_micro.py if present; its last stdout line is JSON with ``us_per_op``."""
+    """Run bench/keys_micro.py if present and take its figure at 100k keys.
+
+    Accepted output: a last line of JSON with ``us_per_op``, or a Markdown table row
+    ``| 100,000 | <pick + report us> | ...``.
+    """
     if not (procs.BENCH / "keys_micro.py").exists():
         return {"na": "bench/keys_micro.py not written yet"}
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.keys_micro"],
-        cwd=procs.ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = [sys.executable, "-m", "bench.keys_micro"]  # ~3 s; its --quick skips 100k keys
+    out = subprocess.run(argv, cwd=procs.ROOT, capture_output=True, text=True, timeout=300)
     lines = out.stdout.strip().splitlines()
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and cells[0].replace(",", "") == "100000":
+            return {"us_per_op": float(cells[1]), "output": out.stdout}
     try:
         res = json.loads(lines[-1])
         return {"us_per_op": float(res["us_per_op"]), **res}
     except (IndexError, ValueError, KeyError, TypeError):
+        tail = (out.stdout + out.stderr)[-500:]
         return {
-            "na": f"keys_micro output not understood (rc {out.returncode})",
-            "tail": (out.stdout + out.stderr)[-500:],
+            "na": f"no 100k-key figure in keys_micro output (rc {out.returncode})",
+            "tail": tail,
         }

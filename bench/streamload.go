@@ -204,7 +204,7 @@ func summarize(cf config, rs []result, wall float64) map[string]any {
 	expBytes := cf.chunks*len(`data: {"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m",`+
 		`"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}`+"\n\n") + len("data: [DONE]\n\n")
 	var ttfc, total, late, connect []float64
-	complete, lateOver1, badBytes, short := 0, 0, 0, 0
+	complete, lateOver1, badBytes, short, slowConnect := 0, 0, 0, 0, 0
 	statuses := map[string]int{}
 	errs := map[string]int{}
 	for _, r := range rs {
@@ -214,6 +214,9 @@ func summarize(cf config, rs []result, wall float64) map[string]any {
 		}
 		if r.connect >= 0 {
 			connect = append(connect, r.connect)
+			if r.connect > 0.9 { // ~1 s = a dropped SYN retried: the listen queue overflowed
+				slowConnect++
+			}
 		}
 		if r.ttfc > 0 {
 			ttfc = append(ttfc, r.ttfc)
@@ -257,7 +260,7 @@ func summarize(cf config, rs []result, wall float64) map[string]any {
 		"ramp_ms": cf.rampMs, "expected_ms": expected * 1000, "wall_s": wall,
 		"streams_per_s": float64(complete) / wall, "complete": complete,
 		"incomplete": cf.n - complete, "short_streams": short, "byte_mismatch": badBytes,
-		"late_over_1s": lateOver1, "statuses": statuses, "errors": topErrs,
+		"late_over_1s": lateOver1, "connect_over_900ms": slowConnect, "statuses": statuses, "errors": topErrs,
 		"ttfc_ms": dist(ttfc), "total_ms": dist(total), "late_ms": dist(late),
 		"connect_ms": dist(connect),
 	}
