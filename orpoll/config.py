@@ -64,6 +64,12 @@ class Settings:
     )
     host: str = _opt("0.0.0.0", "HOST", "address to listen on")
     port: int = _opt(8000, "PORT", "HTTP listen port", min=1, max=65535)
+    trust_proxy_headers: bool = _opt(
+        False,
+        "TRUST_PROXY_HEADERS",
+        "take the client address and scheme from X-Forwarded-For/X-Real-Ip/X-Forwarded-Proto "
+        "(only behind a reverse proxy that sets them)",
+    )
     log_level: str = _opt(
         "info", "LOG_LEVEL", "trace, debug, info, warn, error, fatal or panic", choices=LOG_LEVELS
     )

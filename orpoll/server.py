@@ -92,7 +92,10 @@ async def serve(config: Settings) -> None:
     fds = raise_fd_limit()
     app = make_app(config)
     server = tornado.httpserver.HTTPServer(
-        app, xheaders=True, max_body_size=config.max_body_bytes, idle_connection_timeout=300
+        app,
+        xheaders=config.trust_proxy_headers,
+        max_body_size=config.max_body_bytes,
+        idle_connection_timeout=300,
     )
     # Tornado's default backlog of 128 drops SYNs when thousands of clients connect at once;
     # the kernel caps this at net.core.somaxconn.

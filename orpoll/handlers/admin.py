@@ -254,6 +254,7 @@ class DashboardHandler(AdminHandler):
 
 
 routes = [
+    (r"/", AdminRootHandler),  # as the original: the root leads to the admin
     (r"/admin/?", AdminRootHandler),
     (r"/admin/login", LoginHandler),
     (r"/admin/logout", LogoutHandler),
