@@ -83,7 +83,7 @@ class Settings:
     request_timeout: float = _opt(
         180.0,
         "REQUEST_TIMEOUT_SECONDS",
-        "longest wait for the upstream's first byte, or silence between chunks",
+        "longest wait for the upstream's first byte, or silence between chunks (0 = none)",
         editable=True,
     )
     connect_timeout: float = _opt(

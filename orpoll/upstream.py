@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -167,7 +168,8 @@ class OpenRouterClient:
         if config.x_title:
             base["X-Title"] = config.x_title
         self._base_headers = base
-        self._stall = max(1, int(config.request_timeout))
+        # REQUEST_TIMEOUT_SECONDS=0 means no limit, as in the original.
+        self._stall = max(1, math.ceil(config.request_timeout)) if config.request_timeout else 0
 
     def close(self) -> None:
         self.http.close()
@@ -200,8 +202,9 @@ class OpenRouterClient:
             # Silence, not total time, ends a transfer: a stream that keeps producing is never
             # cut off, one that goes quiet for REQUEST_TIMEOUT_SECONDS is (Transfer.progress;
             # LOW_SPEED_* is the backstop and keeps curl calling progress once a second).
-            curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-            curl.setopt(pycurl.LOW_SPEED_TIME, stall)
+            if stall:
+                curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+                curl.setopt(pycurl.LOW_SPEED_TIME, stall)
             curl.setopt(pycurl.TCP_NODELAY, 1)
             # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are
             # sent from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB).
@@ -239,7 +242,7 @@ class OpenRouterClient:
             url,
             headers=headers,
             connect_timeout=self.config.connect_timeout,
-            request_timeout=min(self.config.request_timeout, 30.0),
+            request_timeout=min(self.config.request_timeout or 30.0, 30.0),
             prepare_curl_callback=no_header_log,
         )
         try:

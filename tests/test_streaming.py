@@ -378,6 +378,18 @@ async def test_silent_stream_is_cut_with_an_error_event(short_timeout, fake, bas
     assert raw.chunks[-1][0] - raw.start < 2.8
 
 
+@pytest.fixture
+def no_timeout(env):
+    env["REQUEST_TIMEOUT_SECONDS"] = "0"
+
+
+async def test_timeout_zero_means_no_limit(no_timeout, fake, base_url):
+    """REQUEST_TIMEOUT_SECONDS=0, as in the original, never cuts a silent stream."""
+    fake.default = {"chunks": 3, "silence": 2.5}
+    raw = await stream_raw(base_url)
+    assert raw.body == expected_stream(3)
+
+
 # ---- load --------------------------------------------------------------------------------------
 
 
