@@ -106,6 +106,7 @@ class Relay:
                 and self.backoff
                 and last.verdict in (Verdict.TRANSIENT, Verdict.PROVIDER)
             ):
+                log.debug("waiting %.2fs before trying key %s", self.backoff * n, ks.id)
                 await asyncio.sleep(self.backoff * n)
             if sink.client_gone:
                 return
@@ -130,12 +131,19 @@ class Relay:
             last = outcome
         if last is None:
             raise self.no_key_error(model)
-        raise self._relay_error(last)
+        raise self._relay_error(last, model)
 
-    def _relay_error(self, outcome: Outcome) -> errors.ApiError:
-        return errors.upstream_error(
+    def _relay_error(self, outcome: Outcome, model: str | None = None) -> errors.ApiError:
+        """The upstream's status and message; a 429/503 also says when to come back."""
+        err = errors.upstream_error(
             outcome.status or 502, outcome.message, outcome.code, outcome.metadata
         )
+        if err.status in (429, 503):
+            now = self.scheduler.clock()
+            at = outcome.retry_at or self.scheduler.next_available_at(model)
+            if at:
+                err.headers["Retry-After"] = str(max(1, math.ceil(at - now)))
+        return err
 
     def no_key_error(self, model: str | None) -> errors.ApiError:
         """503 (429 if every key is rate limited) with Retry-After = earliest re-admission."""

@@ -222,6 +222,7 @@ async def test_key_returns_at_a_short_real_reset(app, fake, base_url):
     )
     first = await chat(base_url)
     assert_openai_error(first, 429, "rate_limit_error")
+    assert first.headers["Retry-After"] in ("1", "2")  # the relayed 429 says when to return
     second = await chat(base_url)
     err = assert_openai_error(second, 429, "rate_limit_error")
     assert "1 cooling" in err["message"]
