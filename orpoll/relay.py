@@ -288,9 +288,12 @@ class _Attempt:
             if sum(map(len, self.error_body)) < ERROR_BODY_LIMIT:
                 self.error_body.append(chunk)
             return
-        complete, self.pending = sse.split_complete(self.pending + chunk if self.pending else chunk)
-        if not complete:
-            return
+        if self.pending or not chunk.endswith(b"\n\n"):
+            complete, self.pending = sse.split_complete(self.pending + chunk)
+            if not complete:
+                return
+        else:  # the common case: the chunk ends on an event boundary
+            complete = chunk
         if not self.committed:
             complete = self._first_events(complete)
             if not complete:

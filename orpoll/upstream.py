@@ -49,7 +49,7 @@ class Transfer:
 
     def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
         self.status = 0
-        self.headers: list[str] = []
+        self.headers: list[bytes] = []
         self._abort = False
         self.curl: pycurl.Curl | None = None  # the handle, while the transfer runs
         self.on_chunk = on_chunk
@@ -84,19 +84,19 @@ class Transfer:
 
         Runs inside curl, synchronously, so the status is known before the first body chunk
         reaches ``on_chunk`` (Tornado's header_callback is queued and may arrive after it).
+        Lines stay bytes until ``header()`` asks (rarely: errors and the commit).
         """
-        line = raw.decode("latin1")
-        if line.startswith("HTTP/"):
-            parts = line.split(None, 2)
+        if raw.startswith(b"HTTP/"):
+            parts = raw.split(None, 2)
             self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             self.headers = []
-        elif line.strip():
-            self.headers.append(line)
+        elif raw.strip():
+            self.headers.append(raw)
 
     def header(self, name: str) -> str | None:
         name = name.lower()
-        for line in self.headers:
-            k, _, v = line.partition(":")
+        for raw in self.headers:
+            k, _, v = raw.decode("latin1").partition(":")
             if k.strip().lower() == name:
                 return v.strip()
         return None
