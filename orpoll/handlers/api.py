@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 import tornado.web
-from tornado.concurrent import Future
 
 from .. import errors
 from ..relay import Attempts, Relay
@@ -76,30 +75,30 @@ class RelayHandler(ApiHandler):
             self.request.connection.stream.set_nodelay(True)
 
     def send(self, data: bytes) -> None:
-        """Write ``data``; streams keep exactly one flush in flight (Tornado 6 resolves only
-        the newest write future, so overlapping flushes would leave earlier ones pending)."""
+        """Write ``data`` to the client; a stream's chunks go out at once.
+
+        After the headers, chunks go straight to the HTTP/1.1 connection (chunked framing, one
+        send): RequestHandler.write + flush would add a buffer join and a write future with a
+        done callback per chunk. A client that stops reading shows as the IOStream still
+        ``writing()`` after the send; past MAX_STREAM_BACKLOG_BYTES of that it is dropped.
+        """
         if self.client_gone:
             return
-        self.write(data)
-        if not self.streaming:
+        if not self.streaming or not self._headers_written:
+            self.write(data)
+            if self.streaming:
+                self.flush()
             return
-        if self.flushing:
-            self.backlog += len(data)
-            if self.backlog > self.config.max_backlog_bytes:
-                log.warning("client too slow (%d bytes backlog); dropping it", self.backlog)
-                self.request.connection.close()
-                self.on_connection_close()
+        conn = self.request.connection
+        conn.write(data)
+        if not conn.stream.writing():
+            self.backlog = 0
             return
-        self.flushing = True
-        self.flush().add_done_callback(self._flushed)
-
-    def _flushed(self, fut: Future) -> None:
-        self.flushing = False
-        if fut.exception() is not None:
+        self.backlog += len(data)
+        if self.backlog > self.config.max_backlog_bytes:
+            log.warning("client too slow (%d bytes unsent); dropping it", self.backlog)
+            conn.close()
             self.on_connection_close()
-        elif self.backlog and not self._finished and not self.client_gone:
-            self.backlog, self.flushing = 0, True
-            self.flush().add_done_callback(self._flushed)
 
     async def relay(
         self,
