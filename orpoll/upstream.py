@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
 from .config import Settings
 from .keys import Outcome, Verdict
+
+log = logging.getLogger("orpoll.upstream")
 
 # curl errors that mean "we aborted it" (XFERINFO callback returned non-zero).
 CURLE_ABORTED_BY_CALLBACK = 42
@@ -45,6 +48,7 @@ class Transfer:
         "timed_out",
         "_seen",
         "_quiet_since",
+        "_in_write",
     )
 
     def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
@@ -58,6 +62,7 @@ class Transfer:
         self.timed_out = False
         self._seen = -1
         self._quiet_since = 0.0
+        self._in_write = False
 
     @property
     def abort(self) -> bool:
@@ -72,12 +77,29 @@ class Transfer:
         within milliseconds (measured: 0.6 s -> 1 ms). PAUSE_CONT alone is a no-op in libcurl 8.
         """
         self._abort = value
-        if value and self.curl is not None:
+        if value and self.curl is not None and not self._in_write:
             try:
                 self.curl.pause(pycurl.PAUSE_ALL)
                 self.curl.pause(pycurl.PAUSE_CONT)
             except pycurl.error:
                 pass
+
+    def write(self, chunk: bytes) -> None:
+        """curl WRITEFUNCTION for streams: hands each chunk to ``on_chunk`` at once.
+
+        Tornado's own streaming callback queues chunks and delivers them on a later loop
+        iteration (a deque, a callback and a flush per chunk). ``on_chunk`` never re-enters the
+        curl client (it writes to the client's IOStream; an abort set here is left to the
+        progress callback that follows), so it can run right here, inside curl.
+        """
+        self._in_write = True
+        try:
+            self.on_chunk(chunk)
+        except Exception:
+            log.exception("stream chunk handler failed; aborting the transfer")
+            self._abort = True
+        finally:
+            self._in_write = False
 
     def on_header(self, raw: bytes) -> None:
         """curl HEADERFUNCTION for streams: records the status line and header lines.
@@ -211,6 +233,7 @@ class OpenRouterClient:
             curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
             if transfer.on_chunk is not None:
                 curl.setopt(pycurl.HEADERFUNCTION, transfer.on_header)
+                curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
 
         return HTTPRequest(
             url,
@@ -220,7 +243,7 @@ class OpenRouterClient:
             allow_nonstandard_methods=True,
             connect_timeout=self.config.connect_timeout,
             request_timeout=0,  # no cap on total time; LOW_SPEED_* bounds silence
-            streaming_callback=transfer.on_chunk,
+            # Streams get transfer.write as WRITEFUNCTION in prepare_curl instead.
             prepare_curl_callback=prepare_curl,
             follow_redirects=False,
         )
