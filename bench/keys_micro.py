@@ -10,7 +10,8 @@ import resource
 import sys
 import time
 
-from orpoll.keys import KeyScheduler, Outcome, Verdict
+from orpoll.keys import Outcome, Verdict
+from orpoll.scheduler import KeyScheduler
 
 OK = Outcome(Verdict.OK, 200)
 FAIL = Outcome(Verdict.TRANSIENT, 502, "bad gateway")

@@ -17,7 +17,8 @@ from typing import Any
 from tornado.ioloop import PeriodicCallback
 
 from .config import Settings
-from .keys import KeyScheduler, KeyState, Verdict
+from .keys import KeyState, Verdict
+from .scheduler import KeyScheduler
 from .upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.health")

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import errors
-from .keys import KeyScheduler, KeyState, key_id
+from .keys import KeyState, key_id
+from .scheduler import KeyScheduler
 
 STATUSES = ("available", "cooling", "disabled", "paused")
 STATUS_RANK = {"disabled": 0, "cooling": 1, "paused": 2, "available": 3}

@@ -17,15 +17,10 @@ from typing import Protocol
 from tornado.curl_httpclient import CurlError
 
 from . import errors, sse
-from .keys import KeyScheduler, KeyState, Outcome, Verdict
-from .upstream import (
-    CURLE_ABORTED_BY_CALLBACK,
-    ERROR_BODY_LIMIT,
-    OpenRouterClient,
-    Transfer,
-    classify,
-    classify_transport,
-)
+from .classify import classify, classify_transport
+from .keys import KeyState, Outcome, Verdict
+from .scheduler import KeyScheduler
+from .upstream import CURLE_ABORTED_BY_CALLBACK, ERROR_BODY_LIMIT, OpenRouterClient, Transfer
 
 log = logging.getLogger("orpoll.relay")
 STREAM_HEADERS = (

@@ -25,7 +25,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tornado.ioloop import PeriodicCallback
 
-from .keys import KeyScheduler, KeyState
+from .keys import KeyState
+from .scheduler import KeyScheduler
 
 log = logging.getLogger("orpoll.store")
 T = TypeVar("T")

@@ -6,13 +6,11 @@ an Outcome following shared/openrouter-facts.md.
 
 from __future__ import annotations
 
-import calendar
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import pycurl
@@ -20,13 +18,11 @@ from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
 from .config import Settings
-from .keys import Outcome, Verdict
 
 log = logging.getLogger("orpoll.upstream")
 
 # curl errors that mean "we aborted it" (XFERINFO callback returned non-zero).
 CURLE_ABORTED_BY_CALLBACK = 42
-FREE_PER_MIN_COOLDOWN = 60.0
 ERROR_BODY_LIMIT = 64 * 1024
 
 
@@ -277,178 +273,3 @@ class OpenRouterClient:
         except ValueError:
             data = None
         return resp.code, data, time.monotonic() - start
-
-
-# ---- classification -------------------------------------------------------------------------
-
-
-def parse_error(body: bytes | str) -> dict[str, Any]:
-    """The ``error`` object of an upstream body ({} when there is none)."""
-    try:
-        obj = json.loads(body) if body else None
-    except ValueError:
-        return {}
-    if not isinstance(obj, dict):
-        return {}
-    err = obj.get("error")
-    if isinstance(err, dict):
-        return err
-    return {"message": str(err)} if err else {}
-
-
-def _reset_time(value: Any, now: float) -> float | None:
-    """X-RateLimit-Reset as an epoch second: ms epoch, s epoch, or seconds from now."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    if v > 1e11:
-        return v / 1000.0
-    if v > 1e9:
-        return v
-    return now + v if v >= 0 else None
-
-
-def _retry_after(value: Any, now: float) -> float | None:
-    try:
-        return now + max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _iso_time(value: Any) -> float | None:
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def next_utc_midnight(now: float) -> float:
-    day = time.gmtime(now)
-    return calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)) + 86400.0
-
-
-def _status_of(code: Any, default: int) -> int:
-    """An in-band ``error.code`` (int or string) as an HTTP status."""
-    try:
-        n = int(str(code).strip())
-    except (TypeError, ValueError):
-        return default
-    return n if 400 <= n <= 599 else default
-
-
-def classify(
-    status: int,
-    body: bytes | str,
-    headers: Callable[[str], str | None] = lambda name: None,
-    now: float | None = None,
-    error: dict[str, Any] | None = None,
-) -> Outcome:
-    """One verdict for a failed attempt, from its status, headers and body.
-
-    ``status`` 200 with ``error`` given means an in-band error (non-stream body or SSE event);
-    its ``code`` decides. Never raises.
-    """
-    now = time.time() if now is None else now
-    err = error if error is not None else parse_error(body)
-    if status == 200:
-        status = _status_of(err.get("code"), 502)
-    meta = err.get("metadata") if isinstance(err.get("metadata"), dict) else {}
-    message = str(err.get("message") or f"upstream returned HTTP {status}")
-    raw = meta.get("raw")
-    if raw and "provider returned error" in message.lower():
-        message = f"{message}: {str(raw)[:300]}"
-    text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body))[:8192]
-    text = (text + " " + json.dumps(err)[:8192]).lower()
-    etype = str(meta.get("error_type") or err.get("error_type") or "")
-    source = str(meta.get("limit_source") or "")
-
-    def out(verdict: Verdict, **kw: Any) -> Outcome:
-        return Outcome(
-            verdict, status, message, code=err.get("code", status), metadata=meta or None, **kw
-        )
-
-    if status == 401 or etype == "authentication":
-        return out(Verdict.KEY_INVALID)
-    if status == 402 or etype == "payment_required":
-        if "can only afford" in text or "fewer max_tokens" in text:
-            return out(Verdict.KEY_LOW_CREDIT)
-        if source == "openrouter_in_flight_budget":
-            return out(Verdict.KEY_RATE_LIMIT, retry_at=_retry_after(headers("Retry-After"), now))
-        # The balance belongs to the account (every key of it is out), a key cap to the key.
-        return out(Verdict.KEY_CREDIT, account=source != "openrouter_key_limit")
-    if status == 403:
-        if meta.get("flagged_input") or meta.get("reasons") or meta.get("patterns"):
-            # Moderation/guardrail: flagged_input echoes the client's text, so no substring
-            # test below may see it (a client could otherwise write "Key limit exceeded").
-            return out(Verdict.REQUEST)
-        if (
-            "key limit exceeded" in text
-            or source
-            in (
-                "openrouter_key_limit",
-                "openrouter_workspace_budget",
-                "openrouter_guardrail_budget",
-            )
-            or "budget of" in text
-        ):
-            return out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at")))
-        if "region_restricted" in text or "is banned" in text:
-            return out(Verdict.PROVIDER)  # account-specific: another key may be allowed
-        return out(Verdict.REQUEST)  # moderation, guardrail, permissions
-    if status == 404:
-        if "data policy" in text or "privacy" in text:
-            return out(Verdict.PROVIDER)  # account privacy settings: another account may work
-        return out(Verdict.REQUEST)
-    if status == 429:
-        return _classify_429(out, text, meta, headers, now)
-    if status in (400, 413, 422) or 400 <= status < 500 and status != 408:
-        return out(Verdict.REQUEST)
-    return out(Verdict.TRANSIENT, retry_at=_retry_after(headers("Retry-After"), now))
-
-
-def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
-    retry_after = _retry_after(headers("Retry-After"), now)
-    if (
-        "rate-limited upstream" in text
-        or "capacity_exhausted" in text
-        or meta.get("provider_name")
-        and "free-models-per" not in text
-    ):
-        return out(Verdict.PROVIDER, retry_at=retry_after)
-    meta_headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
-    reset = headers("X-RateLimit-Reset") or meta_headers.get("X-RateLimit-Reset")
-    until = _reset_time(reset, now) if reset else None
-    until = until or retry_after
-    if "free-models-per-day" in text:
-        return out(
-            Verdict.KEY_RATE_LIMIT,
-            retry_at=until or next_utc_midnight(now),
-            scope="free",
-            account=True,  # the daily :free quota is per account, shared by all its keys
-        )
-    if "free-models-per-min" in text:
-        return out(
-            Verdict.KEY_RATE_LIMIT,
-            retry_at=until or now + FREE_PER_MIN_COOLDOWN,
-            scope="free",
-            account=True,  # 20 requests/min on :free models per account
-        )
-    return out(Verdict.KEY_RATE_LIMIT, retry_at=until)
-
-
-def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outcome:
-    """A transfer that failed below HTTP (connect error, timeout, dropped connection)."""
-    if transfer is not None and transfer.timed_out:
-        return Outcome(
-            Verdict.TRANSIENT,
-            504,
-            f"upstream sent nothing for {transfer.stall:g} s",
-            code="upstream_timeout",
-        )
-    return Outcome(
-        Verdict.TRANSIENT,
-        502,
-        f"upstream connection failed: {err.message}",
-        code="upstream_unreachable",
-    )

@@ -13,7 +13,8 @@ from tornado.testing import ExpectLog, bind_unused_port
 
 from orpoll.app import make_app
 from orpoll.config import load_settings
-from orpoll.keys import KeyScheduler, Outcome, Verdict, key_id
+from orpoll.keys import Outcome, Verdict, key_id
+from orpoll.scheduler import KeyScheduler
 from tests.admin_helpers import AdminClient
 from tests.conftest import KEYS, assert_openai_error
 

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from orpoll import errors
-from orpoll.keys import KeyScheduler
 from orpoll.keyview import apply_reload, key_row, page_of, reload_plan, resolve, sort_key
+from orpoll.scheduler import KeyScheduler
 
 NOW = 1_800_000_000.0
 

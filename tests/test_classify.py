@@ -1,4 +1,4 @@
-"""orpoll.upstream.classify: one verdict per row of issue 2's table and the facts file's summary."""
+"""orpoll.classify.classify: one verdict per row of issue 2's table and the facts file's summary."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from orpoll.classify import classify, next_utc_midnight
 from orpoll.keys import Verdict
-from orpoll.upstream import classify, next_utc_midnight
 
 NOW = 1_768_300_000.0  # 2026-01-13T10:26:40Z
 MIDNIGHT_MS = 1_768_348_800_000  # 2026-01-14T00:00Z, as OpenRouter sends X-RateLimit-Reset

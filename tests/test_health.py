@@ -13,7 +13,8 @@ from tornado.httpclient import AsyncHTTPClient
 
 from orpoll.config import load_settings
 from orpoll.health import HealthChecker, limit_reset_at
-from orpoll.keys import KeyScheduler, Outcome, Verdict
+from orpoll.keys import Outcome, Verdict
+from orpoll.scheduler import KeyScheduler
 from tests.conftest import KEYS, assert_openai_error
 
 A, B, C = KEYS

@@ -7,15 +7,8 @@ from collections import Counter
 
 import pytest
 
-from orpoll.keys import (
-    INCIDENT_COOLDOWN,
-    CooldownPolicy,
-    KeyScheduler,
-    Outcome,
-    Verdict,
-    key_id,
-    parse_keys,
-)
+from orpoll.keys import INCIDENT_COOLDOWN, CooldownPolicy, Outcome, Verdict, key_id, parse_keys
+from orpoll.scheduler import KeyScheduler
 
 
 class Clock:

@@ -8,7 +8,8 @@ import stat
 
 import pytest
 
-from orpoll.keys import KeyScheduler, KeyState
+from orpoll.keys import KeyState
+from orpoll.scheduler import KeyScheduler
 from orpoll.store import DB_NAME, Store, StoreError, WriteBehind, ensure_secret, load_pool
 
 KEYS = ["sk-or-v1-store-aaaa1111", "sk-or-v1-store-bbbb2222", "sk-or-v1-store-cccc3333"]
