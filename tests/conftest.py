@@ -160,3 +160,64 @@ def assert_openai_error(resp, status: int, etype: str | None = None) -> dict:
     if etype is not None:
         assert err["type"] == etype, err
     return err
+
+
+@pytest.fixture
+def admin(io_loop, base_url):
+    """A client logged in with the original's JSON flow."""
+    from tests.admin_helpers import AdminClient
+
+    c = AdminClient(base_url)
+    assert io_loop.run_sync(c.login).code == 200
+    return c
+
+
+@pytest.fixture
+def serve(io_loop):
+    """serve(app) -> base URL of one more server (apps built inside a test)."""
+    started = []
+
+    def _serve(app) -> str:
+        sock, port = bind_unused_port()
+        server = HTTPServer(app)
+        server.add_sockets([sock])
+        started.append((server, app))
+        return f"http://127.0.0.1:{port}"
+
+    yield _serve
+    for server, app in started:
+        server.stop()
+        app.upstream.close()
+
+
+@pytest.fixture
+def upstream():
+    """The fake OpenRouter on a thread of its own, for orpoll running as a subprocess."""
+    from tests.admin_helpers import FakeUpstream
+
+    fake = FakeUpstream()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> str:
+    return str(tmp_path / "data")
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """spawn(env) -> a ready OrpollProcess (each with its own log file); stopped at the end."""
+    from tests.admin_helpers import OrpollProcess
+
+    started = []
+
+    def _spawn(env: dict[str, str]):
+        proc = OrpollProcess(env, str(tmp_path / f"orpoll-{len(started)}.log"))
+        started.append(proc)
+        proc.wait_ready()
+        return proc
+
+    yield _spawn
+    for proc in started:
+        proc.stop()

@@ -10,8 +10,7 @@ import re
 import urllib.parse
 
 import pytest
-from tornado.httpserver import HTTPServer
-from tornado.testing import ExpectLog, bind_unused_port
+from tornado.testing import ExpectLog
 
 from orpoll.app import make_app
 from orpoll.auth import SESSION_COOKIE, verify_password
@@ -39,32 +38,6 @@ API = [
 @pytest.fixture
 def client(base_url) -> AdminClient:
     return AdminClient(base_url)
-
-
-@pytest.fixture
-def admin(io_loop, base_url) -> AdminClient:
-    """A client logged in with the original's JSON flow."""
-    c = AdminClient(base_url)
-    assert io_loop.run_sync(c.login).code == 200
-    return c
-
-
-@pytest.fixture
-def serve(io_loop):
-    """serve(app) -> base URL of one more server (apps built inside a test)."""
-    started = []
-
-    def _serve(app) -> str:
-        sock, port = bind_unused_port()
-        server = HTTPServer(app)
-        server.add_sockets([sock])
-        started.append((server, app))
-        return f"http://127.0.0.1:{port}"
-
-    yield _serve
-    for server, app in started:
-        server.stop()
-        app.upstream.close()
 
 
 def set_cookie_header(resp, name: str) -> str:

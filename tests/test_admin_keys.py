@@ -8,8 +8,7 @@ import statistics
 import time
 
 import pytest
-from tornado.httpserver import HTTPServer
-from tornado.testing import ExpectLog, bind_unused_port
+from tornado.testing import ExpectLog
 
 from orpoll.app import make_app
 from orpoll.config import load_settings
@@ -20,30 +19,6 @@ from tests.conftest import KEYS, assert_openai_error
 
 A, B, C = KEYS
 XSS = '<img src=x onerror="alert(1)">'
-
-
-@pytest.fixture
-def admin(io_loop, base_url) -> AdminClient:
-    c = AdminClient(base_url)
-    assert io_loop.run_sync(c.login).code == 200
-    return c
-
-
-@pytest.fixture
-def serve(io_loop):
-    started = []
-
-    def _serve(app) -> str:
-        sock, port = bind_unused_port()
-        server = HTTPServer(app)
-        server.add_sockets([sock])
-        started.append((server, app))
-        return f"http://127.0.0.1:{port}"
-
-    yield _serve
-    for server, app in started:
-        server.stop()
-        app.upstream.close()
 
 
 def stored(app) -> dict[str, dict]:

@@ -13,47 +13,15 @@ import threading
 import time
 import urllib.request
 
-import pytest
-
 from orpoll.keys import key_id
 from tests.admin_helpers import (
     PASSWORD,
     ROOT,
-    FakeUpstream,
-    OrpollProcess,
     SyncAdmin,
     child_env,
     free_port,
 )
 from tests.conftest import KEYS
-
-
-@pytest.fixture
-def upstream():
-    fake = FakeUpstream()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def data_dir(tmp_path) -> str:
-    return str(tmp_path / "data")
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    """spawn(env) -> a ready OrpollProcess (each with its own log file); stopped at the end."""
-    started: list[OrpollProcess] = []
-
-    def _spawn(env: dict[str, str]) -> OrpollProcess:
-        proc = OrpollProcess(env, str(tmp_path / f"orpoll-{len(started)}.log"))
-        started.append(proc)
-        proc.wait_ready()
-        return proc
-
-    yield _spawn
-    for proc in started:
-        proc.stop()
 
 
 def all_keys(admin: SyncAdmin) -> dict[str, dict]:

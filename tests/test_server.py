@@ -7,32 +7,8 @@ import threading
 import urllib.error
 import urllib.request
 
-import pytest
-
-from tests.admin_helpers import PASSWORD, FakeUpstream, OrpollProcess, child_env
+from tests.admin_helpers import PASSWORD, child_env
 from tests.fake_upstream import content_of
-
-
-@pytest.fixture
-def upstream():
-    fake = FakeUpstream()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    started: list[OrpollProcess] = []
-
-    def _spawn(env: dict[str, str]) -> OrpollProcess:
-        proc = OrpollProcess(env, str(tmp_path / f"orpoll-{len(started)}.log"))
-        started.append(proc)
-        proc.wait_ready()
-        return proc
-
-    yield _spawn
-    for proc in started:
-        proc.stop()
 
 
 def env_for(upstream, tmp_path, **extra):
