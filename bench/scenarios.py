@@ -184,13 +184,18 @@ def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, rep: int) -> dict:
             sampler.halt.set()
             sampler.join()
         peak_kb = max(sampler.peak_kb, procs.status_kb(proxy.pid, "VmHWM") if hwm_reset else 0)
+        fake = procs.fake_stats(ctx.fake_port)
+        # Per stream *held at once*: when the proxy falls behind, fewer than c are open at the
+        # peak, and dividing by c would flatter it.
+        held = max(1, min(c, int((fake or {}).get("max_active") or c)))
         res.update(
             listen_backlog=procs.listen_backlog(port),
             idle_rss_mb=idle_kb / 1024,
             peak_rss_mb=peak_kb / 1024,
-            kb_per_stream=(peak_kb - idle_kb) / c,
+            kb_per_stream=(peak_kb - idle_kb) / held,
+            streams_held=held,
             hwm_reset=hwm_reset,
-            fake=procs.fake_stats(ctx.fake_port),
+            fake=fake,
             log=procs.log_problems(proxy),
             proxy_alive=proxy.alive(),
         )
