@@ -86,6 +86,13 @@ class Settings:
         "longest wait for the upstream's first byte, or silence between chunks (0 = none)",
         editable=True,
     )
+    stream_keepalive_after: float = _opt(
+        10.0,
+        "STREAM_KEEPALIVE_AFTER_SECONDS",
+        "pass OpenRouter's keep-alive comments on once a stream's first token is this late "
+        "(until then they are held back so an early error can still fail over)",
+        editable=True,
+    )
     connect_timeout: float = _opt(
         10.0, "CONNECT_TIMEOUT_SECONDS", "longest wait to connect to the upstream", editable=True
     )

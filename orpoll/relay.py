@@ -197,6 +197,7 @@ class _Attempt:
         "pre_error",
         "tail",
         "mid_error",
+        "started",
     )
 
     def __init__(
@@ -217,6 +218,7 @@ class _Attempt:
         self.pre_error: Outcome | None = None
         self.mid_error: dict | None = None
         self.tail = b""
+        self.started = time.monotonic()
 
     async def run(
         self, url: str, body: bytes | None, method: str, content_type: str | None
@@ -302,7 +304,9 @@ class _Attempt:
         """Before the first data event: drop comments, fail over on an error, else commit.
 
         OpenRouter's ``: OPENROUTER PROCESSING`` keep-alives are dropped here: passing them on
-        would commit the 200 status and rule out failover.
+        would commit the 200 status and rule out failover. Once the first data event is later
+        than STREAM_KEEPALIVE_AFTER_SECONDS, they are passed on after all (committing the
+        stream to this key), so clients and proxies with read timeouts see a live stream.
         """
         for m in _EVENT_RE.finditer(block):
             payload = sse.data_of(m.group().strip(b"\r\n"))
@@ -315,6 +319,9 @@ class _Attempt:
                 return b""
             self._commit(200, None)
             return block[m.start() :]
+        if time.monotonic() - self.started >= self.upstream.config.stream_keepalive_after:
+            self._commit(200, None)
+            return block
         return b""
 
     def _watch_error(self, block: bytes) -> None:

@@ -161,6 +161,35 @@ async def test_comments_before_first_data_are_dropped_after_are_passed(fake, bas
     assert_clean_sse(raw)
 
 
+@pytest.fixture
+def quick_keepalive(env):
+    env["STREAM_KEEPALIVE_AFTER_SECONDS"] = "0.1"
+
+
+async def test_keepalives_pass_once_the_first_token_is_late(quick_keepalive, fake, base_url):
+    """30 keep-alives over ~0.3 s: after 0.1 s the stream commits and the client sees them."""
+    fake.default = {"comments": 30, "chunks": 3}
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    events = raw.events()
+    assert events[0] == b": OPENROUTER PROCESSING"
+    assert 10 <= events.count(b": OPENROUTER PROCESSING") < 30  # the first ~0.1 s held back
+    assert raw.chunks[0][0] < fake.last_chunk_at  # the client heard from us before the data
+    assert_clean_sse(raw)
+
+
+async def test_error_after_passed_keepalives_is_a_mid_stream_error(
+    quick_keepalive, fake, base_url, in_order
+):
+    """Committed by keep-alives, an error event can no longer fail over: it ends the stream."""
+    fake.script(A, {"comments": 30, "error_first": {"code": 502, "message": "provider down"}})
+    raw = await stream_raw(base_url)
+    assert raw.code == 200
+    assert_clean_sse(raw)
+    assert json.loads(raw.data()[0])["error"]["message"] == "provider down"
+    assert sum(fake.requests.values()) == 1
+
+
 async def test_sdk_ignores_passed_comments(fake, sdk):
     fake.default = {"comments": 1, "chunks": 4, "comments_between": True}
     assert await sdk_text(sdk) == content_of(4)
