@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .config import Settings
 from .keys import KeyState, Verdict
@@ -44,19 +44,27 @@ class HealthChecker:
     ) -> None:
         self.scheduler, self.upstream, self.config = scheduler, upstream, config
         self._periodic: PeriodicCallback | None = None
+        self._first: object | None = None
         self._cursor = 0
         self.last_sweep: dict[str, Any] = {}
 
-    def start(self) -> None:
+    def start(self, first_after: float | None = None) -> None:
+        """Sweep every HEALTH_CHECK_INTERVAL_SECONDS; also once ``first_after`` seconds from now
+        (at start-up, so keys never probed get their account and credit figures soon)."""
         self.stop()
         interval = timedelta(seconds=self.config().health_interval)
         self._periodic = PeriodicCallback(self.check_once, interval, jitter=0.1)
         self._periodic.start()
+        if first_after is not None:
+            self._first = IOLoop.current().call_later(first_after, self.check_once)
 
     def stop(self) -> None:
         if self._periodic is not None:
             self._periodic.stop()
             self._periodic = None
+        if self._first is not None:
+            IOLoop.current().remove_timeout(self._first)
+            self._first = None
 
     def restart_if_running(self) -> None:
         """Apply a new interval (settings changed at run time)."""

@@ -21,6 +21,7 @@ from .store import StoreError
 log = logging.getLogger("orpoll")
 SHUTDOWN_GRACE_SECONDS = 10.0
 LISTEN_BACKLOG = 8192
+STARTUP_SWEEP_SECONDS = 5.0  # first health sweep, soon after start-up
 
 
 class JsonFormatter(logging.Formatter):
@@ -132,7 +133,7 @@ async def serve(config: Settings) -> None:
             "very many concurrent streams will fail with 'too many open files'",
             fds,
         )
-    app.health.start()
+    app.health.start(first_after=STARTUP_SWEEP_SECONDS)
     app.write_behind.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

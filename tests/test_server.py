@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
-from tests.admin_helpers import PASSWORD, child_env
+from tests.admin_helpers import PASSWORD, SyncAdmin, child_env
 from tests.fake_upstream import content_of
 
 
@@ -92,3 +93,24 @@ def test_sigterm_lets_a_stream_in_flight_finish(upstream, spawn, tmp_path):
     assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == content_of(10)
     assert text.rstrip().endswith("data: [DONE]")
     assert "shutting down" in proc.log()
+
+
+def test_first_health_sweep_runs_soon_after_start(upstream, spawn, tmp_path):
+    """Keys never probed get their account and credit figures without waiting an interval."""
+    upstream.state.key_info["sk-or-v1-test-aaaa1111"] = (
+        200,
+        {"label": "x", "limit": 10.0, "limit_remaining": 4.5, "creator_user_id": "user_9"},
+    )
+    proc = spawn(env_for(upstream, tmp_path))  # HEALTH_CHECK_INTERVAL_SECONDS=3600
+    deadline = time.monotonic() + 15
+    while not upstream.state.key_probes and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert upstream.state.key_probes["sk-or-v1-test-aaaa1111"] == 1
+    admin = SyncAdmin(proc.url)
+    admin.login()
+    while time.monotonic() < deadline:
+        row = admin.ok("GET", "/admin/key-status")["keys"][0]
+        if row["group"]:
+            break
+        time.sleep(0.1)
+    assert row["group"] == "user_9" and row["credit"]["limit_remaining"] == 4.5
