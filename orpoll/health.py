@@ -93,9 +93,12 @@ class HealthChecker:
             self._cursor = start + n
         return troubled
 
-    async def check_once(self) -> dict[str, Any]:
-        """One sweep; returns counts by result. Never raises."""
-        keys = self.due()
+    async def check_once(self, everything: bool = False) -> dict[str, Any]:
+        """One sweep (of every enabled key when ``everything``); returns counts by result.
+
+        Never raises.
+        """
+        keys = [k for k in self.scheduler if k.enabled] if everything else self.due()
         sem = asyncio.Semaphore(self.config().health_concurrency)
         results: dict[str, int] = {}
 

@@ -210,8 +210,10 @@ async def test_check_now_probes_one_key_and_check_keys_sweeps(admin, app, fake):
     data = await admin.json("POST", f"/admin/keys/{key_id(A)}/check")
     assert data["result"] == "invalid" and data["key"]["status"] == "disabled"
     assert fake.key_probes[A] == 1
+    await app.health.check_once()  # every key now has a probe on record ...
     sweep = await admin.json("POST", "/admin/check-keys")
-    assert sweep["probed"] >= 1 and "results" in sweep
+    assert sweep["probed"] == 3  # ... yet "check all" probes every enabled key again
+    assert fake.key_probes[B] == 2 and sweep["results"]["invalid"] == 1
 
 
 # ---- restarts ---------------------------------------------------------------------------------

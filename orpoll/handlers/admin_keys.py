@@ -274,10 +274,10 @@ class KeyActionHandler(KeysHandler):
 
 
 class CheckKeysHandler(KeysHandler):
-    """POST: run one health-check sweep now; answers with its summary."""
+    """POST: probe every enabled key now; answers with the sweep's summary."""
 
     async def post(self) -> None:
-        self.write_json(await self.application.health.check_once())
+        self.write_json(await self.application.health.check_once(everything=True))
 
 
 routes = [
