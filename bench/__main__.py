@@ -23,6 +23,7 @@ SCENARIOS = {
     "key_status": scenarios.key_status,
     "keys_idle": scenarios.keys_idle,
     "keys_micro": scenarios.keys_micro,
+    "sweep": scenarios.sweep,
 }
 SHARED_PROXY = ("nonstream", "streams200")
 

@@ -342,6 +342,51 @@ def keys_idle(ctx: Ctx) -> dict:
         proxy.stop()
 
 
+def sweep(ctx: Ctx) -> dict:
+    """Non-stream p99 (wrk -c64) on a 10,000-key proxy: quiet, then while "check all" probes
+    every key against the fake's /api/v1/key (HEALTH_CHECK_CONCURRENCY 8)."""
+    proxy, port = procs.start_proxy("sweep10k", ctx.fake_port, n_keys=10_000)
+    seconds = 3 if ctx.quick else 6
+    try:
+        procs.wait_ready(proxy, port, timeout=120)
+        headers, err = admin_session(port)
+        if err:
+            return {"na": err}
+        url = ctx.proxy_url(port)
+        # The start-up sweep (5 s after start) probes every new key: wait until it is over.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            _, _, body = procs.http_call(port, "GET", "/admin/app-status", headers=headers)
+            if (json.loads(body).get("health") or {}).get("probed"):
+                break
+            time.sleep(0.5)
+        loadgen.wrk(url, 1)
+        quiet = loadgen.wrk(url, seconds)
+        done: dict = {}
+
+        def check_all() -> None:
+            t0 = time.perf_counter()
+            status, _, body = procs.http_call(
+                port, "POST", "/admin/check-keys", {}, headers=headers, timeout=300
+            )
+            done.update(status=status, seconds=time.perf_counter() - t0, body=body[:300])
+
+        sweeper = threading.Thread(target=check_all)
+        sweeper.start()
+        during = loadgen.wrk(url, seconds)
+        sweeper.join(300)
+        return {
+            "quiet_p99_ms": quiet["p99_ms"],
+            "sweep_p99_ms": during["p99_ms"],
+            "quiet_rps": quiet["rps"],
+            "sweep_rps": during["rps"],
+            "sweep": done,
+            "log": procs.log_problems(proxy),
+        }
+    finally:
+        proxy.stop()
+
+
 def keys_micro(ctx: Ctx) -> dict:
     """Run bench/keys_micro.py if present and take its figure at 100k keys.
 

@@ -75,6 +75,8 @@ class KeyScheduler:
         self._recent_401: deque[tuple[float, str]] = deque()
         self.groups: dict[str, set[str]] = {}  # account -> key ids
         self.dirty: set[str] = set()  # ids whose state changed since the store last saved
+        # ids whose counters (requests, successes, last used) alone changed: saved less often
+        self.touched: set[str] = set()
         self.version = 0  # bumps when keys are added or removed
 
     # ---- membership -------------------------------------------------------------------------
@@ -127,6 +129,7 @@ class KeyScheduler:
         self._leave_group(ks)
         self.version += 1
         self.dirty.discard(kid)
+        self.touched.discard(kid)
         return ks
 
     def set_group(self, ks: KeyState, group: str) -> None:
@@ -251,13 +254,16 @@ class KeyScheduler:
         now = self.clock()
         ks.last_used = now
         ks.requests += 1
-        self.dirty.add(ks.id)
         v = outcome.verdict
         if v is Verdict.OK or v is Verdict.REQUEST:
             ks.successes += 1
             if ks.failures:
                 ks.failures = 0
+                self.dirty.add(ks.id)
+            else:
+                self.touched.add(ks.id)
             return
+        self.dirty.add(ks.id)
         ks.errors += 1
         ks.last_status, ks.last_error = outcome.status, outcome.message[:300]
         if v is Verdict.PROVIDER or v is Verdict.KEY_LOW_CREDIT:

@@ -165,6 +165,28 @@ async def test_write_behind_saves_only_changed_keys(store):
     assert row["state"] == "cooling" and row["requests"] == 4 and row["reason"] == "rate limited"
 
 
+async def test_served_requests_are_saved_less_often_than_state_changes(store):
+    from orpoll.keys import Outcome, Verdict
+    from orpoll.store import COUNTERS_EVERY
+
+    sched = KeyScheduler()
+    a, b = sched.add(KEYS[0]), sched.add(KEYS[1])
+    store.insert_keys(list(sched))
+    wb = WriteBehind(store, sched)
+    for _ in range(5):
+        sched.report(a, Outcome(Verdict.OK, 200))
+    sched.report(b, Outcome(Verdict.TRANSIENT, 502, "bad gateway"))
+    assert sched.dirty == {b.id} and sched.touched == {a.id}
+    assert await wb.tick() == 1  # b's failure at once; a's counters wait
+    rows = {r["key"]: r for r in store.load_keys()}
+    assert rows[b.key]["failures"] == 1 and rows[a.key]["requests"] == 0
+    for _ in range(COUNTERS_EVERY - 1):
+        await wb.tick()
+    rows = {r["key"]: r for r in store.load_keys()}
+    assert rows[a.key]["requests"] == rows[a.key]["successes"] == 5
+    assert not sched.touched
+
+
 async def test_write_behind_retries_after_a_failed_write(store):
     sched = KeyScheduler()
     ks = sched.add(KEYS[0])
