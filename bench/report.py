@@ -155,6 +155,17 @@ def _key_rows(r: dict) -> list[list[str]]:
             "",
             _f(_get(r, "cold_start.rss_2_keys_mb"), ".1f", " MB"),
         ),
+        _row(
+            "10k keys: non-stream p99, quiet / during a full health sweep",
+            "",
+            f"{_f(_get(r, 'sweep.quiet_p99_ms'), '.1f')} / "
+            f"{_f(_get(r, 'sweep.sweep_p99_ms'), '.1f')} ms",
+        ),
+        _row(
+            "10k keys: full health sweep (8 probes at a time)",
+            "",
+            _f(_get(r, "sweep.sweep.seconds"), ".1f", " s"),
+        ),
     ]
 
 
