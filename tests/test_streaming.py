@@ -437,6 +437,24 @@ async def test_200_concurrent_streams_are_byte_exact(app, fake, base_url):
     assert app.inflight == 0
 
 
+async def test_http_1_0_client_gets_an_unframed_stream(fake, base_url):
+    """HTTP/1.0 has no chunked encoding: the stream is the raw bytes, ended by the close."""
+    fake.default = {"chunks": 5, "interval": 0.01}
+    host, port = base_url.removeprefix("http://").split(":")
+    stream = await TCPClient().connect(host, int(port))
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": True}).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    await stream.write(head + body)
+    received = await stream.read_until_close()
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0]
+    assert b"chunked" not in head.lower()
+    assert payload == expected_stream(5)
+
+
 async def test_a_slow_reader_gets_every_byte_in_order(fake, base_url):
     """Big chunks to a client that reads in small sips: sends go partial, the rest queues in
     the IOStream, and the stream still arrives whole and in order."""

@@ -95,7 +95,9 @@ class RelayHandler(ApiHandler):
             return
         conn = self.request.connection
         stream = conn.stream
-        if not stream.writing() and not stream.closed() and type(stream) is IOStream:
+        # Only where Tornado itself frames chunks (HTTP/1.1 clients), on plain TCP.
+        direct = getattr(conn, "_chunking_output", False) and type(stream) is IOStream
+        if direct and not stream.writing() and not stream.closed():
             # Nothing queued in the IOStream: try the socket first. A chunk the kernel takes
             # whole costs no write future and no callback (Tornado schedules one per write).
             framed = b"%x\r\n%b\r\n" % (len(data), data)
