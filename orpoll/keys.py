@@ -70,6 +70,11 @@ class CooldownPolicy:
         return min(self.base * 2 ** min(max(failures - 1, 0), 30), self.cap)
 
 
+def is_free_model(model: str | None) -> bool:
+    """True for OpenRouter's ``:free`` model variants (they have quotas of their own)."""
+    return bool(model) and model.endswith(":free")
+
+
 def key_id(key: str) -> str:
     """Stable short id of a key, safe to log and show."""
     return hashlib.sha256(key.encode()).hexdigest()[:12]

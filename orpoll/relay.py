@@ -18,7 +18,7 @@ from tornado.curl_httpclient import CurlError
 
 from . import errors, sse
 from .classify import classify, classify_transport
-from .keys import KeyState, Outcome, Verdict
+from .keys import KeyState, Outcome, Verdict, is_free_model
 from .scheduler import KeyScheduler
 from .upstream import CURLE_ABORTED_BY_CALLBACK, ERROR_BODY_LIMIT, OpenRouterClient, Transfer
 
@@ -134,27 +134,29 @@ class Relay:
             outcome.status or 502, outcome.message, outcome.code, outcome.metadata
         )
         if err.status in (429, 503):
-            now = self.scheduler.clock()
             at = outcome.retry_at or self.scheduler.next_available_at(model)
             if at:
-                err.headers["Retry-After"] = str(max(1, math.ceil(at - now)))
+                err.headers["Retry-After"] = self._seconds_until(at)
         return err
+
+    def _seconds_until(self, at: float) -> str:
+        """A Retry-After value: whole seconds until ``at``, at least 1."""
+        return str(max(1, math.ceil(at - self.scheduler.clock())))
 
     def no_key_error(self, model: str | None) -> errors.ApiError:
         """503 (429 if every key is rate limited) with Retry-After = earliest re-admission."""
         counts = self.scheduler.counts()
         if not counts["total"]:
             return errors.NoKeyAvailable("no OpenRouter API keys are configured", code="no_keys")
-        now = self.scheduler.clock()
         at = self.scheduler.next_available_at(model)
-        headers = {"Retry-After": str(max(1, math.ceil(at - now)))} if at else {}
+        headers = {"Retry-After": self._seconds_until(at)} if at else {}
         message = (
             f"no OpenRouter key is available: {counts['total']} keys, "
             f"{counts['cooling']} cooling ({counts['rate_limited']} rate limited, "
             f"{counts['no_credit']} out of credit), {counts['disabled']} disabled, "
             f"{counts['paused']} paused"
         )
-        if model and model.endswith(":free") and counts["free_limited"]:
+        if is_free_model(model) and counts["free_limited"]:
             message += f", {counts['free_limited']} out of :free quota"
         if at:
             message += f"; the next returns in {headers['Retry-After']} s"
@@ -246,18 +248,14 @@ class _Attempt:
     # ---- buffered ---------------------------------------------------------------------------
 
     def _buffered_done(self, status: int, body: bytes, headers) -> Outcome:
-        if status == 200:
-            err = sse.error_of(body) if b'"error"' in body else None
-            if err is None:
-                self._commit(status, headers.get("Content-Type", "application/json"), headers)
-                self.sink.send(body)
-                return Outcome(Verdict.OK, 200)
+        if not 200 <= status < 300:
+            return classify(status, body, headers.get)
+        err = sse.error_of(body) if status == 200 else None  # an in-band error
+        if err is not None:
             return classify(200, body, headers.get, error=err)
-        if 200 < status < 300:
-            self._commit(status, headers.get("Content-Type", "application/json"), headers)
-            self.sink.send(body)
-            return Outcome(Verdict.OK, status)
-        return classify(status, body, headers.get)
+        self._commit(status, headers.get("Content-Type", "application/json"), headers)
+        self.sink.send(body)
+        return Outcome(Verdict.OK, status)
 
     def _commit(self, status: int, content_type: str | None, headers=None) -> None:
         out = [("Content-Type", content_type)] if content_type else list(STREAM_HEADERS)
@@ -297,7 +295,7 @@ class _Attempt:
                 return
         elif b'"error"' in complete:
             self._watch_error(complete)
-        self.tail = complete[-32:]
+        self.tail = complete  # a reference: only its end is read, once, at the end
         self.sink.send(complete)
 
     def _first_events(self, block: bytes) -> bytes:
@@ -349,7 +347,7 @@ class _Attempt:
             return Outcome(Verdict.TRANSIENT, 502, "upstream stream ended before any data")
         if self.pending.strip():
             self.sink.send(self.pending + b"\n\n")
-            self.tail = self.pending[-32:]
+            self.tail = self.pending
         if not sse.ends_with_done(self.tail):
             self.sink.send(sse.DONE)
         if self.mid_error is not None:

@@ -22,6 +22,7 @@ from .keys import (
     KeyState,
     Outcome,
     Verdict,
+    is_free_model,
     key_id,
 )
 
@@ -230,12 +231,13 @@ class KeyScheduler:
         O(log n) per pick plus O(log n) per excluded key.
         """
         self._release(self.clock())
-        tree = self._trees["free" if model and model.endswith(":free") else "all"]
+        name = "free" if is_free_model(model) else "all"
+        tree = self._trees[name]
         held = []
         for kid in exclude:
             ks = self.keys.get(kid)
             if ks is not None:
-                w = self._tree_weight(ks, "free" if tree is self._trees["free"] else "all")
+                w = self._tree_weight(ks, name)
                 if w:
                     tree.add(ks.slot, -w)
                     held.append((ks.slot, w))
@@ -363,7 +365,7 @@ class KeyScheduler:
     def next_available_at(self, model: str | None = None) -> float | None:
         """Earliest time a cooling key returns (for Retry-After); None if none will by itself."""
         now = self.clock()
-        free = bool(model and model.endswith(":free"))
+        free = is_free_model(model)
         best = None
         for ks in self.keys.values():
             if not ks.enabled or ks.state == "disabled":
@@ -404,7 +406,7 @@ class KeyScheduler:
         """Why nothing is usable for ``model``: "rate_limited" if every enabled key is rate
         limited for it (a :free quota counts only for :free models), else "unavailable"."""
         now = self.clock()
-        free = bool(model and model.endswith(":free"))
+        free = is_free_model(model)
 
         def limited(k: KeyState) -> bool:
             if k.state == "cooling" and k.until > now:

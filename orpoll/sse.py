@@ -66,8 +66,8 @@ def error_of(payload: bytes) -> dict[str, Any] | None:
 
 
 def ends_with_done(tail: bytes) -> bool:
-    """True if the stream's last bytes are a ``data: [DONE]`` event."""
-    return tail.rstrip().endswith(b"[DONE]")
+    """True if the stream's last bytes (``tail``: its last block) are a ``data: [DONE]`` event."""
+    return tail[-64:].rstrip().endswith(b"[DONE]")
 
 
 def error_event(
