@@ -167,20 +167,21 @@ class Relay:
 def _mask_key(outcome: Outcome, ks: KeyState) -> None:
     """Replace the key with its masked form wherever the upstream's error echoes it: the
     message and metadata reach the client, the logs and the admin's last_error."""
-
-    def mask(obj):
-        if isinstance(obj, str):
-            return obj.replace(ks.key, ks.masked) if ks.key in obj else obj
-        if isinstance(obj, dict):
-            return {k: mask(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [mask(v) for v in obj]
-        return obj
-
-    outcome.message = mask(outcome.message)
-    outcome.code = mask(outcome.code)
+    outcome.message = _masked(outcome.message, ks)
+    outcome.code = _masked(outcome.code, ks)
     if outcome.metadata:
-        outcome.metadata = mask(outcome.metadata)
+        outcome.metadata = _masked(outcome.metadata, ks)
+
+
+def _masked(obj, ks: KeyState):
+    # Module level, not a closure: a recursive closure is a reference cycle per request.
+    if isinstance(obj, str):
+        return obj.replace(ks.key, ks.masked) if ks.key in obj else obj
+    if isinstance(obj, dict):
+        return {k: _masked(v, ks) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_masked(v, ks) for v in obj]
+    return obj
 
 
 class _Attempt:
@@ -237,6 +238,11 @@ class _Attempt:
         sink.transfer = self.transfer  # lets the handler abort us on disconnect
         resp = await self.upstream.fetch(req)
         self.transfer.curl = None  # the handle goes back to the pool: never touch it again
+        # Break the handler -> transfer -> on_chunk -> attempt -> handler cycle, so the
+        # request's objects are freed now, not by a full GC pass (which freed thousands of
+        # streams at once: 40-50 ms pauses under 200 streams).
+        self.transfer.on_chunk = None
+        sink.transfer = None
         if sink.client_gone:
             return None
         if isinstance(resp, CurlError):

@@ -247,7 +247,7 @@ class OpenRouterClient:
     async def fetch(self, request: HTTPRequest) -> HTTPResponse | CurlError:
         """The response (any status), or the transport error (code 599) as a value."""
         try:
-            return await self.http.fetch(request, raise_error=False)
+            return _unlinked(await self.http.fetch(request, raise_error=False))
         except CurlError as e:
             return e
         except HTTPClientError as e:  # queue timeouts and the like
@@ -265,7 +265,7 @@ class OpenRouterClient:
             prepare_curl_callback=no_header_log,
         )
         try:
-            resp = await self.http.fetch(req, raise_error=False)
+            resp = _unlinked(await self.http.fetch(req, raise_error=False))
         except HTTPClientError as e:
             return e.code, None, time.monotonic() - start
         try:
@@ -273,3 +273,11 @@ class OpenRouterClient:
         except ValueError:
             data = None
         return resp.code, data, time.monotonic() - start
+
+
+def _unlinked(resp: HTTPResponse) -> HTTPResponse:
+    """Tornado links a non-2xx response and its ``error`` both ways, a reference cycle that
+    keeps the whole request (and our transfer) alive until a full GC pass: break it."""
+    if resp.error is not None:
+        resp.error = None
+    return resp

@@ -1,0 +1,73 @@
+"""A finished request leaves no reference cycles among the proxy's objects.
+
+Objects in a cycle wait for the collector. A stream lives long enough to reach its oldest
+generation, so under load the full passes freed thousands of requests at once: 40-50 ms stalls
+of every stream (bench streams200, p99 time to first chunk). Plain reference counting frees
+them the moment the request ends, and this test keeps it that way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from collections import Counter
+
+import pytest
+from tornado.httputil import HTTPServerRequest
+
+from orpoll.handlers.api import RelayHandler
+from orpoll.relay import Attempts, _Attempt
+from orpoll.upstream import Transfer
+from tests.conftest import KEYS
+
+A, B, C = KEYS
+PAID = "openai/gpt-4o"
+MSG = [{"role": "user", "content": "hi"}]
+OURS = (RelayHandler, _Attempt, Transfer, Attempts, HTTPServerRequest)
+
+
+@pytest.fixture
+def garbage():
+    """``await garbage()`` -> Counter of our objects that only the collector could free."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    async def found() -> Counter:
+        await asyncio.sleep(0.05)  # the handler's last callbacks
+        gc.collect()
+        ours = Counter(type(o).__name__ for o in gc.garbage if isinstance(o, OURS))
+        gc.garbage.clear()
+        return ours
+
+    yield found
+    gc.set_debug(0)
+    gc.garbage.clear()
+
+
+ERR_502 = {"status": 502, "error": {"code": 502, "message": "Provider returned error"}}
+CASES = {
+    "stream": ({}, True, 200),
+    "non-stream": ({}, False, 200),
+    "stream-failover": ({A: ERR_502}, True, 200),
+    "non-stream-failover": ({A: ERR_502}, False, 200),
+    "mid-stream-error": ({A: {"mid_error": (1, {"code": 502, "message": "gone"})}}, True, 200),
+    "mid-stream-drop": ({A: {"drop_after": 1}}, True, 200),
+    "every-key-fails": ({k: ERR_502 for k in KEYS}, False, 502),
+    "request-fault": ({A: {"status": 400, "error": {"code": 400, "message": "bad"}}}, False, 400),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_requests_leave_no_reference_cycles(case, fake, api, in_order, garbage):
+    script, stream, status = CASES[case]
+    for key, behaviour in script.items():
+        fake.script(key, behaviour)
+    body = {"model": PAID, "messages": MSG, "stream": stream}
+    resp = await api("/v1/chat/completions", body)
+    assert resp.code == status, resp.body
+    if stream and status == 200:
+        assert resp.body.endswith(b"data: [DONE]\n\n")
+    else:
+        json.loads(resp.body)
+    assert await garbage() == Counter()
