@@ -103,6 +103,57 @@ async def test_body_just_under_the_limit_passes(small_body, fake, api):
     assert fake.bodies[0] == body.encode()
 
 
+async def test_body_larger_than_the_read_ahead_is_relayed_intact(fake, api):
+    """Bodies over 256 KiB take Tornado's streaming path (app.SmallBodyFirst reads only
+    smaller ones ahead); both must reach the upstream byte for byte."""
+    text = "".join(chr(0x41 + i % 26) for i in range(600_000))
+    body = json.dumps({"model": PAID, "messages": [{"role": "user", "content": text}]})
+    assert (await api(CHAT, body=body)).code == 200
+    assert fake.bodies[0] == body.encode()
+
+
+async def test_chunked_body_within_the_limit_is_relayed_intact(fake, base_url, api):
+    body = json.dumps({"model": PAID, "messages": [{"role": "user", "content": "y" * 5000}]})
+    parts = [body[i : i + 1000].encode() for i in range(0, len(body), 1000)]
+
+    async def producer(write):
+        for part in parts:
+            await write(part)
+
+    resp = await AsyncHTTPClient().fetch(
+        HTTPRequest(
+            base_url + CHAT,
+            method="POST",
+            body_producer=producer,
+            headers={"Content-Type": "application/json"},
+        ),
+        raise_error=False,
+    )
+    assert resp.code == 200, resp.body
+    assert fake.bodies[0] == body.encode()
+
+
+async def test_pipelined_requests_are_answered_in_order(fake, base_url):
+    """Two requests sent back to back on one connection before reading either answer."""
+    host, port = base_url.rsplit("/", 1)[1].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    bodies = [json.dumps({**GOOD, "messages": [{"role": "user", "content": w}]}) for w in "ab"]
+    writer.write(
+        b"".join(
+            f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(b)}\r\n\r\n{b}".encode()
+            for b in bodies
+        )
+    )
+    for _ in bodies:
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        assert json.loads(await reader.readexactly(length))["choices"]
+    writer.close()
+    assert fake.bodies == [b.encode() for b in bodies]
+
+
 @pytest.mark.parametrize("path", ["/nope", "/v2/chat/completions", "/admin-not-here/x", "/v1"])
 async def test_unknown_path_is_404(api, path):
     resp = await api(path)

@@ -24,6 +24,11 @@ class RelayHandler(ApiHandler):
     # (a 401 or 413 answered before the body was read closes the connection).
     client_gone = False
     transfer = None
+    buffer_small_bodies = True  # see app.SmallBodyFirst: such bodies arrive before prepare()
+
+    def initialize(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
 
     def prepare(self) -> None:
         super().prepare()
@@ -32,8 +37,6 @@ class RelayHandler(ApiHandler):
         self.client_gone, self.transfer, self.flushing, self.backlog = False, None, False, 0
         self.streaming = False
         self.attempts = Attempts()
-        self._chunks: list[bytes] = []
-        self._size = 0
         length = self.request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.config.max_body_bytes:
             raise self._too_large()
