@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orpoll.app import make_app  # noqa: E402
 from orpoll.config import load_settings  # noqa: E402
+from orpoll.server import Server  # noqa: E402
 from tests.fake_upstream import FakeOpenRouter, make_fake_app  # noqa: E402
 
 KEYS = ["sk-or-v1-test-aaaa1111", "sk-or-v1-test-bbbb2222", "sk-or-v1-test-cccc3333"]
@@ -83,6 +84,16 @@ def app(config):
     app = make_app(config)
     yield app
     app.upstream.close()
+
+
+@pytest.fixture
+def http_server(request, io_loop, app, http_server_port):
+    """pytest-tornasync's fixture, serving ``app`` with orpoll's own Server class."""
+    server = Server(app)
+    server.add_socket(http_server_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=10)
 
 
 @pytest.fixture
@@ -179,7 +190,7 @@ def serve(io_loop):
 
     def _serve(app) -> str:
         sock, port = bind_unused_port()
-        server = HTTPServer(app)
+        server = Server(app)
         server.add_sockets([sock])
         started.append((server, app))
         return f"http://127.0.0.1:{port}"
