@@ -283,6 +283,24 @@ def start_fake() -> tuple[Child, int]:
     raise RuntimeError("fake upstream did not start:\n" + child.log_tail())
 
 
+def start_bare_relay(fake_port: int) -> tuple[Child, int]:
+    """The floor (bench/bare_relay.py) in front of the fake; returns (child, port) once up."""
+    port = free_port()
+    url = f"http://127.0.0.1:{fake_port}/api/v1/chat/completions"
+    argv = [sys.executable, str(BENCH / "bare_relay.py"), str(port), url]
+    child = Child("bare_relay", argv, clean_env(PYTHONPATH=str(ROOT)))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError("bare relay exited:\n" + child.log_tail())
+        try:
+            if chat_once(port, timeout=5) == 200:
+                return child, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("bare relay did not start:\n" + child.log_tail())
+
+
 def fake_stats(port: int, reset: bool = False) -> dict:
     status, _, body = http_call(port, "POST" if reset else "GET", "/bench/stats")
     return json.loads(body) if status == 200 else {}

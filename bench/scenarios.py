@@ -77,28 +77,39 @@ def measured(ctx: Ctx, proxy: procs.Child | None, run, counter: str) -> dict:
 # --- non-stream at 64 connections (wrk) ------------------------------------------------------
 
 
-def _wrk_once(ctx: Ctx, url: str, seconds: float, proxy: bool) -> dict:
-    child = ctx.proxy if proxy else None
-    res = measured(ctx, child, lambda: loadgen.wrk(url, seconds), "chat_json")
-    if proxy:
+def _wrk_once(ctx: Ctx, url: str, seconds: float, relay: procs.Child | None) -> dict:
+    """One wrk run; with ``relay`` (orpoll or the bare relay) also its CPU per request."""
+    res = measured(ctx, relay, lambda: loadgen.wrk(url, seconds), "chat_json")
+    if relay is not None:
         res["proxy_cpu_ms_per_req"] = 1000 * res["proxy_cpu_s"] / max(1, res["requests"])
     return res
 
 
 def nonstream(ctx: Ctx) -> dict:
-    """wrk -c64 POST non-stream; direct and proxy runs interleaved, ``reps`` times each."""
+    """wrk -c64 POST non-stream: direct, the bare relay (the floor) and orpoll, interleaved,
+    ``reps`` times each."""
     seconds = 3 if ctx.quick else 8
-    loadgen.wrk(ctx.direct_url, 1)  # warm-up: connection pools, caches, lazy imports
-    loadgen.wrk(ctx.proxy_url(), 1 if ctx.quick else 2)
-    direct, proxy = [], []
-    for _ in range(ctx.reps):
-        direct.append(_wrk_once(ctx, ctx.direct_url, seconds, proxy=False))
-        proxy.append(_wrk_once(ctx, ctx.proxy_url(), seconds, proxy=True))
+    bare, bare_port = procs.start_bare_relay(ctx.fake_port)
+    try:
+        loadgen.wrk(ctx.direct_url, 1)  # warm-up: connection pools, caches, lazy imports
+        loadgen.wrk(ctx.proxy_url(bare_port), 1)
+        loadgen.wrk(ctx.proxy_url(), 1 if ctx.quick else 2)
+        direct, floor, proxy = [], [], []
+        for _ in range(ctx.reps):
+            direct.append(_wrk_once(ctx, ctx.direct_url, seconds, None))
+            floor.append(_wrk_once(ctx, ctx.proxy_url(bare_port), seconds, bare))
+            proxy.append(_wrk_once(ctx, ctx.proxy_url(), seconds, ctx.proxy))
+    finally:
+        bare.stop()
+    cpu = "proxy_cpu_ms_per_req"
+    ratio = [p[cpu] / b[cpu] for p, b in zip(proxy, floor, strict=True)]
     return {
         "seconds": seconds,
         "direct": medians(direct),
+        "bare": medians(floor),
         "proxy": medians(proxy),
-        "runs": {"direct": direct, "proxy": proxy},
+        "cpu_vs_bare": statistics.median(ratio),
+        "runs": {"direct": direct, "bare": floor, "proxy": proxy},
     }
 
 

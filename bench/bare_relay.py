@@ -1,0 +1,40 @@
+"""The floor: a bare Tornado + CurlAsyncHTTPClient relay with no features at all.
+
+``python bench/bare_relay.py PORT UPSTREAM_URL`` answers ``POST /v1/chat/completions`` by
+posting the body to UPSTREAM_URL and returning the answer. No keys, no failover, no checks, no
+logging: what the proxy's design costs before any of its work. The non-stream scenario runs it
+next to orpoll, so orpoll's CPU per request can be read against it on the same machine, at
+the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import tornado.httpserver
+import tornado.web
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import HTTPRequest
+
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-or-v1-bench"}
+
+
+class Relay(tornado.web.RequestHandler):
+    async def post(self) -> None:
+        req = HTTPRequest(self.settings["upstream"], "POST", HEADERS, self.request.body)
+        resp = await self.settings["http"].fetch(req, raise_error=False)
+        self.set_status(resp.code)
+        self.set_header("Content-Type", "application/json")
+        self.finish(resp.body)
+
+
+async def main(port: int, upstream: str) -> None:
+    http = CurlAsyncHTTPClient(max_clients=1000)
+    app = tornado.web.Application([(r"/v1/chat/completions", Relay)], upstream=upstream, http=http)
+    tornado.httpserver.HTTPServer(app).listen(port, "127.0.0.1")
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
