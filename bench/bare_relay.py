@@ -1,10 +1,11 @@
 """The floor: a bare Tornado + CurlAsyncHTTPClient relay with no features at all.
 
 ``python bench/bare_relay.py PORT UPSTREAM_URL`` answers ``POST /v1/chat/completions`` by
-posting the body to UPSTREAM_URL and returning the answer. No keys, no failover, no checks, no
-logging: what the proxy's design costs before any of its work. The non-stream scenario runs it
-next to orpoll, so orpoll's CPU per request can be read against it on the same machine, at
-the same moment.
+posting the body to UPSTREAM_URL and returning the answer, or for a ``"stream":true`` body by
+passing each chunk on through Tornado's ``streaming_callback`` (write + flush). No keys, no
+failover, no holding back until the first event, no checks, no logging: what the proxy's
+design costs before any of its work. The non-stream and 200-stream scenarios run it next to
+orpoll, so orpoll's figures can be read against it on the same machine, at the same moment.
 """
 
 from __future__ import annotations
@@ -22,11 +23,29 @@ HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-or-v1
 
 class Relay(tornado.web.RequestHandler):
     async def post(self) -> None:
-        req = HTTPRequest(self.settings["upstream"], "POST", HEADERS, self.request.body)
+        body = self.request.body
+        if b'"stream":true' in body:
+            return await self.stream(body)
+        req = HTTPRequest(self.settings["upstream"], "POST", HEADERS, body)
         resp = await self.settings["http"].fetch(req, raise_error=False)
         self.set_status(resp.code)
         self.set_header("Content-Type", "application/json")
         self.finish(resp.body)
+
+    async def stream(self, body: bytes) -> None:
+        """Tornado's streaming_callback: each chunk written and flushed as it comes."""
+
+        def on_chunk(chunk: bytes) -> None:
+            if not self._headers_written:
+                self.set_header("Content-Type", "text/event-stream")
+            self.write(chunk)
+            self.flush()
+
+        req = HTTPRequest(
+            self.settings["upstream"], "POST", HEADERS, body, streaming_callback=on_chunk
+        )
+        await self.settings["http"].fetch(req, raise_error=False)
+        self.finish()
 
 
 async def main(port: int, upstream: str) -> None:

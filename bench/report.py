@@ -80,6 +80,16 @@ def _fast_rows(ns: dict, st: dict) -> list[list[str]]:
             _ok(st.get("ratio"), 0.95, higher_is_better=True),
         ),
     ]
+    rows.append(
+        _row(
+            "200 streams, bare relay: streams/s / added TTFC p50 / p99",
+            "",
+            _f(_get(st, "bare.streams_per_s"), ".1f"),
+            f"{_f(st.get('bare_ratio'), '.3f', 'x')} / "
+            f"{_f(st.get('bare_ttfc_added_p50_ms'), '+.2f', ' ms')} / "
+            f"{_f(st.get('bare_ttfc_added_p99_ms'), '+.2f', ' ms')}",
+        )
+    )
     for pct, limit in (("p50", 1), ("p99", 10)):
         added = st.get(f"ttfc_added_{pct}_ms")
         rows.append(
@@ -203,7 +213,7 @@ def load_rows(r: dict) -> list[list[str]]:
     """CPU shares (% of one core) of each process during the load runs."""
     rows = []
     for scen in ("nonstream", "streams200", "slow_streams"):
-        paths = ("direct", "bare", "proxy") if scen == "nonstream" else ("direct", "proxy")
+        paths = ("direct", "proxy") if scen == "slow_streams" else ("direct", "bare", "proxy")
         for path in paths:
             m = _get(r, f"{scen}.{path}") or {}
             rows.append(

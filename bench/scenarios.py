@@ -116,32 +116,49 @@ def nonstream(ctx: Ctx) -> dict:
 # --- 200 concurrent fast streams -------------------------------------------------------------
 
 
-def _streams_once(ctx: Ctx, url: str, n: int, proxy: bool) -> dict:
+def _streams_once(ctx: Ctx, url: str, n: int, relay: procs.Child | None) -> dict:
     # Workers start spread over one stream's length (200 ms), so arrivals are steady at
     # ~1000/s instead of 200 requests landing at once every 200 ms for the whole run.
     def run() -> dict:
         return loadgen.streamload(url, c=200, n=n, chunks=20, interval_ms=10, ramp_ms=200)
 
-    res = measured(ctx, ctx.proxy if proxy else None, run, "chat_stream")
-    if proxy:
+    res = measured(ctx, relay, run, "chat_stream")
+    if relay is not None:
         res["proxy_cpu_ms_per_stream"] = 1000 * res["proxy_cpu_s"] / n
     return res
 
 
 def streams200(ctx: Ctx) -> dict:
-    """200 concurrent streams of 20 chunks x 10 ms; added time to first chunk is per-rep paired."""
+    """200 concurrent streams of 20 chunks x 10 ms: direct, the bare relay and orpoll,
+    interleaved; added time to first chunk is paired per repetition."""
     n = 1000 if ctx.quick else 3000
-    loadgen.streamload(ctx.direct_url, c=200, n=200, chunks=5, interval_ms=10)
-    loadgen.streamload(ctx.proxy_url(), c=200, n=400, chunks=5, interval_ms=10)
-    direct, proxy, added50, added99, ratio = [], [], [], [], []
-    for _ in range(ctx.reps):
-        d = _streams_once(ctx, ctx.direct_url, n, proxy=False)
-        p = _streams_once(ctx, ctx.proxy_url(), n, proxy=True)
-        direct.append(d)
-        proxy.append(p)
-        added50.append(p["ttfc_ms_p50"] - d["ttfc_ms_p50"])
-        added99.append(p["ttfc_ms_p99"] - d["ttfc_ms_p99"])
-        ratio.append(p["streams_per_s"] / d["streams_per_s"])
+    bare, bare_port = procs.start_bare_relay(ctx.fake_port)
+    runs: dict[str, list[dict]] = {"direct": [], "bare": [], "proxy": []}
+    try:
+        urls = {
+            "direct": (ctx.direct_url, None),
+            "bare": (ctx.proxy_url(bare_port), bare),
+            "proxy": (ctx.proxy_url(), ctx.proxy),
+        }
+        for url, _ in urls.values():  # warm-up
+            loadgen.streamload(url, c=200, n=400, chunks=5, interval_ms=10)
+        for _ in range(ctx.reps):
+            for name, (url, relay) in urls.items():
+                runs[name].append(_streams_once(ctx, url, n, relay))
+    finally:
+        bare.stop()
+    direct, proxy = runs["direct"], runs["proxy"]
+    out = {}
+    for name in ("bare", "proxy"):
+        pairs = list(zip(runs[name], direct, strict=True))
+        prefix = "bare_" if name == "bare" else ""
+        for pct in ("p50", "p99"):
+            key = f"ttfc_ms_{pct}"
+            added = [r[key] - d[key] for r, d in pairs]
+            out[f"{prefix}ttfc_added_{pct}_ms"] = statistics.median(added)
+        out[f"{prefix}ratio"] = statistics.median(
+            r["streams_per_s"] / d["streams_per_s"] for r, d in pairs
+        )
     # Unloaded baseline: one stream at a time, so added TTFC here is pure per-hop latency and
     # any extra under load is queueing in the proxy.
     one_d = loadgen.streamload(ctx.direct_url, c=1, n=100, chunks=2, interval_ms=10)
@@ -149,13 +166,12 @@ def streams200(ctx: Ctx) -> dict:
     return {
         "n": n,
         "direct": medians(direct),
+        "bare": medians(runs["bare"]),
         "proxy": medians(proxy),
         "ttfc_added_c1_p50_ms": one_p["ttfc_ms_p50"] - one_d["ttfc_ms_p50"],
         "ttfc_added_c1_p99_ms": one_p["ttfc_ms_p99"] - one_d["ttfc_ms_p99"],
-        "ratio": statistics.median(ratio),
-        "ttfc_added_p50_ms": statistics.median(added50),
-        "ttfc_added_p99_ms": statistics.median(added99),
-        "runs": {"direct": direct, "proxy": proxy},
+        **out,
+        "runs": runs,
     }
 
 
