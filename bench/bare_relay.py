@@ -1,11 +1,12 @@
 """The floor: a bare Tornado + CurlAsyncHTTPClient relay with no features at all.
 
-``python bench/bare_relay.py PORT UPSTREAM_URL`` answers ``POST /v1/chat/completions`` by
-posting the body to UPSTREAM_URL and returning the answer, or for a ``"stream":true`` body by
-passing each chunk on through Tornado's ``streaming_callback`` (write + flush). No keys, no
-failover, no holding back until the first event, no checks, no logging: what the proxy's
-design costs before any of its work. The non-stream and 200-stream scenarios run it next to
-orpoll, so orpoll's figures can be read against it on the same machine, at the same moment.
+``python bench/bare_relay.py PORT UPSTREAM_URL [MAX_CLIENTS]`` answers
+``POST /v1/chat/completions`` by posting the body to UPSTREAM_URL and returning the answer,
+or for a ``"stream":true`` body by passing each chunk on through Tornado's
+``streaming_callback`` (write + flush). No keys, no failover, no holding back until the first
+event, no checks, no logging, Tornado's curl defaults: what the design costs before any of
+orpoll's work. The bench runs it next to orpoll, so orpoll's figures can be read against it on
+the same machine, at the same moment.
 """
 
 from __future__ import annotations
@@ -48,12 +49,12 @@ class Relay(tornado.web.RequestHandler):
         self.finish()
 
 
-async def main(port: int, upstream: str) -> None:
-    http = CurlAsyncHTTPClient(max_clients=1000)
+async def main(port: int, upstream: str, max_clients: int) -> None:
+    http = CurlAsyncHTTPClient(max_clients=max_clients)
     app = tornado.web.Application([(r"/v1/chat/completions", Relay)], upstream=upstream, http=http)
     tornado.httpserver.HTTPServer(app).listen(port, "127.0.0.1")
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if sys.argv[3:] else 1000))

@@ -283,11 +283,11 @@ def start_fake() -> tuple[Child, int]:
     raise RuntimeError("fake upstream did not start:\n" + child.log_tail())
 
 
-def start_bare_relay(fake_port: int) -> tuple[Child, int]:
+def start_bare_relay(fake_port: int, max_clients: int = 1000) -> tuple[Child, int]:
     """The floor (bench/bare_relay.py) in front of the fake; returns (child, port) once up."""
     port = free_port()
     url = f"http://127.0.0.1:{fake_port}/api/v1/chat/completions"
-    argv = [sys.executable, str(BENCH / "bare_relay.py"), str(port), url]
+    argv = [sys.executable, str(BENCH / "bare_relay.py"), str(port), url, str(max_clients)]
     child = Child("bare_relay", argv, clean_env(PYTHONPATH=str(ROOT)))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

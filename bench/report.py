@@ -144,6 +144,11 @@ def _slow_rows(sl: dict) -> list[list[str]]:
             "<= 40 KB",
             _ok(kb, 40),
         ),
+        _row(
+            f"{c} slow streams: RSS per stream, bare relay (Tornado's curl defaults)",
+            "",
+            _f(_get(sl, "bare.kb_per_stream"), ".1f", " KB"),
+        ),
     ]
 
 

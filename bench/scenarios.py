@@ -194,11 +194,17 @@ def _slow_run(url: str, c: int, ramp_ms: int):
     return lambda: loadgen.streamload(url, c=c, n=c, chunks=10, interval_ms=500, ramp_ms=ramp_ms)
 
 
-def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, rep: int) -> dict:
-    """A fresh proxy per repetition, so memory kept by earlier scenarios does not blur the peak."""
+def _fresh_proxy(ctx: Ctx, rep: int) -> tuple[procs.Child, int]:
     proxy, port = procs.start_proxy(f"slow{rep}", ctx.fake_port, max_conns=12_000)
+    procs.wait_ready(proxy, port)
+    return proxy, port
+
+
+def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, start) -> dict:
+    """A fresh relay (``start()`` -> ready (child, port)) per repetition, so memory kept by
+    earlier scenarios does not blur the peak."""
+    proxy, port = start()
     try:
-        procs.wait_ready(proxy, port)
         loadgen.streamload(ctx.proxy_url(port), c=50, n=100, chunks=3, interval_ms=10)
         time.sleep(0.5)
         idle_kb = procs.status_kb(proxy.pid, "VmRSS")
@@ -248,11 +254,14 @@ def slow_streams(ctx: Ctx) -> dict:
         d = measured(ctx, None, _slow_run(ctx.direct_url, c, ramp_ms), "chat_stream")
         d["fake"] = procs.fake_stats(ctx.fake_port)
         direct.append(d)
-        proxy.append(_slow_proxy_once(ctx, c, ramp_ms, rep))
+        proxy.append(_slow_proxy_once(ctx, c, ramp_ms, lambda r=rep: _fresh_proxy(ctx, r)))
+    # The floor once: the bare relay with Tornado's curl defaults, for RSS per stream.
+    bare = _slow_proxy_once(ctx, c, ramp_ms, lambda: procs.start_bare_relay(ctx.fake_port, 12_000))
     return {
         "c": c,
         "ramp_ms": ramp_ms,
         "direct": medians(direct),
+        "bare": {k: bare.get(k) for k in ("kb_per_stream", "incomplete", "late_over_1s")},
         "proxy": medians(proxy),
         "proxy_last": {k: proxy[-1][k] for k in ("fake", "log", "proxy_alive", "errors")},
         "direct_fake_last": direct[-1]["fake"],
