@@ -20,7 +20,7 @@ from . import errors, sse
 from .classify import classify, classify_transport
 from .keys import KeyState, Outcome, Verdict, is_free_model
 from .scheduler import KeyScheduler
-from .upstream import CURLE_ABORTED_BY_CALLBACK, ERROR_BODY_LIMIT, OpenRouterClient, Transfer
+from .upstream import ERROR_BODY_LIMIT, OpenRouterClient, Transfer
 
 log = logging.getLogger("orpoll.relay")
 STREAM_HEADERS = (
@@ -364,8 +364,8 @@ class _Attempt:
         if self.pre_error is not None:
             return self.pre_error  # we aborted it ourselves after an error event
         outcome = classify_transport(err, self.transfer)
-        if err.errno == CURLE_ABORTED_BY_CALLBACK and self.sink.client_gone:
-            return None
+        if self.transfer.abort and self.sink.client_gone:
+            return None  # we ended it because the client left
         if self.committed:
             # Mid-stream drop: end the stream cleanly, never a silent truncation. The partial
             # event in ``pending`` is discarded so the client never sees broken JSON.

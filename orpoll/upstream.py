@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,21 +15,24 @@ from typing import Any
 import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.ioloop import PeriodicCallback
 
 from .config import Settings
 
 log = logging.getLogger("orpoll.upstream")
 
-# curl errors that mean "we aborted it" (XFERINFO callback returned non-zero).
+# The error a transfer ends with when we end it ourselves (LazyCurlClient.abort).
 CURLE_ABORTED_BY_CALLBACK = 42
 ERROR_BODY_LIMIT = 64 * 1024
 
 
 class Transfer:
-    """Per-attempt hooks handed to curl: status seen, chunks, an abort switch and a stall timer.
+    """One attempt as curl runs it: status seen, chunks, an abort switch and a stall timer.
 
-    ``stall`` (seconds, 0 = off) ends a transfer that receives nothing for that long: before
-    the first byte or between chunks. ``timed_out`` tells that this is why it ended.
+    ``stall`` (seconds, 0 = off) ends a transfer that moves no body byte for that long, before
+    the first byte or between chunks; ``timed_out`` tells that this is why it ended. Both the
+    abort and the stall check work without a per-transfer curl progress callback (that was
+    two Python calls per chunk, ~6% of a stream's CPU): see LazyCurlClient.
     """
 
     __slots__ = (
@@ -38,13 +40,13 @@ class Transfer:
         "headers",
         "_abort",
         "curl",
+        "client",
         "on_chunk",
-        "first_byte_at",
         "stall",
         "timed_out",
-        "_seen",
-        "_quiet_since",
         "_in_write",
+        "_moved",
+        "_quiet_since",
     )
 
     def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
@@ -52,13 +54,13 @@ class Transfer:
         self.headers: list[bytes] = []
         self._abort = False
         self.curl: pycurl.Curl | None = None  # the handle, while the transfer runs
+        self.client: LazyCurlClient | None = None
         self.on_chunk = on_chunk
-        self.first_byte_at = 0.0
         self.stall = 0.0
         self.timed_out = False
-        self._seen = -1
-        self._quiet_since = 0.0
         self._in_write = False
+        self._moved = -1
+        self._quiet_since = 0.0
 
     @property
     def abort(self) -> bool:
@@ -66,27 +68,20 @@ class Transfer:
 
     @abort.setter
     def abort(self, value: bool) -> None:
-        """Setting it ends the transfer at curl's next progress call; we make that call come now.
-
-        An idle transfer calls progress only about once a second. Pausing and resuming it
-        (curl_easy_pause) makes curl run it at once, so a client that leaves stops the upstream
-        within milliseconds (measured: 0.6 s -> 1 ms). PAUSE_CONT alone is a no-op in libcurl 8.
-        """
+        """Setting it ends the transfer now, so a client that leaves stops the upstream (and
+        its billing) at once. Inside curl's write callback the callback's short return does
+        it instead: curl must not be re-entered from its own callbacks."""
         self._abort = value
-        if value and self.curl is not None and not self._in_write:
-            try:
-                self.curl.pause(pycurl.PAUSE_ALL)
-                self.curl.pause(pycurl.PAUSE_CONT)
-            except pycurl.error:
-                pass
+        if value and self.curl is not None and not self._in_write and self.client is not None:
+            self.client.abort(self.curl)
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes) -> int | None:
         """curl WRITEFUNCTION for streams: hands each chunk to ``on_chunk`` at once.
 
         Tornado's own streaming callback queues chunks and delivers them on a later loop
         iteration (a deque, a callback and a flush per chunk). ``on_chunk`` never re-enters the
-        curl client (it writes to the client's IOStream; an abort set here is left to the
-        progress callback that follows), so it can run right here, inside curl.
+        curl client (it writes to the client's IOStream), so it can run right here, inside
+        curl. Returning 0 (a short write) ends the transfer when it was aborted meanwhile.
         """
         self._in_write = True
         try:
@@ -96,6 +91,7 @@ class Transfer:
             self._abort = True
         finally:
             self._in_write = False
+        return 0 if self._abort else None
 
     def on_header(self, raw: bytes) -> None:
         """curl HEADERFUNCTION for streams: records the status line and header lines.
@@ -119,38 +115,38 @@ class Transfer:
                 return v.strip()
         return None
 
-    def progress(self, _dltotal: int, dlnow: int, _ultotal: int = 0, ulnow: int = 0) -> int:
-        """curl XFERINFOFUNCTION: non-zero aborts the transfer (client gone, or we gave up).
-
-        Also the stall timer. curl's LOW_SPEED_* averages over a window of about 5 s that
-        includes the request upload, so it fires up to ~5 s late and misses short silences
-        after a burst; counting received bytes here is exact to curl's call rate (at least
-        once a second while LOW_SPEED_TIME is set).
-        """
-        if self._abort:
-            return 1
-        if self.stall:
-            now = time.monotonic()
-            moved = dlnow + ulnow  # a long request upload is not silence either
-            if moved != self._seen:
-                self._seen, self._quiet_since = moved, now
-            elif now - self._quiet_since >= self.stall:
-                self.timed_out = self._abort = True
-                return 1
-        return 0
+    def stalled(self, now: float) -> bool:
+        """True once no body byte moved, either way, for ``stall`` seconds (sweep-time check)."""
+        curl = self.curl
+        if not self.stall or curl is None:
+            return False
+        # A long request upload is not silence either.
+        moved = curl.getinfo(pycurl.SIZE_DOWNLOAD_T) + curl.getinfo(pycurl.SIZE_UPLOAD_T)
+        if moved != self._moved:
+            self._moved, self._quiet_since = moved, now
+            return False
+        return now - self._quiet_since >= self.stall
 
 
 class LazyCurlClient(CurlAsyncHTTPClient):
-    """CurlAsyncHTTPClient that creates its curl handles as load needs them.
+    """CurlAsyncHTTPClient that creates its curl handles as load needs them, and can end a
+    transfer on demand.
 
     Tornado (6.6) builds all ``max_clients`` handles up front: about 4 KB each, 40 MB for the
-    10,000 we allow. Growing ``_curls``/``_free_list`` on demand keeps an idle proxy small; it
-    relies on those two attributes, stable across Tornado 6.x (pinned < 7).
+    10,000 we allow. Growing ``_curls``/``_free_list`` on demand keeps an idle proxy small.
+    Tornado has no cancel for a fetch: ``abort`` finishes one the way curl would have, with an
+    error, and a sweep every ``SWEEP_SECONDS`` (at most) ends transfers that stalled. Both rely
+    on ``_curls``, ``_free_list``, ``_finish`` and ``curl.info``, stable across Tornado 6.x
+    (pinned < 7).
     """
+
+    SWEEP_SECONDS = 1.0
 
     def initialize(self, max_clients: int = 10, **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
         self._limit = max_clients
+        self._running: dict[pycurl.Curl, Transfer] = {}
+        self._sweeper: PeriodicCallback | None = None
 
     def fetch_impl(self, request: HTTPRequest, callback: Callable) -> None:
         if not self._free_list and len(self._curls) < self._limit:
@@ -158,6 +154,48 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             self._curls.append(curl)
             self._free_list.append(curl)
         super().fetch_impl(request, callback)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+        super().close()
+
+    def started(self, curl: pycurl.Curl, transfer: Transfer) -> None:
+        """``transfer`` runs on ``curl`` from now until curl or ``abort`` finishes it."""
+        transfer.curl, transfer.client = curl, self
+        self._running[curl] = transfer
+        if transfer.stall:
+            transfer._quiet_since = time.monotonic()
+            interval = min(self.SWEEP_SECONDS, max(0.05, transfer.stall / 4))
+            sweeper = self._sweeper
+            if sweeper is None or sweeper.callback_time > 1000 * interval:
+                if sweeper is not None:
+                    sweeper.stop()
+                self._sweeper = PeriodicCallback(self._sweep, 1000 * interval)
+                self._sweeper.start()
+
+    def abort(self, curl: pycurl.Curl, message: str = "aborted by orpoll") -> None:
+        """End the transfer running on ``curl`` now; its fetch fails with errno 42."""
+        if curl not in self._running or getattr(curl, "info", None) is None:
+            return  # already finished: the handle may serve another request by now
+        self._finish(curl, CURLE_ABORTED_BY_CALLBACK, message)
+        self._process_queue()  # a request may be waiting for this handle
+
+    def _finish(self, curl: pycurl.Curl, *args: Any, **kwargs: Any) -> None:
+        transfer = self._running.pop(curl, None)
+        if transfer is not None:
+            transfer.curl = None  # from here on the handle belongs to the pool
+        super()._finish(curl, *args, **kwargs)
+
+    def _sweep(self) -> None:
+        if not self._running:
+            return
+        now = time.monotonic()
+        for curl, transfer in list(self._running.items()):
+            if transfer.stalled(now):
+                transfer.timed_out = True
+                transfer._abort = True
+                self.abort(curl, f"no data for {transfer.stall:g} s")
 
 
 def no_header_log(curl: pycurl.Curl) -> None:
@@ -186,8 +224,6 @@ class OpenRouterClient:
         if config.x_title:
             base["X-Title"] = config.x_title
         self._base_headers = base
-        # REQUEST_TIMEOUT_SECONDS=0 means no limit, as in the original.
-        self._stall = max(1, math.ceil(config.request_timeout)) if config.request_timeout else 0
 
     def close(self) -> None:
         self.http.close()
@@ -209,20 +245,12 @@ class OpenRouterClient:
         if transfer is None:
             transfer = Transfer()
         transfer.stall = self.config.request_timeout
-        stall = self._stall
+        http = self.http
 
         def prepare_curl(curl: pycurl.Curl) -> None:
-            transfer.curl = curl
             no_header_log(curl)
-            # Abort from curl's progress callback: Tornado has no cancel for a fetch.
-            curl.setopt(pycurl.NOPROGRESS, 0)
-            curl.setopt(pycurl.XFERINFOFUNCTION, transfer.progress)
-            # Silence, not total time, ends a transfer: a stream that keeps producing is never
-            # cut off, one that goes quiet for REQUEST_TIMEOUT_SECONDS is (Transfer.progress;
-            # LOW_SPEED_* is the backstop and keeps curl calling progress once a second).
-            if stall:
-                curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
-                curl.setopt(pycurl.LOW_SPEED_TIME, stall)
+            if isinstance(http, LazyCurlClient):
+                http.started(curl, transfer)
             curl.setopt(pycurl.TCP_NODELAY, 1)
             # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are
             # sent from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB).
@@ -238,7 +266,7 @@ class OpenRouterClient:
             body=body if method in ("POST", "PUT", "PATCH") else None,
             allow_nonstandard_methods=True,
             connect_timeout=self.config.connect_timeout,
-            request_timeout=0,  # no cap on total time; LOW_SPEED_* bounds silence
+            request_timeout=0,  # no cap on total time; the stall sweep bounds silence
             # Streams get transfer.write as WRITEFUNCTION in prepare_curl instead.
             prepare_curl_callback=prepare_curl,
             follow_redirects=False,

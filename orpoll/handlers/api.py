@@ -67,7 +67,7 @@ class RelayHandler(ApiHandler):
     def on_connection_close(self) -> None:
         self.client_gone = True
         if self.transfer is not None:
-            self.transfer.abort = True  # curl's progress callback ends the upstream transfer
+            self.transfer.abort = True  # ends the upstream transfer now
 
     # ---- Sink -------------------------------------------------------------------------------
 
