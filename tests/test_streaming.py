@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
 import openai
@@ -534,3 +535,29 @@ async def test_200_concurrent_streams_with_a_failing_key(app, fake, base_url):
     assert fake.requests[A] >= 1  # A was tried (and failed) before it cooled
     assert fake.finished_streams == 200
     assert sum(int(r.headers["X-Orpoll-Attempts"]) for r in results) == 200 + fake.requests[A]
+
+
+async def test_churn_leaves_no_transfer_or_handle_behind(short_timeout, app, fake, base_url):
+    """Streams that finish, clients that leave at random moments, and upstreams that go
+    silent (cut by the stall sweep), all at once: afterwards every curl handle is back in the
+    pool and no transfer is still tracked, so no later abort can reach a reused handle."""
+    rng = random.Random(7)
+    fake.default = {"chunks": 6, "interval": 0.05}
+    fake.script(C, {"chunks": 2, "silence": 3.0})  # the sweep cuts these after 1 s
+
+    async def leaver() -> None:
+        stream = await open_raw_stream(base_url)
+        await asyncio.sleep(rng.uniform(0, 0.3))
+        stream.close()
+
+    jobs = [leaver() for _ in range(40)] + [stream_raw(base_url) for _ in range(40)]
+    rng.shuffle(jobs)
+    results = await asyncio.gather(*jobs)
+    raws = [r for r in results if r is not None]
+    assert len(raws) == 40 and all(r.code == 200 for r in raws)
+    for raw in raws:
+        assert_clean_sse(raw)
+    http = app.upstream.http
+    await wait_for(lambda: app.inflight == 0 and not http._running, 5)
+    assert len(http._free_list) == len(http._curls)
+    await wait_for(lambda: fake.active == 0, 5)  # the silent ones notice after their sleep
