@@ -6,8 +6,10 @@ an Outcome following shared/openrouter-facts.md.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,8 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from .config import Settings
 
 log = logging.getLogger("orpoll.upstream")
+_curl_log = logging.getLogger("tornado.curl_httpclient")  # Tornado's: DEBUG turns on VERBOSE
+_HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 # The error a transfer ends with when we end it ourselves (LazyCurlClient.abort).
 CURLE_ABORTED_BY_CALLBACK = 42
@@ -202,6 +206,72 @@ class LazyCurlClient(CurlAsyncHTTPClient):
                 break
         if running < len(self._curls) - len(self._free_list) or self._requests:
             self._finish_pending_requests()
+
+    def _curl_setup_request(self, curl, request, buffer, headers) -> None:  # type: ignore[override]
+        """Tornado's request setup, trimmed to what orpoll's GET and POST requests need.
+
+        Tornado's generic setup was ~35 us per request (about 10% of a non-stream request's
+        CPU): some 40 options, most of them put back to the values ``curl.reset()`` (run after
+        every request) already left, and a regex per header line. Anything unusual (other
+        methods, proxies, auth, client certs, callbacks, curl debug logging) takes Tornado's
+        path unchanged.
+        """
+        if (
+            request.method not in ("GET", "POST")
+            or request.streaming_callback is not None
+            or request.header_callback is not None
+            or request.proxy_host
+            or request.auth_username is not None
+            or request.client_cert is not None
+            or request.network_interface
+            or request.ca_certs is not None
+            or not request.validate_cert
+            or request.allow_ipv6 is False
+            or request.user_agent
+            or request.follow_redirects
+            or not request.decompress_response
+            or (request.method == "GET" and request.body is not None)
+            or _curl_log.isEnabledFor(logging.DEBUG)
+        ):
+            return super()._curl_setup_request(curl, request, buffer, headers)
+        curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
+        curl.setopt(pycurl.REDIR_PROTOCOLS, _HTTP_S)
+        curl.setopt(pycurl.URL, request.url)
+        lines = [b"Expect: ", b"Pragma: "]  # no 100-continue wait, no added no-cache
+        lines += [
+            b"%s: %s" % (k.encode("ascii"), v.encode("iso8859-1"))
+            for k, v in request.headers.get_all()
+            if k not in ("Expect", "Pragma")
+        ]
+        if any(b"\r" in line or b"\n" in line for line in lines):
+            raise ValueError("Illegal characters in header (CR or LF)")
+        curl.setopt(pycurl.HTTPHEADER, lines)
+        curl.setopt(
+            pycurl.HEADERFUNCTION, functools.partial(self._curl_header_callback, headers, None)
+        )
+        limit = self.max_body_size
+
+        def write(chunk: bytes) -> int:  # Tornado's, with its max_body_size check
+            if buffer.tell() + len(chunk) > limit:
+                curl.info["body_too_large"] = True
+                return 0
+            return buffer.write(chunk)
+
+        curl.setopt(pycurl.WRITEFUNCTION, write)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * request.connect_timeout))
+        if request.request_timeout:
+            curl.setopt(pycurl.TIMEOUT_MS, int(1000 * request.request_timeout))
+        curl.setopt(pycurl.USERAGENT, "Mozilla/5.0 (compatible; pycurl)")
+        curl.setopt(pycurl.ENCODING, "gzip,deflate")
+        if request.method == "POST":
+            body = request.body or b""
+            curl.setopt(pycurl.POST, 1)
+            curl.setopt(pycurl.POSTFIELDSIZE, len(body))
+            curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps the bytes alive
+        if threading.active_count() > 1:
+            curl.setopt(pycurl.NOSIGNAL, 1)
+        if request.prepare_curl_callback is not None:
+            request.prepare_curl_callback(curl)
 
     def _finish(self, curl: pycurl.Curl, *args: Any, **kwargs: Any) -> None:
         transfer = self._running.pop(curl, None)
