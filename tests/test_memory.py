@@ -71,3 +71,25 @@ async def test_requests_leave_no_reference_cycles(case, fake, api, in_order, gar
     else:
         json.loads(resp.body)
     assert await garbage() == Counter()
+
+
+async def test_a_stream_holds_its_body_once_and_not_the_parsed_conversation(fake, base_url):
+    """While a stream runs, the handler keeps the body bytes (for failover) but neither the
+    parsed JSON (several times the body's size) nor a second copy in its chunk list."""
+    from orpoll.handlers.api import ChatHandler
+    from tests.test_streaming import open_raw_stream, wait_for
+
+    fake.default = {"chunks": 40, "interval": 0.05}
+    stream = await open_raw_stream(base_url)
+    await stream.read_until(b"data: {")
+    await wait_for(lambda: fake.active == 1, 2)
+    frames = [
+        o.cr_frame
+        for o in gc.get_objects()
+        if asyncio.iscoroutine(o) and getattr(o, "cr_code", None) is ChatHandler.post.__code__
+    ]
+    assert len(frames) == 1 and frames[0] is not None
+    local = frames[0].f_locals
+    assert "obj" not in local and isinstance(local["body"], bytes)
+    assert local["self"]._chunks == []
+    stream.close()

@@ -60,9 +60,12 @@ class RelayHandler(ApiHandler):
             self._chunks = []
 
     def request_body(self) -> bytes:
+        """The whole body, once; the chunks are let go (a stream holds its body for failover,
+        so one copy of it, not two)."""
         if self._size > self.config.max_body_bytes:
             raise self._too_large()
-        return b"".join(self._chunks)
+        body, self._chunks = b"".join(self._chunks), []
+        return body
 
     def on_connection_close(self) -> None:
         self.client_gone = True
@@ -202,9 +205,11 @@ class ChatHandler(RelayHandler):
                 "messages must be an array of messages", param="messages", code="invalid_type"
             )
         self.model = model
-        await self.relay(
-            self.config.openrouter_api_url, body, model=model, stream=obj.get("stream") is True
-        )
+        stream = obj.get("stream") is True
+        # The parsed conversation is several times the size of the body, and a stream may last
+        # minutes: only the bytes go on.
+        del obj
+        await self.relay(self.config.openrouter_api_url, body, model=model, stream=stream)
 
 
 class PassThroughHandler(RelayHandler):
@@ -218,6 +223,7 @@ class PassThroughHandler(RelayHandler):
             obj = parse_json_body(body)
             model = obj.get("model") if isinstance(obj.get("model"), str) else None
             stream = obj.get("stream") is True
+            del obj  # as in ChatHandler: only the bytes are kept while the answer streams
         self.model = model
         url = f"{self.config.upstream_base}/{path}"
         if self.request.query:
