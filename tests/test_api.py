@@ -77,12 +77,14 @@ async def test_body_over_the_limit_is_413(small_body, fake, api):
     await still_serving(api)
 
 
-async def test_chunked_body_over_the_limit_is_413(small_body, fake, base_url, api):
-    async def producer(write):
-        for _ in range(10):
-            await write(b"x" * 1000)
+async def post_chunked(base_url: str, parts: list[bytes]):
+    """POST ``parts`` to the chat route with Transfer-Encoding: chunked (no Content-Length)."""
 
-    resp = await AsyncHTTPClient().fetch(
+    async def producer(write):
+        for part in parts:
+            await write(part)
+
+    return await AsyncHTTPClient().fetch(
         HTTPRequest(
             base_url + CHAT,
             method="POST",
@@ -91,6 +93,10 @@ async def test_chunked_body_over_the_limit_is_413(small_body, fake, base_url, ap
         ),
         raise_error=False,
     )
+
+
+async def test_chunked_body_over_the_limit_is_413(small_body, fake, base_url, api):
+    resp = await post_chunked(base_url, [b"x" * 1000] * 10)
     assert_openai_error(resp, 413)
     assert not fake.requests
     await still_serving(api)
@@ -115,20 +121,7 @@ async def test_body_larger_than_the_read_ahead_is_relayed_intact(fake, api):
 async def test_chunked_body_within_the_limit_is_relayed_intact(fake, base_url, api):
     body = json.dumps({"model": PAID, "messages": [{"role": "user", "content": "y" * 5000}]})
     parts = [body[i : i + 1000].encode() for i in range(0, len(body), 1000)]
-
-    async def producer(write):
-        for part in parts:
-            await write(part)
-
-    resp = await AsyncHTTPClient().fetch(
-        HTTPRequest(
-            base_url + CHAT,
-            method="POST",
-            body_producer=producer,
-            headers={"Content-Type": "application/json"},
-        ),
-        raise_error=False,
-    )
+    resp = await post_chunked(base_url, parts)
     assert resp.code == 200, resp.body
     assert fake.bodies[0] == body.encode()
 
