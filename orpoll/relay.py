@@ -226,48 +226,42 @@ class _Attempt:
     async def run(
         self, url: str, body: bytes | None, method: str, content_type: str | None
     ) -> Outcome | None:
-        req = self.upstream.request(
-            self.ks.key,
-            url,
-            method=method,
-            body=body,
-            transfer=self.transfer,
-            content_type=content_type,
-        )
+        t = self.transfer
         sink = self.sink
-        sink.transfer = self.transfer  # lets the handler abort us on disconnect
-        resp = await self.upstream.fetch(req)
-        # LazyCurlClient._finish has let go of the curl handle already. Break the
-        # handler -> transfer -> on_chunk -> attempt -> handler cycle, so the request's objects
-        # are freed now, not by a full GC pass (which freed thousands of streams at once:
-        # 40-50 ms pauses under 200 streams).
-        self.transfer.on_chunk = None
+        sink.transfer = t  # lets the handler abort us on disconnect
+        await self.upstream.send(
+            self.ks.key, url, t, method=method, body=body, content_type=content_type
+        )
+        # The curl handle is back in the pool already. Break the handler -> transfer ->
+        # on_chunk -> attempt -> handler cycle, so the request's objects are freed now, not by
+        # a full GC pass (which freed thousands of streams at once: 40-50 ms pauses under 200
+        # streams).
+        t.on_chunk = None
         sink.transfer = None
         if sink.client_gone:
             return None
-        if isinstance(resp, CurlError):
-            return self._transport_failed(resp)
+        if t.error is not None:
+            return self._transport_failed(t.error)
         if not self.stream:
-            return self._buffered_done(resp.code, resp.body, resp.headers)
+            return self._buffered_done(t.status, t.body(), t.header)
         return self._stream_done()
 
     # ---- buffered ---------------------------------------------------------------------------
 
-    def _buffered_done(self, status: int, body: bytes, headers) -> Outcome:
+    def _buffered_done(self, status: int, body: bytes, header) -> Outcome:
         if not 200 <= status < 300:
-            return classify(status, body, headers.get)
+            return classify(status, body, header)
         err = sse.error_of(body) if status == 200 else None  # an in-band error
         if err is not None:
-            return classify(200, body, headers.get, error=err)
-        self._commit(status, headers.get("Content-Type", "application/json"), headers)
+            return classify(200, body, header, error=err)
+        self._commit(status, header("Content-Type") or "application/json")
         self.sink.send(body)
         return Outcome(Verdict.OK, status)
 
-    def _commit(self, status: int, content_type: str | None, headers=None) -> None:
+    def _commit(self, status: int, content_type: str | None) -> None:
         out = [("Content-Type", content_type)] if content_type else list(STREAM_HEADERS)
-        get = headers.get if headers is not None else self.transfer.header
         for name in PASS_HEADERS:
-            value = get(name)
+            value = self.transfer.header(name)
             if value:
                 out.append((name, value))
         out.append(("X-Orpoll-Attempts", str(len(self.attempts.items) + 1)))

@@ -6,7 +6,8 @@ an Outcome following shared/openrouter-facts.md.
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import collections
 import json
 import logging
 import threading
@@ -22,16 +23,23 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from .config import Settings
 
 log = logging.getLogger("orpoll.upstream")
-_curl_log = logging.getLogger("tornado.curl_httpclient")  # Tornado's: DEBUG turns on VERBOSE
 _HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 # The error a transfer ends with when we end it ourselves (LazyCurlClient.abort).
 CURLE_ABORTED_BY_CALLBACK = 42
 ERROR_BODY_LIMIT = 64 * 1024
+BODY_LIMIT = 256 * 1024 * 1024  # a buffered upstream answer
+USER_AGENT = "Mozilla/5.0 (compatible; pycurl)"  # what Tornado's fetch sends
 
 
 class Transfer:
-    """One attempt as curl runs it: status seen, chunks, an abort switch and a stall timer.
+    """One upstream attempt, from request to result: what curl needs to send it, what came back,
+    an abort switch and a stall timer.
+
+    It is its own request object: ``LazyCurlClient.send`` runs it on a curl handle without
+    Tornado's HTTPRequest, header dicts and HTTPResponse (about 4 KB and 40 us per request that
+    nothing here reads). The result is on the transfer itself: ``status``, ``header()``,
+    ``body()`` (buffered mode), or ``error`` when it failed below HTTP.
 
     ``stall`` (seconds, 0 = off) ends a transfer that moves no body byte for that long, before
     the first byte or between chunks; ``timed_out`` tells that this is why it ended. Both the
@@ -51,6 +59,14 @@ class Transfer:
         "_in_write",
         "_moved",
         "_quiet_since",
+        "error",
+        "chunks",
+        "size",
+        "future",
+        "url",
+        "method",
+        "lines",
+        "payload",
     )
 
     def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
@@ -59,12 +75,20 @@ class Transfer:
         self._abort = False
         self.curl: pycurl.Curl | None = None  # the handle, while the transfer runs
         self.client: LazyCurlClient | None = None
-        self.on_chunk = on_chunk
+        self.on_chunk = on_chunk  # None: buffer the body (``body()``)
         self.stall = 0.0
         self.timed_out = False
         self._in_write = False
         self._moved = -1
         self._quiet_since = 0.0
+        self.error: CurlError | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.future: asyncio.Future[Transfer] | None = None
+        self.url = ""
+        self.method = "GET"
+        self.lines: list[bytes] = []
+        self.payload: bytes | None = None
 
     @property
     def abort(self) -> bool:
@@ -80,13 +104,20 @@ class Transfer:
             self.client.abort(self.curl)
 
     def write(self, chunk: bytes) -> int | None:
-        """curl WRITEFUNCTION for streams: hands each chunk to ``on_chunk`` at once.
+        """curl WRITEFUNCTION: a stream's chunks go to ``on_chunk`` at once; otherwise the body
+        is kept (up to BODY_LIMIT).
 
         Tornado's own streaming callback queues chunks and delivers them on a later loop
         iteration (a deque, a callback and a flush per chunk). ``on_chunk`` never re-enters the
         curl client (it writes to the client's IOStream), so it can run right here, inside
         curl. Returning 0 (a short write) ends the transfer when it was aborted meanwhile.
         """
+        if self.on_chunk is None:
+            self.size += len(chunk)
+            if self.size > BODY_LIMIT:
+                return 0  # curl error 23; _finish words it
+            self.chunks.append(chunk)
+            return None
         self._in_write = True
         try:
             self.on_chunk(chunk)
@@ -97,8 +128,14 @@ class Transfer:
             self._in_write = False
         return 0 if self._abort else None
 
+    def body(self) -> bytes:
+        """The buffered body (buffered mode), joined once."""
+        if len(self.chunks) != 1:
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0]
+
     def on_header(self, raw: bytes) -> None:
-        """curl HEADERFUNCTION for streams: records the status line and header lines.
+        """curl HEADERFUNCTION: records the status line and header lines.
 
         Runs inside curl, synchronously, so the status is known before the first body chunk
         reaches ``on_chunk`` (Tornado's header_callback is queued and may arrive after it).
@@ -131,17 +168,45 @@ class Transfer:
             return False
         return now - self._quiet_since >= self.stall
 
+    def _setup(self, curl: pycurl.Curl, connect_timeout: float) -> None:
+        """Options for a handle fresh from ``curl.reset()``: only what differs from reset's
+        defaults (Tornado's generic setup sets some 40 options and parses every header line)."""
+        curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
+        curl.setopt(pycurl.REDIR_PROTOCOLS, _HTTP_S)
+        curl.setopt(pycurl.URL, self.url)
+        curl.setopt(pycurl.HTTPHEADER, self.lines)
+        curl.setopt(pycurl.HEADERFUNCTION, self.on_header)
+        curl.setopt(pycurl.WRITEFUNCTION, self.write)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * connect_timeout))
+        curl.setopt(pycurl.USERAGENT, USER_AGENT)
+        curl.setopt(pycurl.ENCODING, "gzip,deflate")
+        curl.setopt(pycurl.TCP_NODELAY, 1)
+        # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are sent
+        # from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB per stream).
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
+        body = self.payload
+        if body is not None:
+            curl.setopt(pycurl.POST, 1)
+            curl.setopt(pycurl.POSTFIELDSIZE, len(body))
+            curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps the bytes alive; no copy
+        if self.method not in ("GET", "POST"):
+            curl.setopt(pycurl.CUSTOMREQUEST, self.method)
+        if threading.active_count() > 1:
+            curl.setopt(pycurl.NOSIGNAL, 1)
+
 
 class LazyCurlClient(CurlAsyncHTTPClient):
-    """CurlAsyncHTTPClient that creates its curl handles as load needs them, and can end a
-    transfer on demand.
+    """CurlAsyncHTTPClient that creates its curl handles as load needs them, runs orpoll's own
+    ``Transfer`` requests on them, and can end a transfer on demand.
 
     Tornado (6.6) builds all ``max_clients`` handles up front: about 4 KB each, 40 MB for the
     10,000 we allow. Growing ``_curls``/``_free_list`` on demand keeps an idle proxy small.
+    ``send`` runs a Transfer on the same handles and multi as Tornado's ``fetch`` (which the
+    health checks and the model list still use); waiting transfers go first when a handle frees.
     Tornado has no cancel for a fetch: ``abort`` finishes one the way curl would have, with an
-    error, and a sweep every ``SWEEP_SECONDS`` (at most) ends transfers that stalled. Both rely
-    on ``_curls``, ``_free_list``, ``_finish`` and ``curl.info``, stable across Tornado 6.x
-    (pinned < 7).
+    error, and a sweep every ``SWEEP_SECONDS`` (at most) ends transfers that stalled. All of it
+    relies on ``_curls``, ``_free_list``, ``_requests``, ``_multi``, ``_finish`` and
+    ``curl.info``, stable across Tornado 6.x (pinned < 7).
     """
 
     SWEEP_SECONDS = 1.0
@@ -150,21 +215,60 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
         self._limit = max_clients
         self._running: dict[pycurl.Curl, Transfer] = {}
+        self._waiting: collections.deque[Transfer] = collections.deque()
         self._sweeper: PeriodicCallback | None = None
+        self.connect_timeout = 20.0
 
-    def fetch_impl(self, request: HTTPRequest, callback: Callable) -> None:
+    def _grow(self) -> None:
         if not self._free_list and len(self._curls) < self._limit:
             curl = self._curl_create()
             self._curls.append(curl)
             self._free_list.append(curl)
+
+    def fetch_impl(self, request: HTTPRequest, callback: Callable) -> None:
+        self._grow()
         super().fetch_impl(request, callback)
+
+    def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:
+        """Run ``transfer`` (queued while every handle is busy); the future gives it back
+        finished, never raises: ``transfer.error`` tells a failure below HTTP."""
+        transfer.future = future = asyncio.get_running_loop().create_future()
+        self._grow()
+        self._waiting.append(transfer)
+        self._process_queue()
+        self._set_timeout(0)  # as Tornado's fetch_impl: curl starts it on the next pass
+        return future
 
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.stop()
         super().close()
 
-    def started(self, curl: pycurl.Curl, transfer: Transfer) -> None:
+    def _process_queue(self) -> None:
+        waiting, free = self._waiting, self._free_list
+        while waiting and free:
+            transfer = waiting.popleft()
+            if transfer._abort:  # its client left while it waited
+                transfer.error = CurlError(CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
+                self._resolve(transfer)
+                continue
+            curl = free.pop()
+            curl.info = transfer
+            try:
+                transfer._setup(curl, self.connect_timeout)
+            except Exception as e:  # a bad option value: fail this attempt, not the loop
+                curl.info = None
+                curl.reset()
+                free.append(curl)
+                transfer.error = CurlError(599, f"request setup failed: {e}")
+                self._resolve(transfer)
+                continue
+            self._started(curl, transfer)
+            self._multi.add_handle(curl)
+        if self._requests:
+            super()._process_queue()
+
+    def _started(self, curl: pycurl.Curl, transfer: Transfer) -> None:
         """``transfer`` runs on ``curl`` from now until curl or ``abort`` finishes it."""
         transfer.curl, transfer.client = curl, self
         self._running[curl] = transfer
@@ -179,7 +283,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
                 self._sweeper.start()
 
     def abort(self, curl: pycurl.Curl) -> None:
-        """End the transfer running on ``curl`` now; its fetch fails with errno 42."""
+        """End the transfer running on ``curl`` now; it finishes with curl error 42."""
         if curl not in self._running or getattr(curl, "info", None) is None:
             return  # already finished: the handle may serve another request by now
         self._finish(curl, CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
@@ -204,80 +308,41 @@ class LazyCurlClient(CurlAsyncHTTPClient):
                 ret, running = e.args[0], -1
             if ret != pycurl.E_CALL_MULTI_PERFORM:
                 break
-        if running < len(self._curls) - len(self._free_list) or self._requests:
+        if running < len(self._curls) - len(self._free_list) or self._requests or self._waiting:
             self._finish_pending_requests()
 
-    def _curl_setup_request(self, curl, request, buffer, headers) -> None:  # type: ignore[override]
-        """Tornado's request setup, trimmed to what orpoll's GET and POST requests need.
-
-        Tornado's generic setup was ~35 us per request (about 10% of a non-stream request's
-        CPU): some 40 options, most of them put back to the values ``curl.reset()`` (run after
-        every request) already left, and a regex per header line. Anything unusual (other
-        methods, proxies, auth, client certs, callbacks, curl debug logging) takes Tornado's
-        path unchanged.
-        """
-        if (
-            request.method not in ("GET", "POST")
-            or request.streaming_callback is not None
-            or request.header_callback is not None
-            or request.proxy_host
-            or request.auth_username is not None
-            or request.client_cert is not None
-            or request.network_interface
-            or request.ca_certs is not None
-            or not request.validate_cert
-            or request.allow_ipv6 is False
-            or request.user_agent
-            or request.follow_redirects
-            or not request.decompress_response
-            or (request.method == "GET" and request.body is not None)
-            or _curl_log.isEnabledFor(logging.DEBUG)
-        ):
-            return super()._curl_setup_request(curl, request, buffer, headers)
-        curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
-        curl.setopt(pycurl.REDIR_PROTOCOLS, _HTTP_S)
-        curl.setopt(pycurl.URL, request.url)
-        lines = [b"Expect: ", b"Pragma: "]  # no 100-continue wait, no added no-cache
-        lines += [
-            b"%s: %s" % (k.encode("ascii"), v.encode("iso8859-1"))
-            for k, v in request.headers.get_all()
-            if k not in ("Expect", "Pragma")
-        ]
-        if any(b"\r" in line or b"\n" in line for line in lines):
-            raise ValueError("Illegal characters in header (CR or LF)")
-        curl.setopt(pycurl.HTTPHEADER, lines)
-        curl.setopt(
-            pycurl.HEADERFUNCTION, functools.partial(self._curl_header_callback, headers, None)
-        )
-        limit = self.max_body_size
-
-        def write(chunk: bytes) -> int:  # Tornado's, with its max_body_size check
-            if buffer.tell() + len(chunk) > limit:
-                curl.info["body_too_large"] = True
-                return 0
-            return buffer.write(chunk)
-
-        curl.setopt(pycurl.WRITEFUNCTION, write)
-        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * request.connect_timeout))
-        if request.request_timeout:
-            curl.setopt(pycurl.TIMEOUT_MS, int(1000 * request.request_timeout))
-        curl.setopt(pycurl.USERAGENT, "Mozilla/5.0 (compatible; pycurl)")
-        curl.setopt(pycurl.ENCODING, "gzip,deflate")
-        if request.method == "POST":
-            body = request.body or b""
-            curl.setopt(pycurl.POST, 1)
-            curl.setopt(pycurl.POSTFIELDSIZE, len(body))
-            curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps the bytes alive
-        if threading.active_count() > 1:
-            curl.setopt(pycurl.NOSIGNAL, 1)
-        if request.prepare_curl_callback is not None:
-            request.prepare_curl_callback(curl)
-
     def _finish(self, curl: pycurl.Curl, *args: Any, **kwargs: Any) -> None:
-        transfer = self._running.pop(curl, None)
-        if transfer is not None:
-            transfer.curl = None  # from here on the handle belongs to the pool
-        super()._finish(curl, *args, **kwargs)
+        transfer = curl.info
+        if type(transfer) is not Transfer:  # a Tornado fetch
+            return super()._finish(curl, *args, **kwargs)
+        self._finish_transfer(curl, transfer, *args, **kwargs)
+
+    def _finish_transfer(
+        self,
+        curl: pycurl.Curl,
+        transfer: Transfer,
+        curl_error: int | None = None,
+        curl_message: str | None = None,
+    ) -> None:
+        curl.info = None
+        del self._running[curl]
+        transfer.curl = None  # from here on the handle belongs to the pool
+        self._multi.remove_handle(curl)
+        if curl_error:
+            if transfer.size > BODY_LIMIT:
+                curl_message = f"upstream response larger than {BODY_LIMIT} bytes"
+            transfer.error = CurlError(curl_error, curl_message or "")
+        else:
+            transfer.status = curl.getinfo(pycurl.RESPONSE_CODE)
+        curl.reset()
+        self._free_list.append(curl)
+        self._resolve(transfer)
+
+    @staticmethod
+    def _resolve(transfer: Transfer) -> None:
+        future, transfer.future = transfer.future, None
+        if future is not None and not future.done():
+            future.set_result(transfer)
 
     def _sweep(self) -> None:
         if not self._running:
@@ -295,6 +360,12 @@ def no_header_log(curl: pycurl.Curl) -> None:
     curl.setopt(pycurl.VERBOSE, 0)
 
 
+def _header_line(name: str, value: str) -> bytes:
+    """``Name: value`` for curl; CR and LF (a header injection) become spaces."""
+    value = value.replace("\r", " ").replace("\n", " ")
+    return f"{name}: {value}".encode("latin1", "replace")
+
+
 class OpenRouterClient:
     """Sends requests to OpenRouter with a given key over one shared CurlAsyncHTTPClient."""
 
@@ -302,74 +373,44 @@ class OpenRouterClient:
         self.http = LazyCurlClient(
             force_instance=True,
             max_clients=config.upstream_max_connections,
-            max_body_size=256 * 1024 * 1024,
+            max_body_size=BODY_LIMIT,
         )
         self.configure(config)
 
     def configure(self, config: Settings) -> None:
         """Apply (new) settings: attribution headers and timeouts."""
         self.config = config
-        base = {"Content-Type": "application/json"}
+        self.http.connect_timeout = config.connect_timeout
+        # No 100-continue wait, no added no-cache; then our attribution headers.
+        lines = [b"Expect: ", b"Pragma: "]
         if config.http_referer:
-            base["HTTP-Referer"] = config.http_referer
+            lines.append(_header_line("HTTP-Referer", config.http_referer))
         if config.x_title:
-            base["X-Title"] = config.x_title
-        self._base_headers = base
+            lines.append(_header_line("X-Title", config.x_title))
+        self._lines = lines
 
     def close(self) -> None:
         self.http.close()
 
-    def request(
+    def send(
         self,
         key: str,
         url: str,
+        transfer: Transfer,
         *,
         method: str = "POST",
         body: bytes | None = None,
-        transfer: Transfer | None = None,
         content_type: str | None = None,
-    ) -> HTTPRequest:
-        headers = dict(self._base_headers)
-        headers["Authorization"] = "Bearer " + key
-        if content_type:
-            headers["Content-Type"] = content_type
-        if transfer is None:
-            transfer = Transfer()
+    ) -> asyncio.Future[Transfer]:
+        """Run ``transfer``: ``method url`` with bearer ``key``; the future gives it back done."""
+        transfer.url, transfer.method = url, method
+        lines = [*self._lines, b"Authorization: Bearer " + key.encode("ascii", "replace")]
+        if method in ("POST", "PUT", "PATCH") and body is not None:
+            transfer.payload = body
+            lines.append(_header_line("Content-Type", content_type or "application/json"))
+        transfer.lines = lines
         transfer.stall = self.config.request_timeout
-        started = self.http.started
-
-        def prepare_curl(curl: pycurl.Curl) -> None:
-            no_header_log(curl)
-            started(curl, transfer)
-            curl.setopt(pycurl.TCP_NODELAY, 1)
-            # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are
-            # sent from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB).
-            curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
-            if transfer.on_chunk is not None:
-                curl.setopt(pycurl.HEADERFUNCTION, transfer.on_header)
-                curl.setopt(pycurl.WRITEFUNCTION, transfer.write)
-
-        return HTTPRequest(
-            url,
-            method=method,
-            headers=headers,
-            body=body if method in ("POST", "PUT", "PATCH") else None,
-            allow_nonstandard_methods=True,
-            connect_timeout=self.config.connect_timeout,
-            request_timeout=0,  # no cap on total time; the stall sweep bounds silence
-            # Streams get transfer.write as WRITEFUNCTION in prepare_curl instead.
-            prepare_curl_callback=prepare_curl,
-            follow_redirects=False,
-        )
-
-    async def fetch(self, request: HTTPRequest) -> HTTPResponse | CurlError:
-        """The response (any status), or the transport error (code 599) as a value."""
-        try:
-            return _unlinked(await self.http.fetch(request, raise_error=False))
-        except CurlError as e:
-            return e
-        except HTTPClientError as e:  # queue timeouts and the like
-            return CurlError(599, str(e))
+        return self.http.send(transfer)
 
     async def get_json(self, url: str, key: str | None = None) -> tuple[int, Any, float]:
         """GET ``url`` (bearer ``key`` if given): (status, parsed body or None, seconds)."""
@@ -395,7 +436,7 @@ class OpenRouterClient:
 
 def _unlinked(resp: HTTPResponse) -> HTTPResponse:
     """Tornado links a non-2xx response and its ``error`` both ways, a reference cycle that
-    keeps the whole request (and our transfer) alive until a full GC pass: break it."""
+    keeps the whole request alive until a full GC pass: break it."""
     if resp.error is not None:
         resp.error = None
     return resp

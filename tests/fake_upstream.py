@@ -106,6 +106,7 @@ class FakeOpenRouter:
         self.last_chunk_at = 0.0  # monotonic time the latest stream chunk was flushed
         self.finished_streams = 0
         self.active = 0
+        self.peak = 0  # the most streams running at once
         self.key_info: dict[str, tuple[int, dict[str, Any]]] = {}
         self.key_probes: Counter[str] = Counter()
         self.probe_active = 0
@@ -221,6 +222,7 @@ class ChatHandler(FakeHandler):
     async def stream(self, req: dict, model: str, b: dict[str, Any]) -> None:
         st = self.state
         st.active += 1
+        st.peak = max(st.peak, st.active)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Generation-Id", "gen-fake")
         try:
@@ -310,7 +312,7 @@ class GenerationHandler(FakeHandler):
 
 
 class EchoHandler(FakeHandler):
-    """POST /api/v1/audio/...: any body (multipart too); echoes what arrived."""
+    """POST or DELETE /api/v1/audio/...: any body (multipart too); echoes what arrived."""
 
     def post(self, path: str) -> None:
         st = self.state
@@ -323,7 +325,12 @@ class EchoHandler(FakeHandler):
             error = b.get("error") or {"code": b["status"], "message": f"fake {b['status']}"}
             return self.send_json({"error": error}, b["status"], b.get("headers"))
         ctype = self.request.headers.get("Content-Type", "")
-        self.send_json({"text": "echo", "content_type": ctype, "key": self.key[-4:]})
+        answer = {"text": "echo", "content_type": ctype, "key": self.key[-4:]}
+        if self.request.method != "POST":
+            answer["method"] = self.request.method
+        self.send_json(answer)
+
+    delete = post
 
 
 class ModelsHandler(FakeHandler):

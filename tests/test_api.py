@@ -408,6 +408,19 @@ async def test_pass_through_forwards_non_json_bodies_unchanged(fake, api, in_ord
     assert fake.bodies == [form, form]  # byte for byte, to each key tried
 
 
+async def test_pass_through_delete_keeps_its_method(fake, api, in_order):
+    fake.script(A, {"status": 502, "error": {"code": 502, "message": "bad gateway"}})
+    resp = await api("/v1/audio/voices/v-1", method="DELETE")
+    assert resp.code == 200, resp.body
+    assert json.loads(resp.body) == {
+        "text": "echo",
+        "content_type": "",
+        "key": B[-4:],
+        "method": "DELETE",
+    }
+    assert fake.paths == ["audio/voices/v-1"] * 2 and fake.bodies == [b"", b""]
+
+
 async def test_pass_through_never_forwards_the_client_authorization(client_keys, fake, api):
     resp = await api(
         "/v1/embeddings",

@@ -434,6 +434,19 @@ async def test_attribution_headers_and_client_key_never_forwarded(attribution, f
     assert all("client-two" not in v for v in sent.values())
 
 
+@pytest.fixture
+def crlf_title(env):
+    env["X_TITLE"] = "title\r\nX-Injected: 1"
+
+
+async def test_attribution_header_cannot_inject_headers(crlf_title, fake, api):
+    resp = await api(CHAT, chat_body())
+    assert resp.code == 200
+    sent = fake.headers[0]
+    assert "X-Injected" not in sent
+    assert sent["X-Title"] == "title  X-Injected: 1"
+
+
 async def test_attempts_header_and_passed_headers(fake, api, in_order):
     fake.script(A, err(503, "overloaded"))
     fake.script(B, err(500, "internal"))

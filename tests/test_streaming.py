@@ -561,3 +561,31 @@ async def test_churn_leaves_no_transfer_or_handle_behind(short_timeout, app, fak
     await wait_for(lambda: app.inflight == 0 and not http._running, 5)
     assert len(http._free_list) == len(http._curls)
     await wait_for(lambda: fake.active == 0, 5)  # the silent ones notice after their sleep
+
+
+@pytest.fixture
+def four_connections(env):
+    env["UPSTREAM_MAX_CONNECTIONS"] = "4"
+
+
+async def test_streams_beyond_upstream_max_connections_wait_their_turn(
+    four_connections, app, fake, base_url
+):
+    """UPSTREAM_MAX_CONNECTIONS caps transfers running at once; the rest queue and complete in
+    full, and a client that leaves while its transfer waits never reaches the upstream."""
+    fake.default = {"chunks": 4, "interval": 0.05}
+    http = app.upstream.http
+    raws_job = asyncio.gather(*(stream_raw(base_url) for _ in range(12)))
+    await wait_for(lambda: fake.active == 4 and len(http._waiting) == 8, 5)
+    leaver = await open_raw_stream(base_url)
+    await wait_for(lambda: len(http._waiting) == 9, 5)
+    leaver.close()  # while its transfer waits for a handle
+    raws = await raws_job
+    assert all(r.code == 200 for r in raws)
+    for raw in raws:
+        assert_clean_sse(raw)
+        assert raw.body == expected_stream(4)
+    assert fake.peak == 4
+    await wait_for(lambda: app.inflight == 0 and not http._running and not http._waiting, 5)
+    assert len(http._curls) == 4 and len(http._free_list) == 4
+    assert sum(fake.requests.values()) == 12  # the leaver's transfer never started
