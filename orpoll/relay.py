@@ -64,6 +64,8 @@ class Attempts:
 class Relay:
     """Runs one request through the pool with failover."""
 
+    __slots__ = ("scheduler", "upstream", "retries", "backoff", "attempts")
+
     def __init__(
         self,
         scheduler: KeyScheduler,
@@ -106,7 +108,9 @@ class Relay:
             if sink.client_gone:
                 return
             once = _Attempt(self.upstream, ks, sink, self.attempts, stream=stream)
-            outcome = await once.run(url, body, method, content_type)
+            # Awaited here, not in a method of _Attempt: one coroutine frame less per stream.
+            await once.start(url, body, method, content_type)
+            outcome = once.result()
             self.attempts.add(ks, outcome)
             if outcome is None:  # client went away: nothing to say about the key
                 return
@@ -223,15 +227,18 @@ class _Attempt:
         self.tail = b""
         self.started = time.monotonic()
 
-    async def run(
+    def start(
         self, url: str, body: bytes | None, method: str, content_type: str | None
-    ) -> Outcome | None:
-        t = self.transfer
-        sink = self.sink
-        sink.transfer = t  # lets the handler abort us on disconnect
-        await self.upstream.send(
-            self.ks.key, url, t, method=method, body=body, content_type=content_type
+    ) -> asyncio.Future:
+        """Send the attempt; the future is done when the transfer is (see ``result``)."""
+        self.sink.transfer = self.transfer  # lets the handler abort us on disconnect
+        return self.upstream.send(
+            self.ks.key, url, self.transfer, method=method, body=body, content_type=content_type
         )
+
+    def result(self) -> Outcome | None:
+        """The finished attempt's outcome; None if the client went away."""
+        t, sink = self.transfer, self.sink
         # The curl handle is back in the pool already. Break the handler -> transfer ->
         # on_chunk -> attempt -> handler cycle, so the request's objects are freed now, not by
         # a full GC pass (which freed thousands of streams at once: 40-50 ms pauses under 200

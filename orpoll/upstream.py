@@ -30,6 +30,7 @@ CURLE_ABORTED_BY_CALLBACK = 42
 ERROR_BODY_LIMIT = 64 * 1024
 BODY_LIMIT = 256 * 1024 * 1024  # a buffered upstream answer
 USER_AGENT = "Mozilla/5.0 (compatible; pycurl)"  # what Tornado's fetch sends
+_NO_LINES: list[bytes] = []
 
 
 class Transfer:
@@ -87,7 +88,7 @@ class Transfer:
         self.future: asyncio.Future[Transfer] | None = None
         self.url = ""
         self.method = "GET"
-        self.lines: list[bytes] = []
+        self.lines = _NO_LINES
         self.payload: bytes | None = None
 
     @property
@@ -174,7 +175,8 @@ class Transfer:
         curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
         curl.setopt(pycurl.REDIR_PROTOCOLS, _HTTP_S)
         curl.setopt(pycurl.URL, self.url)
-        curl.setopt(pycurl.HTTPHEADER, self.lines)
+        curl.setopt(pycurl.HTTPHEADER, self.lines)  # copied by curl: let go of ours
+        self.lines = _NO_LINES
         curl.setopt(pycurl.HEADERFUNCTION, self.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, self.write)
         curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * connect_timeout))
