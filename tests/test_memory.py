@@ -91,5 +91,36 @@ async def test_a_stream_holds_its_body_once_and_not_the_parsed_conversation(fake
     assert len(frames) == 1 and frames[0] is not None
     local = frames[0].f_locals
     assert "obj" not in local and isinstance(local["body"], bytes)
-    assert local["self"]._chunks == []
+    handler = local["self"]
+    assert handler._chunks == []
+    assert not handler._headers  # sent already: the filled dict is let go of
+    # The connection's IOStream holds no deque while nothing waits to be written.
+    ios = handler.request.connection.stream
+    assert ios._write_futures._d is None and ios._write_buffer._buffers._d is None
     stream.close()
+
+
+def test_lazy_deque_does_what_iostream_asks_of_a_deque():
+    import collections
+    import random
+
+    from orpoll.server import _LazyDeque
+
+    rng = random.Random(3)
+    lazy, real = _LazyDeque(), collections.deque()
+    for n in range(2000):
+        op = rng.choice("aaapgc" if n % 500 else "c")
+        if op == "a":
+            lazy.append(n), real.append(n)
+        elif op == "p" and real:
+            assert lazy.popleft() == real.popleft()
+        elif op == "g" and real:
+            assert lazy[0] == real[0] and lazy[-1] == real[-1]
+        elif op == "c":
+            lazy.clear(), real.clear()
+        assert bool(lazy) == bool(real) and len(lazy) == len(real) and list(lazy) == list(real)
+        assert (lazy._d is None) == (not real)  # nothing held while empty
+    with pytest.raises(IndexError):
+        _LazyDeque().popleft()
+    with pytest.raises(IndexError):
+        _LazyDeque()[0]
