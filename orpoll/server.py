@@ -115,6 +115,9 @@ class Server(tornado.httpserver.HTTPServer):
     and hold no empty deques (``_LazyDeque``)."""
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+        # No Nagle delay for stream chunks: set once per connection, not per stream (a
+        # keep-alive client runs many streams on one connection).
+        stream.set_nodelay(True)
         stream._write_futures = _LazyDeque()  # type: ignore[assignment]
         stream._write_buffer._buffers = _LazyDeque()  # type: ignore[assignment]
         context = tornado.httpserver._HTTPRequestContext(

@@ -589,3 +589,21 @@ async def test_streams_beyond_upstream_max_connections_wait_their_turn(
     await wait_for(lambda: app.inflight == 0 and not http._running and not http._waiting, 5)
     assert len(http._curls) == 4 and len(http._free_list) == 4
     assert sum(fake.requests.values()) == 12  # the leaver's transfer never started
+
+
+async def test_client_connections_have_no_nagle_delay(fake, base_url):
+    """TCP_NODELAY is on for every client connection, so a small chunk never waits for the
+    client's ACK of the previous one."""
+    import gc
+    import socket
+
+    from orpoll.handlers.api import ChatHandler
+
+    fake.default = {"chunks": 20, "interval": 0.05}
+    stream = await open_raw_stream(base_url)
+    await stream.read_until(b"data: {")
+    handlers = [o for o in gc.get_objects() if isinstance(o, ChatHandler)]
+    assert len(handlers) == 1
+    sock = handlers[0].request.connection.stream.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    stream.close()

@@ -79,8 +79,6 @@ class RelayHandler(ApiHandler):
         self.set_status(status)
         for name, value in headers:
             self.set_header(name, value)
-        if self.streaming:
-            self.request.connection.stream.set_nodelay(True)
 
     def send(self, data: bytes) -> None:
         """Write ``data`` to the client; a stream's chunks go out at once.
