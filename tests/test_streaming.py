@@ -592,17 +592,25 @@ async def test_streams_beyond_upstream_max_connections_wait_their_turn(
 
 
 async def test_client_connections_have_no_nagle_delay(fake, base_url):
-    """TCP_NODELAY is on for every client connection, so a small chunk never waits for the
-    client's ACK of the previous one."""
+    """TCP_NODELAY is on for every client connection, and stays on for the next request on a
+    keep-alive connection (Tornado turns it off after each response), so a small chunk never
+    waits for the client's ACK of the previous one."""
     import gc
     import socket
 
     from orpoll.handlers.api import ChatHandler
 
-    fake.default = {"chunks": 20, "interval": 0.05}
+    fake.default = {"chunks": 2, "interval": 0.01}
     stream = await open_raw_stream(base_url)
+    await stream.read_until(b"\r\n0\r\n\r\n")  # the first stream, whole
+    fake.default = {"chunks": 20, "interval": 0.05}
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": True}).encode()
+    await stream.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     await stream.read_until(b"data: {")
-    handlers = [o for o in gc.get_objects() if isinstance(o, ChatHandler)]
+    handlers = [o for o in gc.get_objects() if isinstance(o, ChatHandler) and not o._finished]
     assert len(handlers) == 1
     sock = handlers[0].request.connection.stream.socket
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
