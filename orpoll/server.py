@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import gc
-import json
 import logging
 import os
 import resource
@@ -20,6 +19,7 @@ from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from . import __version__
 from .app import make_app
 from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
+from .logs import setup_logging
 from .store import StoreError
 
 log = logging.getLogger("orpoll")
@@ -133,35 +133,6 @@ class Server(tornado.httpserver.HTTPServer):
         conn = _Connection(stream, self.conn_params, context)
         self._connections.add(conn)
         conn.start_serving(self)
-
-
-class JsonFormatter(logging.Formatter):
-    """LOG_FORMAT=json: one JSON object per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging(config: Settings) -> None:
-    logging.addLevelName(5, "TRACE")
-    handler = logging.StreamHandler(sys.stderr)
-    if config.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(config.log_level_number)
-    # Tornado's own access log would duplicate ours.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
 
 
 def raise_fd_limit() -> int:

@@ -1,0 +1,165 @@
+"""Log lines leave in one write per loop pass, in order, and a stalled log reader never blocks
+the proxy (orpoll.logs.LoopLogHandler)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from orpoll.logs import LoopLogHandler, TextFormatter
+from tests.admin_helpers import ROOT, child_env, free_port
+
+
+@pytest.fixture
+def pipe():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def logger(pipe):
+    handler = LoopLogHandler(pipe[1])
+    handler.setFormatter(TextFormatter())
+    log = logging.getLogger("orpoll.test-logs")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.handlers[:] = [handler]
+    yield log
+    log.handlers[:] = []
+    handler.close()
+
+
+def readable(fd: int) -> bool:
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def drain(fd: int) -> bytes:
+    out = b""
+    while readable(fd):
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+async def test_lines_leave_together_at_the_next_pass_in_order(logger, pipe):
+    r, _ = pipe
+    for i in range(200):
+        logger.info("line %d of %s", i, "two hundred")
+    assert not readable(r)  # nothing written during the pass that logged
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lines = drain(r).decode().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        f"line {i} of two hundred" for i in range(200)
+    ]
+    assert all(line[:4].isdigit() and " I orpoll.test-logs: " in line for line in lines)
+
+
+async def test_a_stalled_reader_never_blocks_the_loop(logger, pipe):
+    """Nobody reads the pipe (64 KiB) while 4 MiB of lines are logged: logging returns at
+    once, the loop keeps its timers, lines past LoopLogHandler.MAX_PENDING are dropped and
+    counted, and once the reader drains the pipe, what was kept arrives whole and in order,
+    followed by a line saying how many were dropped."""
+    r, _ = pipe
+    payload = "x" * 1000
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.ensure_future(ticker())
+    start = time.monotonic()
+    for i in range(4096):
+        logger.info("%05d %s", i, payload)
+        if i % 256 == 0:
+            await asyncio.sleep(0.01)
+    took = time.monotonic() - start
+    assert took < 2.0 and ticks >= 10  # the loop ran its timers all along
+
+    got = b""
+    deadline = time.monotonic() + 10
+    while b"log lines dropped" not in got and time.monotonic() < deadline:
+        got += drain(r)
+        await asyncio.sleep(0.01)
+    task.cancel()
+    lines = got.decode().splitlines()
+    note = lines[-1]
+    assert note.endswith("log lines dropped: the log reader was too slow"), note
+    kept = [int(line.split(": ", 1)[1][:5]) for line in lines[:-1]]
+    dropped = int(note.split()[0])
+    assert kept == sorted(kept) and len(kept) + dropped == 4096
+    assert 0 < dropped < 4096
+    assert all(line.endswith(payload) for line in lines[:-1])  # no torn line
+
+
+async def test_other_threads_write_at_once(logger, pipe):
+    r, _ = pipe
+    t = threading.Thread(target=logger.info, args=("from a worker",))
+    t.start()
+    t.join()
+    assert drain(r).decode().endswith(": from a worker\n")  # no loop pass needed
+
+
+def test_the_server_keeps_serving_while_its_log_pipe_is_full(upstream, tmp_path):
+    """``python run.py`` with stderr on a pipe nobody reads: requests are still answered
+    (each one logs a line), and when reading resumes the access lines are there."""
+    port = free_port()
+    env = child_env(upstream, str(tmp_path / "data"), OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "run.py")],
+        env={**env, "PORT": str(port)},
+        cwd=str(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=2).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.05)
+        body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
+        # Each request logs ~150 bytes; 1,500 of them are several times a pipe's 64 KiB.
+        slowest = 0.0
+        for _ in range(1500):
+            t = time.monotonic()
+            req = urllib.request.Request(
+                url + "/v1/chat/completions",
+                data=body.encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                assert resp.status == 200
+            slowest = max(slowest, time.monotonic() - t)
+        assert slowest < 2.0
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=20)[1].decode()
+    access = [line for line in err.splitlines() if "POST /v1/chat/completions" in line]
+    assert access, err[-2000:]
+    assert len(access) == 1500 or "log lines dropped" in err
