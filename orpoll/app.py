@@ -20,6 +20,7 @@ from .handlers import admin, admin_keys, admin_settings, api
 from .handlers.base import NotFoundHandler
 from .health import HealthChecker
 from .keys import CooldownPolicy, key_id, mask, parse_keys
+from .logs import direct_sink
 from .scheduler import KeyScheduler
 from .store import Store, WriteBehind, ensure_secret, load_pool
 from .upstream import OpenRouterClient
@@ -80,24 +81,19 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     total = 1000.0 * req.request_time()
     attempts = getattr(handler, "attempts", None)
     if attempts is None:
-        access_log.log(
-            level, "%s %d %s %s %.1fms", handler.request_id, status, req.method, req.path, total
+        line = f"{handler.request_id} {status} {req.method} {req.path} {total:.1f}ms"
+    else:
+        ttfb = 1000.0 * (attempts.first_byte - req._start_time) if attempts.first_byte else 0.0
+        model, stream = getattr(handler, "model", None), getattr(handler, "streaming", False)
+        line = (
+            f"{handler.request_id} {status} {req.method} {req.path} model={model} "
+            f"stream={stream} keys={attempts} ttfb={ttfb:.1f}ms total={total:.1f}ms"
         )
-        return
-    ttfb = 1000.0 * (attempts.first_byte - req._start_time) if attempts.first_byte else 0.0
-    access_log.log(
-        level,
-        "%s %d %s %s model=%s stream=%s keys=%s ttfb=%.1fms total=%.1fms",
-        handler.request_id,
-        status,
-        req.method,
-        req.path,
-        getattr(handler, "model", None),
-        getattr(handler, "streaming", False),
-        attempts,
-        ttfb,
-        total,
-    )
+    sink = direct_sink(access_log)
+    if sink is not None:
+        sink.line(level, access_log.name, line)
+    else:
+        access_log.log(level, "%s", line)
 
 
 class OrpollApp(tornado.web.Application):

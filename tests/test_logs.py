@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from orpoll.logs import LoopLogHandler, TextFormatter
+from orpoll.logs import JsonFormatter, LoopLogHandler, TextFormatter, direct_sink
 from tests.admin_helpers import ROOT, child_env, free_port
 
 
@@ -163,3 +163,35 @@ def test_the_server_keeps_serving_while_its_log_pipe_is_full(upstream, tmp_path)
     access = [line for line in err.splitlines() if "POST /v1/chat/completions" in line]
     assert access, err[-2000:]
     assert len(access) == 1500 or "log lines dropped" in err
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+@pytest.mark.parametrize("levelno", [5, logging.INFO, logging.WARNING])
+def test_a_direct_line_reads_as_the_same_record_through_logging(formatter, levelno):
+    logging.addLevelName(5, "TRACE")
+    for created in (1764150000.0, 1764150000.999, 1764150123.0456):
+        record = logging.LogRecord("orpoll.access", levelno, __file__, 1, "%s", ("r-1 200",), None)
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+        assert formatter.line(created, levelno, "orpoll.access", "r-1 200") == formatter.format(
+            record
+        )
+
+
+def test_the_direct_path_only_when_nothing_else_would_see_the_record(pipe):
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    handler = LoopLogHandler(pipe[1])
+    try:
+        handler.setFormatter(TextFormatter())
+        root.handlers[:] = [handler]
+        access = logging.getLogger("orpoll.access")
+        assert direct_sink(access) is handler
+        extra = logging.NullHandler()  # say, pytest's log capture
+        logging.getLogger("orpoll").addHandler(extra)
+        assert direct_sink(access) is None
+        logging.getLogger("orpoll").removeHandler(extra)
+        root.handlers.append(extra)
+        assert direct_sink(access) is None
+    finally:
+        root.handlers[:] = saved
+        handler.close()
