@@ -330,13 +330,13 @@ def start_proxy(
         HOST="127.0.0.1",
         OPENROUTER_API_URL=f"http://127.0.0.1:{fake_port}/api/v1/chat/completions",
         OPENROUTER_MODELS_URL=f"http://127.0.0.1:{fake_port}/api/v1/models",
-        LOG_LEVEL="warn",
+        LOG_LEVEL="warn",  # no access log, like the bare relay; nonstream also runs with it
         DATA_DIR=str(tmp / "data"),
         HEALTH_CHECK_INTERVAL_SECONDS="3600",
         ADMIN_PASSWORD=ADMIN_PASSWORD,
         PYTHONUNBUFFERED="1",
-        **extra,
     )
+    env.update(extra)
     if len(keys) < 100_000:
         env["OPENROUTER_API_KEYS"] = keys
     else:

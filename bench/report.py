@@ -65,6 +65,14 @@ def _fast_rows(ns: dict, st: dict) -> list[list[str]]:
             "",
         ),
         _row(
+            "with the access log on (LOG_LEVEL=info, the default): CPU per request / p99",
+            "",
+            f"{_f(_get(ns, 'logged.proxy_cpu_ms_per_req'), '.3f', ' ms')} / "
+            f"{_f(_get(ns, 'logged.p99_ms'), '.2f', ' ms')}",
+            "",
+            "(info)",
+        ),
+        _row(
             "proxy CPU per non-stream request vs the bare relay, same run",
             "",
             "",

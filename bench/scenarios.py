@@ -90,17 +90,23 @@ def nonstream(ctx: Ctx) -> dict:
     ``reps`` times each."""
     seconds = 3 if ctx.quick else 8
     bare, bare_port = procs.start_bare_relay(ctx.fake_port)
+    # orpoll as shipped: LOG_LEVEL=info, an access line per request (to a file here).
+    logged, logged_port = procs.start_proxy("logged", ctx.fake_port, LOG_LEVEL="info")
     try:
+        procs.wait_ready(logged, logged_port)
         loadgen.wrk(ctx.direct_url, 1)  # warm-up: connection pools, caches, lazy imports
         loadgen.wrk(ctx.proxy_url(bare_port), 1)
         loadgen.wrk(ctx.proxy_url(), 1 if ctx.quick else 2)
-        direct, floor, proxy = [], [], []
+        loadgen.wrk(ctx.proxy_url(logged_port), 1)
+        direct, floor, proxy, with_log = [], [], [], []
         for _ in range(ctx.reps):
             direct.append(_wrk_once(ctx, ctx.direct_url, seconds, None))
             floor.append(_wrk_once(ctx, ctx.proxy_url(bare_port), seconds, bare))
             proxy.append(_wrk_once(ctx, ctx.proxy_url(), seconds, ctx.proxy))
+            with_log.append(_wrk_once(ctx, ctx.proxy_url(logged_port), seconds, logged))
     finally:
         bare.stop()
+        logged.stop()
     cpu = "proxy_cpu_ms_per_req"
     ratio = [p[cpu] / b[cpu] for p, b in zip(proxy, floor, strict=True)]
     return {
@@ -108,8 +114,9 @@ def nonstream(ctx: Ctx) -> dict:
         "direct": medians(direct),
         "bare": medians(floor),
         "proxy": medians(proxy),
+        "logged": medians(with_log),
         "cpu_vs_bare": statistics.median(ratio),
-        "runs": {"direct": direct, "bare": floor, "proxy": proxy},
+        "runs": {"direct": direct, "bare": floor, "proxy": proxy, "logged": with_log},
     }
 
 
