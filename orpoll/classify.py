@@ -7,7 +7,9 @@ Follows shared/openrouter-facts.md. Pure functions; upstream.py sends, this modu
 from __future__ import annotations
 
 import calendar
+import errno
 import json
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -178,8 +180,24 @@ def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
     return out(Verdict.KEY_RATE_LIMIT, retry_at=until)
 
 
+# The proxy itself is out of file descriptors or memory (curl's socket() failed, or curl
+# reports CURLE_OUT_OF_MEMORY): no key is at fault and no other key would fare better.
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+CURLE_OUT_OF_MEMORY = 27
+
+
 def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outcome:
     """A transfer that failed below HTTP (connect error, timeout, dropped connection)."""
+    os_errno = transfer.os_errno if transfer is not None else 0
+    if os_errno in LOCAL_ERRNOS or err.errno == CURLE_OUT_OF_MEMORY:
+        reason = os.strerror(os_errno) if os_errno else "out of memory"
+        return Outcome(
+            Verdict.LOCAL,
+            503,
+            f"the proxy is overloaded ({reason}); retry shortly",
+            retry_at=time.time() + 1,
+            code="proxy_overloaded",
+        )
     if transfer is not None and transfer.timed_out:
         return Outcome(
             Verdict.TRANSIENT,

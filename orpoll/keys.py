@@ -26,6 +26,7 @@ class Verdict(enum.Enum):
     KEY_RATE_LIMIT = "key_rate_limit"  # OpenRouter's 429 for this key/account
     PROVIDER = "provider"  # upstream provider throttling: another try, no penalty
     TRANSIENT = "transient"  # 408/5xx/network: counts toward the failure limit
+    LOCAL = "local"  # the proxy's own failure (out of file descriptors): no retry, no penalty
 
 
 @dataclass(slots=True)
@@ -44,7 +45,7 @@ class Outcome:
 
     @property
     def try_another_key(self) -> bool:
-        return self.verdict not in (Verdict.OK, Verdict.REQUEST)
+        return self.verdict not in (Verdict.OK, Verdict.REQUEST, Verdict.LOCAL)
 
 
 @dataclass(slots=True)

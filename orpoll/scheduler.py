@@ -253,6 +253,8 @@ class KeyScheduler:
 
     def report(self, ks: KeyState, outcome: Outcome) -> None:
         """Apply one attempt's outcome to the key (cooldowns, counters, last error)."""
+        if outcome.verdict is Verdict.LOCAL:
+            return  # nothing happened between the key and OpenRouter
         now = self.clock()
         ks.last_used = now
         ks.requests += 1

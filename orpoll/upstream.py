@@ -10,6 +10,7 @@ import asyncio
 import collections
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ class Transfer:
         "_moved",
         "_quiet_since",
         "error",
+        "os_errno",
         "chunks",
         "size",
         "future",
@@ -83,6 +85,7 @@ class Transfer:
         self._moved = -1
         self._quiet_since = 0.0
         self.error: CurlError | None = None
+        self.os_errno = 0  # the OS error behind ``error``, when curl saw one
         self.chunks: list[bytes] = []
         self.size = 0
         self.future: asyncio.Future[Transfer] | None = None
@@ -334,6 +337,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             if transfer.size > BODY_LIMIT:
                 curl_message = f"upstream response larger than {BODY_LIMIT} bytes"
             transfer.error = CurlError(curl_error, curl_message or "")
+            transfer.os_errno = curl.getinfo(pycurl.OS_ERRNO) or _socket_errno(curl_error)
         else:
             transfer.status = curl.getinfo(pycurl.RESPONSE_CODE)
         curl.reset()
@@ -354,6 +358,19 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             if transfer.stalled(now):
                 transfer.timed_out = True  # classify_transport words the error from this
                 transfer.abort = True
+
+
+def _socket_errno(curl_error: int) -> int:
+    """Why curl could not connect, when it recorded no OS error: its socket() failed, which
+    it reports as a refused connection (CURLE_COULDNT_CONNECT, errno 0). A socket of our own
+    tells whether this process is out of descriptors (EMFILE) right now."""
+    if curl_error != pycurl.E_COULDNT_CONNECT:
+        return 0
+    try:
+        socket.socket().close()
+    except OSError as e:
+        return e.errno or 0
+    return 0
 
 
 def no_header_log(curl: pycurl.Curl) -> None:

@@ -149,6 +149,19 @@ def child_env(upstream: FakeUpstream, data_dir: str, **extra: str) -> dict[str, 
     return env
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until ``url``/healthz answers; fails if ``proc`` exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2).read()
+            return
+        except OSError:
+            assert proc.poll() is None, f"exited with {proc.returncode}"
+            assert time.monotonic() < deadline, f"not ready in {timeout}s"
+            time.sleep(0.05)
+
+
 class OrpollProcess:
     """``python run.py`` with ``env`` (PORT is chosen here); the log goes to ``log_path``."""
 

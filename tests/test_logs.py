@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from orpoll.logs import JsonFormatter, LoopLogHandler, TextFormatter, direct_sink
-from tests.admin_helpers import ROOT, child_env, free_port
+from tests.admin_helpers import ROOT, child_env, free_port, wait_healthy
 
 
 @pytest.fixture
@@ -135,14 +135,7 @@ def test_the_server_keeps_serving_while_its_log_pipe_is_full(upstream, tmp_path)
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=2).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.05)
+        wait_healthy(url, proc)
         body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
         # Each request logs ~150 bytes; 1,500 of them are several times a pipe's 64 KiB.
         slowest = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -114,3 +115,86 @@ def test_first_health_sweep_runs_soon_after_start(upstream, spawn, tmp_path):
             break
         time.sleep(0.1)
     assert row["group"] == "user_9" and row["credit"]["limit_remaining"] == 4.5
+
+
+def test_out_of_file_descriptors_pauses_accepting_and_spares_the_keys(upstream, tmp_path):
+    """``python run.py`` with a 100-descriptor limit and 150 idle client connections: it
+    pauses accept() (one warning, no flood of tracebacks), a request that cannot open its
+    upstream socket gets a 503 ``proxy_overloaded`` without any key being blamed, and once the
+    idle clients leave it serves again with every key available."""
+    import resource
+    import socket
+    import subprocess
+    import sys
+
+    from tests.admin_helpers import ROOT, free_port, wait_healthy
+
+    port = free_port()
+    env = child_env(
+        upstream,
+        str(tmp_path / "data"),
+        OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111,sk-or-v1-test-bbbb2222",
+        PORT=str(port),
+    )
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+    log_path = tmp_path / "orpoll.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "run.py")],
+            env=env,
+            cwd=str(tmp_path),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=low_limit,
+        )
+    url = f"http://127.0.0.1:{port}"
+    body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    idle: list[socket.socket] = []
+    try:
+        wait_healthy(url, proc)
+        for _ in range(150):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        time.sleep(1.0)  # the proxy accepts until it runs out of descriptors
+        first = idle[0]
+        first.settimeout(10)
+        first.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += first.recv(65536)
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), answer
+        assert json.loads(payload)["error"]["code"] == "proxy_overloaded"
+        assert b"Retry-After: 1" in head
+        for s in idle:
+            s.close()
+        idle.clear()
+        time.sleep(0.5)
+        with urllib.request.urlopen(
+            urllib.request.Request(
+                url + "/v1/chat/completions",
+                data=body.encode(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=10,
+        ) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
+            counts = json.loads(resp.read())["keys"]
+        assert counts["cooling"] == 0 and counts["available"] == 2, counts
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        proc.wait(20)
+    text = log_path.read_text()
+    assert "pausing accept()" in text
+    assert "Too many open files" in text
+    assert len(text.splitlines()) < 60, text[-3000:]  # no traceback per loop pass
+    assert "Traceback" not in text
