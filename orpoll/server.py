@@ -44,10 +44,29 @@ class _Connection(HTTP1ServerConnection):
     1.0 ms). Mirrors ``HTTP1ServerConnection._server_request_loop`` (Tornado 6.x, pinned < 7).
     """
 
+    current: HTTP1Connection | None = None
+    served = 0
+
+    def reusable(self) -> bool:
+        """True while a keep-alive client that was served already sends nothing: the
+        connection can be closed to free its descriptor (see Server._accept_from), as nginx
+        closes its idle keep-alive connections when it runs out of them."""
+        conn, stream = self.current, self.stream
+        if not self.served or conn is None or conn._request_start_line is not None:
+            return False
+        if stream.closed() or stream._read_buffer_size or stream.writing():
+            return False
+        try:  # bytes of a next request may be in the kernel already
+            return not stream.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
     async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
         try:
             while True:
-                conn = HTTP1Connection(self.stream, False, self.params, self.context)
+                conn = self.current = HTTP1Connection(self.stream, False, self.params, self.context)
                 request_delegate = delegate.start_request(self, conn)
                 try:
                     ret = await conn.read_response(request_delegate)
@@ -63,6 +82,7 @@ class _Connection(HTTP1ServerConnection):
                     return
                 if not ret:
                     return
+                self.served += 1
                 if self.stream._read_buffer_size:  # pipelined: let others run first
                     await asyncio.sleep(0)
         finally:
@@ -132,6 +152,13 @@ class Server(tornado.httpserver.HTTPServer):
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = self._accept_from(sock)
 
+    def close_reusable(self) -> int:
+        """Close the idle keep-alive client connections; how many."""
+        idle = [c for c in self._connections if isinstance(c, _Connection) and c.reusable()]
+        for conn in idle:
+            conn.stream.close()
+        return len(idle)
+
     def _accept_from(self, sock: socket.socket) -> Callable[[], None]:
         """Tornado's ``add_accept_handler``, except when accept() fails for want of file
         descriptors (EMFILE, ENFILE) or kernel memory. Tornado lets that error out of the
@@ -141,7 +168,7 @@ class Server(tornado.httpserver.HTTPServer):
         on, new clients wait in the listen queue, and one warning (at most every 10 s) says why.
         """
         io_loop = IOLoop.current()
-        state = {"removed": False, "paused": False, "warned": 0.0, "refused": 0}
+        state = {"removed": False, "paused": False, "warned": 0.0, "refused": 0, "closed": 0}
 
         def accept(fd: socket.socket, events: int) -> None:
             for _ in range(self.ACCEPT_BATCH):
@@ -165,15 +192,21 @@ class Server(tornado.httpserver.HTTPServer):
             state["refused"] += 1
             io_loop.remove_handler(sock)
             io_loop.call_later(self.ACCEPT_PAUSE, resume)
+            # Idle keep-alive clients would otherwise hold every descriptor while the clients
+            # in the listen queue wait for one: close them (they reconnect when they need to).
+            closed = self.close_reusable()
+            state["closed"] += closed
             now = time.monotonic()
             if now - state["warned"] >= 10.0:
                 log.warning(
                     "cannot accept connections (%s; fd limit %d): pausing accept() for %g s; "
-                    "new clients wait in the listen queue (%d pauses so far)",
+                    "new clients wait in the listen queue (%d pauses, %d idle keep-alive "
+                    "connections closed so far)",
                     e.strerror,
                     resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                     self.ACCEPT_PAUSE,
                     state["refused"],
+                    state["closed"],
                 )
                 state["warned"] = now
 
