@@ -1,0 +1,76 @@
+"""Client connections: the idle timeout (a sweep, not a timer per request)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from tornado.iostream import StreamClosedError
+from tornado.netutil import bind_sockets
+from tornado.tcpclient import TCPClient
+
+from orpoll.server import Server
+
+PAID = "openai/gpt-4o"
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def quick_idle(io_loop, app):
+    """orpoll served with a 0.4 s idle timeout; yields its port."""
+    sock = bind_sockets(0, "127.0.0.1")[0]
+    server = Server(app, idle_connection_timeout=0.4)
+    server.add_socket(sock)
+    yield sock.getsockname()[1]
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=10)
+
+
+def request(stream: bool) -> bytes:
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": stream}).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+async def closed_after(stream) -> float:
+    """Seconds until the server closes ``stream`` (reading whatever comes first)."""
+    start = time.monotonic()
+    try:
+        while True:
+            await stream.read_bytes(65536, partial=True)
+    except StreamClosedError:
+        return time.monotonic() - start
+
+
+async def test_a_silent_connection_is_closed_after_the_idle_timeout(quick_idle):
+    stream = await TCPClient().connect("127.0.0.1", quick_idle)
+    took = await asyncio.wait_for(closed_after(stream), 5)
+    assert 0.4 <= took < 1.5
+
+
+async def test_headers_sent_too_slowly_are_cut(quick_idle):
+    stream = await TCPClient().connect("127.0.0.1", quick_idle)
+    start = time.monotonic()
+    with pytest.raises(StreamClosedError):
+        for byte in request(False)[:60]:
+            await stream.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+    assert 0.4 <= time.monotonic() - start < 2.5
+
+
+async def test_keep_alive_is_closed_after_idling_and_a_long_stream_is_not(quick_idle, fake):
+    fake.default = {"chunks": 10, "interval": 0.1}  # a 1 s stream, longer than the timeout
+    stream = await TCPClient().connect("127.0.0.1", quick_idle)
+    await stream.write(request(True))
+    start = time.monotonic()
+    got = await asyncio.wait_for(stream.read_until(b"data: [DONE]\n\n\r\n0\r\n\r\n"), 10)
+    assert time.monotonic() - start >= 0.9 and got.startswith(b"HTTP/1.1 200")
+    await stream.write(request(False))  # the same connection serves the next request
+    head = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    took = await asyncio.wait_for(closed_after(stream), 5)  # then idles out
+    assert took < 1.5
