@@ -227,7 +227,10 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(config: Settings) -> None:
     logging.addLevelName(5, "TRACE")
-    handler = LoopLogHandler(sys.stderr.fileno())
+    try:
+        handler: logging.Handler = LoopLogHandler(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # started with stderr closed
+        handler = logging.NullHandler()
     handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in root.handlers:

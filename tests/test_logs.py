@@ -188,3 +188,29 @@ def test_the_direct_path_only_when_nothing_else_would_see_the_record(pipe):
     finally:
         root.handlers[:] = saved
         handler.close()
+
+
+def test_the_server_runs_with_stderr_closed(upstream, tmp_path):
+    port = free_port()
+    env = child_env(upstream, str(tmp_path / "data"), OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "run.py")],
+        env={**env, "PORT": str(port)},
+        cwd=str(tmp_path),
+        stdout=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(2),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
+        req = urllib.request.Request(
+            url + "/v1/chat/completions",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
