@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
@@ -74,7 +75,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     if handler.request.path.startswith("/v1/"):
         handler.application.traffic.record(status)
-    level = logging.INFO if status < 500 else logging.WARNING
+    level = logging.WARNING if status >= 500 or status == 429 else logging.INFO
     if not access_log.isEnabledFor(level):
         return
     req = handler.request
@@ -89,6 +90,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             f"{handler.request_id} {status} {req.method} {req.path} model={model} "
             f"stream={stream} keys={attempts} ttfb={ttfb:.1f}ms total={total:.1f}ms"
         )
+    note = getattr(handler, "error_note", None)
+    if note:  # JSON-quoted: an upstream message cannot start a log line of its own
+        line += " error=" + json.dumps(note[:300], ensure_ascii=False)
     sink = direct_sink(access_log)
     if sink is not None:
         sink.line(level, access_log.name, line)

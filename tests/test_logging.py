@@ -165,6 +165,24 @@ async def test_access_line_for_errors_and_other_routes(app, fake, api, caplog):
     assert len(ids) == 4  # a distinct request id each
 
 
+async def test_a_failed_request_logs_one_line_with_its_error(fake, api, caplog):
+    """The access line carries the error (JSON-quoted, so an upstream message with a line
+    break cannot forge a log line); Tornado's own warning for it is not logged as well."""
+    caplog.set_level(logging.DEBUG)
+    for key in KEYS:
+        fake.script(key, err(400, 'bad "input"\n2026-01-01 I orpoll.access: forged'))
+    resp = await api(CHAT, {"model": PAID, "messages": MSG})
+    assert resp.code == 400
+    await api(CHAT, body=b"{nope")
+    errors = [r for r in caplog.records if r.name == "tornado.general"]
+    assert errors == []
+    lines = access_lines(caplog)
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    upstream = lines[0].split(" error=", 1)[1]
+    assert json.loads(upstream) == 'bad "input"\n2026-01-01 I orpoll.access: forged'
+    assert json.loads(lines[1].split(" error=", 1)[1]).startswith("request body is not valid JSON")
+
+
 async def test_access_line_levels(fake, api, caplog):
     caplog.set_level(logging.INFO, logger="orpoll.access")
     for key in KEYS:

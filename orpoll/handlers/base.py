@@ -75,6 +75,16 @@ class BaseHandler(tornado.web.RequestHandler):
 class ApiHandler(BaseHandler):
     """/v1 handlers: bearer check against APP_API_KEY; no cookies, so no XSRF."""
 
+    error_note: str | None = None  # an ApiError's message, for the access line
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        """An ApiError goes into the request's one access line (``error=``) instead of a
+        second line from Tornado; anything else is logged as Tornado does."""
+        if isinstance(value, errors.ApiError):
+            self.error_note = value.message
+            return
+        super().log_exception(typ, value, tb)
+
     def check_xsrf_cookie(self) -> None:
         # Bearer-token API: no cookie carries authority here, so there is nothing to forge.
         pass
