@@ -149,6 +149,30 @@ def child_env(upstream: FakeUpstream, data_dir: str, **extra: str) -> dict[str, 
     return env
 
 
+def run_py(env: dict[str, str], cwd: str, **popen: Any) -> tuple[subprocess.Popen, str]:
+    """``python run.py`` with ``env`` on a free port: (the process, its base URL)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "run.py")],
+        env={**env, "PORT": str(port)},
+        cwd=cwd,
+        **popen,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def post_chat(url: str, timeout: float = 5) -> int:
+    """One non-stream chat completion against ``url``; its status."""
+    body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
+    req = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     """Until ``url``/healthz answers; fails if ``proc`` exits or ``timeout`` passes first."""
     deadline = time.monotonic() + timeout
@@ -166,20 +190,12 @@ class OrpollProcess:
     """``python run.py`` with ``env`` (PORT is chosen here); the log goes to ``log_path``."""
 
     def __init__(self, env: dict[str, str], log_path: str) -> None:
-        self.port = free_port()
         self.log_path = log_path
         self.log_file = open(log_path, "ab")  # noqa: SIM115 (closed in wait())
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "run.py")],
-            env={**env, "PORT": str(self.port)},
-            cwd=os.path.dirname(log_path),
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
+        self.proc, self.url = run_py(
+            env, os.path.dirname(log_path), stdout=self.log_file, stderr=subprocess.STDOUT
         )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.port = int(self.url.rsplit(":", 1)[1])
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

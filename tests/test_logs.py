@@ -4,20 +4,17 @@ the proxy (orpoll.logs.LoopLogHandler)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import select
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 
 from orpoll.logs import JsonFormatter, LoopLogHandler, TextFormatter, direct_sink
-from tests.admin_helpers import ROOT, child_env, free_port, wait_healthy
+from tests.admin_helpers import child_env, post_chat, run_py, wait_healthy
 
 
 @pytest.fixture
@@ -124,30 +121,15 @@ async def test_other_threads_write_at_once(logger, pipe):
 def test_the_server_keeps_serving_while_its_log_pipe_is_full(upstream, tmp_path):
     """``python run.py`` with stderr on a pipe nobody reads: requests are still answered
     (each one logs a line), and when reading resumes the access lines are there."""
-    port = free_port()
     env = child_env(upstream, str(tmp_path / "data"), OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111")
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "run.py")],
-        env={**env, "PORT": str(port)},
-        cwd=str(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = run_py(env, str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_healthy(url, proc)
-        body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
         # Each request logs ~150 bytes; 1,500 of them are several times a pipe's 64 KiB.
         slowest = 0.0
         for _ in range(1500):
             t = time.monotonic()
-            req = urllib.request.Request(
-                url + "/v1/chat/completions",
-                data=body.encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                assert resp.status == 200
+            assert post_chat(url) == 200
             slowest = max(slowest, time.monotonic() - t)
         assert slowest < 2.0
     finally:
@@ -191,26 +173,13 @@ def test_the_direct_path_only_when_nothing_else_would_see_the_record(pipe):
 
 
 def test_the_server_runs_with_stderr_closed(upstream, tmp_path):
-    port = free_port()
     env = child_env(upstream, str(tmp_path / "data"), OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111")
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "run.py")],
-        env={**env, "PORT": str(port)},
-        cwd=str(tmp_path),
-        stdout=subprocess.DEVNULL,
-        preexec_fn=lambda: os.close(2),
+    proc, url = run_py(
+        env, str(tmp_path), stdout=subprocess.DEVNULL, preexec_fn=lambda: os.close(2)
     )
-    url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, proc)
-        body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
-        req = urllib.request.Request(
-            url + "/v1/chat/completions",
-            data=body.encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status == 200
+        assert post_chat(url) == 200
     finally:
         proc.terminate()
         assert proc.wait(20) == 0

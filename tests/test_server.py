@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.error
@@ -126,16 +125,13 @@ def test_out_of_file_descriptors_pauses_accepting_and_spares_the_keys(upstream, 
     import resource
     import socket
     import subprocess
-    import sys
 
-    from tests.admin_helpers import ROOT, free_port, wait_healthy
+    from tests.admin_helpers import post_chat, run_py, wait_healthy
 
-    port = free_port()
     env = child_env(
         upstream,
         str(tmp_path / "data"),
         OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111,sk-or-v1-test-bbbb2222",
-        PORT=str(port),
     )
 
     def low_limit() -> None:
@@ -143,15 +139,10 @@ def test_out_of_file_descriptors_pauses_accepting_and_spares_the_keys(upstream, 
 
     log_path = tmp_path / "orpoll.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "run.py")],
-            env=env,
-            cwd=str(tmp_path),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=low_limit,
+        proc, url = run_py(
+            env, str(tmp_path), stdout=log, stderr=subprocess.STDOUT, preexec_fn=low_limit
         )
-    url = f"http://127.0.0.1:{port}"
+    port = int(url.rsplit(":", 1)[1])
     body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
     request = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -196,15 +187,7 @@ def test_out_of_file_descriptors_pauses_accepting_and_spares_the_keys(upstream, 
             except TimeoutError:
                 pass  # still open
         assert 0 < closed_by_proxy < 90
-        with urllib.request.urlopen(
-            urllib.request.Request(
-                url + "/v1/chat/completions",
-                data=body.encode(),
-                headers={"Content-Type": "application/json"},
-            ),
-            timeout=10,
-        ) as resp:
-            assert resp.status == 200
+        assert post_chat(url, timeout=10) == 200
         with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
             counts = json.loads(resp.read())["keys"]
         assert counts["cooling"] == 0 and counts["available"] == 2, counts
