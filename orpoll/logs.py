@@ -98,13 +98,10 @@ class LoopLogHandler(logging.Handler):
             self.pending.append(rest)
             if not self.waiting and self.loop is not None:
                 self.waiting = True
-                self.loop.add_writer(self.fd, self._writable)
+                self.loop.add_writer(self.fd, self._write_pending)
         elif self.waiting and self.loop is not None:
             self.waiting = False
             self.loop.remove_writer(self.fd)
-
-    def _writable(self) -> None:
-        self._write_pending()
 
     def _write_now(self, line: bytes) -> None:
         """Off the loop: a blocking write (the loop's queue first, in order, if it is ours)."""
@@ -188,20 +185,18 @@ class TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._stamp},{int(record.msecs):03d}"
+        return self._time(record.created)
 
     def line(self, created: float, levelno: int, name: str, message: str) -> str:
         """What ``format`` gives for a record of these fields (no exception, no stack)."""
+        return f"{self._time(created)} {logging.getLevelName(levelno)[:1]} {name}: {message}"
+
+    def _time(self, created: float) -> str:
         second = int(created)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        ms = int((created - second) * 1000)
-        return f"{self._stamp},{ms:03d} {logging.getLevelName(levelno)[:1]} {name}: {message}"
+        return f"{self._stamp},{int((created - second) * 1000):03d}"
 
 
 class JsonFormatter(logging.Formatter):
