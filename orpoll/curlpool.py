@@ -1,0 +1,371 @@
+"""The curl side of upstream requests: ``Transfer`` (one attempt) and ``LazyCurlClient`` (the
+handles and the multi it runs on).
+
+Split from upstream.py for size (STYLE.md keeps modules under ~400 lines); the two are the
+only modules importing pycurl. upstream.OpenRouterClient is the one user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pycurl
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
+from tornado.httpclient import HTTPRequest
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+log = logging.getLogger("orpoll.upstream")
+_HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
+
+# The error a transfer ends with when we end it ourselves (LazyCurlClient.abort).
+CURLE_ABORTED_BY_CALLBACK = 42
+ERROR_BODY_LIMIT = 64 * 1024
+BODY_LIMIT = 256 * 1024 * 1024  # a buffered upstream answer
+USER_AGENT = "Mozilla/5.0 (compatible; pycurl)"  # what Tornado's fetch sends
+_NO_LINES: list[bytes] = []
+
+
+class Transfer:
+    """One upstream attempt, from request to result: what curl needs to send it, what came back,
+    an abort switch and a stall timer.
+
+    It is its own request object: ``LazyCurlClient.send`` runs it on a curl handle without
+    Tornado's HTTPRequest, header dicts and HTTPResponse (about 4 KB and 40 us per request that
+    nothing here reads). The result is on the transfer itself: ``status``, ``header()``,
+    ``body()`` (buffered mode), or ``error`` when it failed below HTTP.
+
+    ``stall`` (seconds, 0 = off) ends a transfer that moves no body byte for that long, before
+    the first byte or between chunks; ``timed_out`` tells that this is why it ended. Both the
+    abort and the stall check work without a per-transfer curl progress callback (that was
+    two Python calls per chunk, ~6% of a stream's CPU): see LazyCurlClient.
+    """
+
+    __slots__ = (
+        "status",
+        "headers",
+        "_abort",
+        "curl",
+        "client",
+        "on_chunk",
+        "stall",
+        "timed_out",
+        "_in_write",
+        "_moved",
+        "_quiet_since",
+        "error",
+        "os_errno",
+        "chunks",
+        "size",
+        "future",
+        "url",
+        "method",
+        "lines",
+        "payload",
+    )
+
+    def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
+        self.status = 0
+        self.headers: list[bytes] = []
+        self._abort = False
+        self.curl: pycurl.Curl | None = None  # the handle, while the transfer runs
+        self.client: LazyCurlClient | None = None
+        self.on_chunk = on_chunk  # None: buffer the body (``body()``)
+        self.stall = 0.0
+        self.timed_out = False
+        self._in_write = False
+        self._moved = -1
+        self._quiet_since = 0.0
+        self.error: CurlError | None = None
+        self.os_errno = 0  # the OS error behind ``error``, when curl saw one
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.future: asyncio.Future[Transfer] | None = None
+        self.url = ""
+        self.method = "GET"
+        self.lines = _NO_LINES
+        self.payload: bytes | None = None
+
+    @property
+    def abort(self) -> bool:
+        return self._abort
+
+    @abort.setter
+    def abort(self, value: bool) -> None:
+        """Setting it ends the transfer now, so a client that leaves stops the upstream (and
+        its billing) at once. Inside curl's write callback the callback's short return does
+        it instead: curl must not be re-entered from its own callbacks."""
+        self._abort = value
+        if value and self.curl is not None and not self._in_write and self.client is not None:
+            self.client.abort(self.curl)
+
+    def write(self, chunk: bytes) -> int | None:
+        """curl WRITEFUNCTION: a stream's chunks go to ``on_chunk`` at once; otherwise the body
+        is kept (up to BODY_LIMIT).
+
+        Tornado's own streaming callback queues chunks and delivers them on a later loop
+        iteration (a deque, a callback and a flush per chunk). ``on_chunk`` never re-enters the
+        curl client (it writes to the client's IOStream), so it can run right here, inside
+        curl. Returning 0 (a short write) ends the transfer when it was aborted meanwhile.
+        """
+        if self.on_chunk is None:
+            self.size += len(chunk)
+            if self.size > BODY_LIMIT:
+                return 0  # curl error 23; _finish words it
+            self.chunks.append(chunk)
+            return None
+        self._in_write = True
+        try:
+            self.on_chunk(chunk)
+        except Exception:
+            log.exception("stream chunk handler failed; aborting the transfer")
+            self._abort = True
+        finally:
+            self._in_write = False
+        return 0 if self._abort else None
+
+    def body(self) -> bytes:
+        """The buffered body (buffered mode), joined once."""
+        if len(self.chunks) != 1:
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0]
+
+    def on_header(self, raw: bytes) -> None:
+        """curl HEADERFUNCTION: records the status line and header lines.
+
+        Runs inside curl, synchronously, so the status is known before the first body chunk
+        reaches ``on_chunk`` (Tornado's header_callback is queued and may arrive after it).
+        Lines stay bytes until ``header()`` asks (rarely: errors and the commit).
+        """
+        if raw.startswith(b"HTTP/"):
+            parts = raw.split(None, 2)
+            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self.headers = []
+        elif raw.strip():
+            self.headers.append(raw)
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for raw in self.headers:
+            k, _, v = raw.decode("latin1").partition(":")
+            if k.strip().lower() == name:
+                return v.strip()
+        return None
+
+    def stalled(self, now: float) -> bool:
+        """True once no body byte moved, either way, for ``stall`` seconds (sweep-time check)."""
+        curl = self.curl
+        if not self.stall or curl is None:
+            return False
+        # A long request upload is not silence either.
+        moved = curl.getinfo(pycurl.SIZE_DOWNLOAD_T) + curl.getinfo(pycurl.SIZE_UPLOAD_T)
+        if moved != self._moved:
+            self._moved, self._quiet_since = moved, now
+            return False
+        return now - self._quiet_since >= self.stall
+
+    def _setup(self, curl: pycurl.Curl, connect_timeout: float) -> None:
+        """Options for a handle fresh from ``curl.reset()``: only what differs from reset's
+        defaults (Tornado's generic setup sets some 40 options and parses every header line)."""
+        curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
+        curl.setopt(pycurl.REDIR_PROTOCOLS, _HTTP_S)
+        curl.setopt(pycurl.URL, self.url)
+        curl.setopt(pycurl.HTTPHEADER, self.lines)  # copied by curl: let go of ours
+        self.lines = _NO_LINES
+        curl.setopt(pycurl.HEADERFUNCTION, self.on_header)
+        curl.setopt(pycurl.WRITEFUNCTION, self.write)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * connect_timeout))
+        curl.setopt(pycurl.USERAGENT, USER_AGENT)
+        curl.setopt(pycurl.ENCODING, "gzip,deflate")
+        curl.setopt(pycurl.TCP_NODELAY, 1)
+        # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are sent
+        # from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB per stream).
+        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
+        body = self.payload
+        if body is not None:
+            curl.setopt(pycurl.POST, 1)
+            curl.setopt(pycurl.POSTFIELDSIZE, len(body))
+            curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps the bytes alive; no copy
+        if self.method not in ("GET", "POST"):
+            curl.setopt(pycurl.CUSTOMREQUEST, self.method)
+        if threading.active_count() > 1:
+            curl.setopt(pycurl.NOSIGNAL, 1)
+
+
+class LazyCurlClient(CurlAsyncHTTPClient):
+    """CurlAsyncHTTPClient that creates its curl handles as load needs them, runs orpoll's own
+    ``Transfer`` requests on them, and can end a transfer on demand.
+
+    Tornado (6.6) builds all ``max_clients`` handles up front: about 4 KB each, 40 MB for the
+    10,000 we allow. Growing ``_curls``/``_free_list`` on demand keeps an idle proxy small.
+    ``send`` runs a Transfer on the same handles and multi as Tornado's ``fetch`` (which the
+    health checks and the model list still use); waiting transfers go first when a handle frees.
+    Tornado has no cancel for a fetch: ``abort`` finishes one the way curl would have, with an
+    error, and a sweep every ``SWEEP_SECONDS`` (at most) ends transfers that stalled. All of it
+    relies on ``_curls``, ``_free_list``, ``_requests``, ``_multi``, ``_finish`` and
+    ``curl.info``, stable across Tornado 6.x (pinned < 7).
+    """
+
+    SWEEP_SECONDS = 1.0
+
+    def initialize(self, max_clients: int = 10, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(max_clients=min(max_clients, 16), **kwargs)
+        self._limit = max_clients
+        self._running: dict[pycurl.Curl, Transfer] = {}
+        self._waiting: collections.deque[Transfer] = collections.deque()
+        self._sweeper: PeriodicCallback | None = None
+        self.connect_timeout = 20.0
+
+    def _grow(self) -> None:
+        if not self._free_list and len(self._curls) < self._limit:
+            curl = self._curl_create()
+            self._curls.append(curl)
+            self._free_list.append(curl)
+
+    def fetch_impl(self, request: HTTPRequest, callback: Callable) -> None:
+        self._grow()
+        super().fetch_impl(request, callback)
+
+    def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:
+        """Run ``transfer`` (queued while every handle is busy); the future gives it back
+        finished, never raises: ``transfer.error`` tells a failure below HTTP."""
+        transfer.future = future = asyncio.get_running_loop().create_future()
+        self._grow()
+        self._waiting.append(transfer)
+        self._process_queue()
+        self._set_timeout(0)  # as Tornado's fetch_impl: curl starts it on the next pass
+        return future
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+        super().close()
+
+    def _process_queue(self) -> None:
+        waiting, free = self._waiting, self._free_list
+        while waiting and free:
+            transfer = waiting.popleft()
+            if transfer._abort:  # its client left while it waited
+                transfer.error = CurlError(CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
+                self._resolve(transfer)
+                continue
+            curl = free.pop()
+            curl.info = transfer
+            try:
+                transfer._setup(curl, self.connect_timeout)
+            except Exception as e:  # a bad option value: fail this attempt, not the loop
+                curl.info = None
+                curl.reset()
+                free.append(curl)
+                transfer.error = CurlError(599, f"request setup failed: {e}")
+                self._resolve(transfer)
+                continue
+            self._started(curl, transfer)
+            self._multi.add_handle(curl)
+        if self._requests:
+            super()._process_queue()
+
+    def _started(self, curl: pycurl.Curl, transfer: Transfer) -> None:
+        """``transfer`` runs on ``curl`` from now until curl or ``abort`` finishes it."""
+        transfer.curl, transfer.client = curl, self
+        self._running[curl] = transfer
+        if transfer.stall:
+            transfer._quiet_since = time.monotonic()
+            interval = min(self.SWEEP_SECONDS, max(0.05, transfer.stall / 4))
+            sweeper = self._sweeper
+            if sweeper is None or sweeper.callback_time > 1000 * interval:
+                if sweeper is not None:
+                    sweeper.stop()
+                self._sweeper = PeriodicCallback(self._sweep, 1000 * interval)
+                self._sweeper.start()
+
+    def abort(self, curl: pycurl.Curl) -> None:
+        """End the transfer running on ``curl`` now; it finishes with curl error 42."""
+        if curl not in self._running or getattr(curl, "info", None) is None:
+            return  # already finished: the handle may serve another request by now
+        self._finish(curl, CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
+        self._process_queue()  # a request may be waiting for this handle
+
+    def _handle_events(self, fd: int, events: int) -> None:
+        """Tornado's, minus the look for finished transfers after events that finished none.
+
+        Tornado reads curl's message queue and restarts its request queue after every socket
+        event, ~20 times per stream (each chunk is one). curl reports how many transfers are
+        still running; only when that is below the handles in use has one finished.
+        """
+        action = 0
+        if events & IOLoop.READ:
+            action |= pycurl.CSELECT_IN
+        if events & IOLoop.WRITE:
+            action |= pycurl.CSELECT_OUT
+        while True:
+            try:
+                ret, running = self._multi.socket_action(fd, action)
+            except pycurl.error as e:
+                ret, running = e.args[0], -1
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                break
+        if running < len(self._curls) - len(self._free_list) or self._requests or self._waiting:
+            self._finish_pending_requests()
+
+    def _finish(self, curl: pycurl.Curl, *args: Any, **kwargs: Any) -> None:
+        transfer = curl.info
+        if type(transfer) is not Transfer:  # a Tornado fetch
+            return super()._finish(curl, *args, **kwargs)
+        self._finish_transfer(curl, transfer, *args, **kwargs)
+
+    def _finish_transfer(
+        self,
+        curl: pycurl.Curl,
+        transfer: Transfer,
+        curl_error: int | None = None,
+        curl_message: str | None = None,
+    ) -> None:
+        curl.info = None
+        del self._running[curl]
+        transfer.curl = None  # from here on the handle belongs to the pool
+        self._multi.remove_handle(curl)
+        if curl_error:
+            if transfer.size > BODY_LIMIT:
+                curl_message = f"upstream response larger than {BODY_LIMIT} bytes"
+            transfer.error = CurlError(curl_error, curl_message or "")
+            transfer.os_errno = curl.getinfo(pycurl.OS_ERRNO) or _socket_errno(curl_error)
+        else:
+            transfer.status = curl.getinfo(pycurl.RESPONSE_CODE)
+        curl.reset()
+        self._free_list.append(curl)
+        self._resolve(transfer)
+
+    @staticmethod
+    def _resolve(transfer: Transfer) -> None:
+        future, transfer.future = transfer.future, None
+        if future is not None and not future.done():
+            future.set_result(transfer)
+
+    def _sweep(self) -> None:
+        if not self._running:
+            return
+        now = time.monotonic()
+        for transfer in list(self._running.values()):
+            if transfer.stalled(now):
+                transfer.timed_out = True  # classify_transport words the error from this
+                transfer.abort = True
+
+
+def _socket_errno(curl_error: int) -> int:
+    """Why curl could not connect, when it recorded no OS error: its socket() failed, which
+    it reports as a refused connection (CURLE_COULDNT_CONNECT, errno 0). A socket of our own
+    tells whether this process is out of descriptors (EMFILE) right now."""
+    if curl_error != pycurl.E_COULDNT_CONNECT:
+        return 0
+    try:
+        socket.socket().close()
+    except OSError as e:
+        return e.errno or 0
+    return 0
