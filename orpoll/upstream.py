@@ -15,7 +15,7 @@ import pycurl
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
 from .config import Settings
-from .curlpool import BODY_LIMIT, LazyCurlClient, Transfer
+from .curlpool import CurlPool, Transfer
 
 
 def no_header_log(curl: pycurl.Curl) -> None:
@@ -31,20 +31,17 @@ def _header_line(name: str, value: str) -> bytes:
 
 
 class OpenRouterClient:
-    """Sends requests to OpenRouter with a given key over one shared CurlAsyncHTTPClient."""
+    """Sends requests to OpenRouter with a given key over one shared CurlPool."""
 
     def __init__(self, config: Settings) -> None:
-        self.http = LazyCurlClient(
-            force_instance=True,
-            max_clients=config.upstream_max_connections,
-            max_body_size=BODY_LIMIT,
-        )
+        self.pool = CurlPool(config.upstream_max_connections)
+        self.http = self.pool.first
         self.configure(config)
 
     def configure(self, config: Settings) -> None:
         """Apply (new) settings: attribution headers and timeouts."""
         self.config = config
-        self.http.connect_timeout = config.connect_timeout
+        self.pool.set_connect_timeout(config.connect_timeout)
         # No 100-continue wait, no added no-cache; then our attribution headers.
         lines = [b"Expect: ", b"Pragma: "]
         if config.http_referer:
@@ -54,7 +51,7 @@ class OpenRouterClient:
         self._lines = lines
 
     def close(self) -> None:
-        self.http.close()
+        self.pool.close()
 
     def send(
         self,
@@ -74,7 +71,7 @@ class OpenRouterClient:
             lines.append(_header_line("Content-Type", content_type or "application/json"))
         transfer.lines = lines
         transfer.stall = self.config.request_timeout
-        return self.http.send(transfer)
+        return self.pool.send(transfer)
 
     async def get_json(self, url: str, key: str | None = None) -> tuple[int, Any, float]:
         """GET ``url`` (bearer ``key`` if given): (status, parsed body or None, seconds)."""

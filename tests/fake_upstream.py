@@ -107,6 +107,7 @@ class FakeOpenRouter:
         self.finished_streams = 0
         self.active = 0
         self.peak = 0  # the most streams running at once
+        self.peers: set[Any] = set()  # client addresses of streams: one per upstream connection
         self.key_info: dict[str, tuple[int, dict[str, Any]]] = {}
         self.key_probes: Counter[str] = Counter()
         self.probe_active = 0
@@ -223,6 +224,7 @@ class ChatHandler(FakeHandler):
         st = self.state
         st.active += 1
         st.peak = max(st.peak, st.active)
+        st.peers.add(self.request.connection.context.address)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Generation-Id", "gen-fake")
         try:

@@ -1,0 +1,46 @@
+"""Many streams at once over the curl pool: its shards, their shared cap and queue, and
+connection reuse."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from orpoll.curlpool import SHARD_TRANSFERS
+from tests.test_streaming import assert_clean_sse, expected_stream, stream_raw, wait_for
+
+
+@pytest.fixture
+def cap_300(env):
+    env["UPSTREAM_MAX_CONNECTIONS"] = "300"
+
+
+async def test_streams_beyond_a_shard_run_on_another_within_the_cap(cap_300, app, fake, base_url):
+    """Past SHARD_TRANSFERS at once, transfers run on a second curl multi (libcurl's search for
+    a connection to reuse then walks one shard, not every connection); UPSTREAM_MAX_CONNECTIONS
+    still caps all shards together, the rest wait for whichever frees first, and every stream
+    arrives whole. A light load afterwards runs on the first shard and reuses its connections."""
+    assert SHARD_TRANSFERS == 256
+    fake.default = {"chunks": 2, "interval": 1.2}
+    pool = app.upstream.pool
+    job = asyncio.gather(*(stream_raw(base_url) for _ in range(320)))
+    await wait_for(lambda: fake.active == 300 and len(pool.waiting) == 20, 10)
+    assert [shard._limit for shard in pool.shards] == [256, 44]
+    assert [len(shard._running) for shard in pool.shards] == [256, 44]
+    raws = await job
+    assert fake.peak == 300  # the cap held, across both shards
+    for raw in raws:
+        assert raw.code == 200
+        assert_clean_sse(raw)
+        assert raw.body == expected_stream(2)
+    assert not pool.waiting and not any(shard._running for shard in pool.shards)
+    connections = len(fake.peers)
+    assert connections <= 300
+
+    fake.peak, fake.default = 0, {"chunks": 2, "interval": 0.2}
+    raws = await asyncio.gather(*(stream_raw(base_url) for _ in range(20)))
+    assert all(raw.code == 200 and raw.body == expected_stream(2) for raw in raws)
+    assert fake.peak == 20
+    assert len(pool.shards) == 2
+    assert len(fake.peers) == connections  # all 20 on connections the first wave opened
