@@ -1,4 +1,5 @@
-"""Client connections: the idle timeout (a sweep, not a timer per request)."""
+"""Client connections: the idle timeout (a sweep, not a timer per request), and handlers that
+start in the pass that read their request (app.start_eagerly)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.tcpclient import TCPClient
 
+from orpoll.app import start_eagerly
 from orpoll.server import Server
 
 PAID = "openai/gpt-4o"
@@ -74,3 +76,74 @@ async def test_keep_alive_is_closed_after_idling_and_a_long_stream_is_not(quick_
     assert head.startswith(b"HTTP/1.1 200")
     took = await asyncio.wait_for(closed_after(stream), 5)  # then idles out
     assert took < 1.5
+
+
+async def test_pipelined_requests_are_answered_in_order_when_one_ends_at_once(base_url, fake):
+    """A handler runs in the pass that read its request: a 400 for a bad body is written
+    before Tornado's connection loop has moved on. The next request, already in the buffer,
+    is still read and answered after it, on the same connection."""
+    fake.default = {"chunks": 2}
+    port = int(base_url.rsplit(":", 1)[1])
+    stream = await TCPClient().connect("127.0.0.1", port)
+    bad = b"{not json"
+    await stream.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(bad), bad) + request(True) + request(False)
+    )
+    first = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), 5)
+    assert first.startswith(b"HTTP/1.1 400")
+    length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert b"invalid_json" in await stream.read_bytes(length)
+    second = await asyncio.wait_for(stream.read_until(b"data: [DONE]\n\n\r\n0\r\n\r\n"), 5)
+    assert second.startswith(b"HTTP/1.1 200") and second.count(b"data: {") == 2
+    third = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), 5)
+    assert third.startswith(b"HTTP/1.1 200")
+    stream.close()
+
+
+async def test_start_eagerly_runs_the_first_step_now_and_the_rest_in_a_task():
+    steps = []
+    gate = asyncio.get_running_loop().create_future()
+
+    async def job():
+        steps.append("first")
+        value = await gate
+        steps.append("after")
+        return value * 2
+
+    task = start_eagerly(job())
+    assert steps == ["first"] and not task.done()
+    gate.set_result(21)
+    assert await task == 42 and steps == ["first", "after"]
+
+    async def at_once():
+        steps.append("whole")
+
+    assert start_eagerly(at_once()) is None and steps[-1] == "whole"
+
+
+async def test_start_eagerly_passes_errors_and_cancellation_through():
+    loop = asyncio.get_running_loop()
+    gate, cleaned = loop.create_future(), []
+
+    async def fails():
+        await gate
+        raise ValueError("later")
+
+    task = start_eagerly(fails())
+    gate.set_result(None)
+    with pytest.raises(ValueError, match="later"):
+        await task
+
+    async def waits_forever():
+        try:
+            await loop.create_future()
+        finally:
+            cleaned.append(True)
+
+    task = start_eagerly(waits_forever())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [True] and task.cancelled()
