@@ -2,7 +2,7 @@
 handles and the multi it runs on).
 
 Split from upstream.py for size (STYLE.md keeps modules under ~400 lines); the two are the
-only modules importing pycurl. upstream.OpenRouterClient is the one user.
+only modules importing pycurl. upstream.CurlPool runs transfers on several of these clients.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ CURLE_ABORTED_BY_CALLBACK = 42
 ERROR_BODY_LIMIT = 64 * 1024
 BODY_LIMIT = 256 * 1024 * 1024  # a buffered upstream answer
 USER_AGENT = "Mozilla/5.0 (compatible; pycurl)"  # what Tornado's fetch sends
-SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
 _NO_LINES: list[bytes] = []
 
 
@@ -363,55 +362,6 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             if transfer.stalled(now):
                 transfer.timed_out = True  # classify_transport words the error from this
                 transfer.abort = True
-
-
-class CurlPool:
-    """The curl multis upstream transfers run on: one more per SHARD_TRANSFERS at once.
-
-    Each time a transfer starts, libcurl walks every connection its multi holds to that host,
-    busy ones included, looking for one to reuse. With thousands of streams open on
-    HTTP/1.1 (one connection each) that walk was ~15% of the proxy's CPU (bench
-    slow_streams, 9,950 streams). Each multi has its own connection cache, so the walk stays
-    within a shard. A transfer goes to the first shard with a free slot, so a light load runs
-    on the first one alone and reuses its connections. The shards share one waiting queue:
-    when all ``limit`` slots are busy, whichever shard frees a handle first starts the oldest
-    waiting transfer.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.room = limit  # slots not yet given to a shard
-        self.waiting: collections.deque[Transfer] = collections.deque()
-        self.shards: list[LazyCurlClient] = []
-        self.connect_timeout = 20.0
-        self.first = self._add()  # also runs Tornado fetches (health checks, model list)
-
-    def _add(self) -> LazyCurlClient:
-        size = min(SHARD_TRANSFERS, self.room)
-        self.room -= size
-        shard = LazyCurlClient(
-            force_instance=True, max_clients=size, max_body_size=BODY_LIMIT, waiting=self.waiting
-        )
-        shard.connect_timeout = self.connect_timeout
-        self.shards.append(shard)
-        return shard
-
-    def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:
-        """As ``LazyCurlClient.send``, on the first shard with a free slot."""
-        for shard in self.shards:
-            if len(shard._running) < shard._limit:
-                return shard.send(transfer)
-        if self.room > 0:
-            return self._add().send(transfer)
-        return self.first.send(transfer)  # waits for a handle to free in any shard
-
-    def set_connect_timeout(self, seconds: float) -> None:
-        self.connect_timeout = seconds
-        for shard in self.shards:
-            shard.connect_timeout = seconds
-
-    def close(self) -> None:
-        for shard in self.shards:
-            shard.close()
 
 
 def _socket_errno(curl_error: int) -> int:

@@ -1,4 +1,5 @@
-"""OpenRouterClient: the one curl client and the requests we send upstream with a key.
+"""OpenRouterClient and its CurlPool: the requests we send upstream with a key, and the curl
+multis they run on.
 
 With curlpool.py, the only modules importing pycurl. ``classify`` turns a failed attempt
 (status, headers, body) into an Outcome following shared/openrouter-facts.md.
@@ -7,6 +8,7 @@ With curlpool.py, the only modules importing pycurl. ``classify`` turns a failed
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from typing import Any
@@ -15,7 +17,9 @@ import pycurl
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 
 from .config import Settings
-from .curlpool import CurlPool, Transfer
+from .curlpool import BODY_LIMIT, LazyCurlClient, Transfer
+
+SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
 
 
 def no_header_log(curl: pycurl.Curl) -> None:
@@ -28,6 +32,55 @@ def _header_line(name: str, value: str) -> bytes:
     """``Name: value`` for curl; CR and LF (a header injection) become spaces."""
     value = value.replace("\r", " ").replace("\n", " ")
     return f"{name}: {value}".encode("latin1", "replace")
+
+
+class CurlPool:
+    """The curl multis upstream transfers run on: one more per SHARD_TRANSFERS at once.
+
+    Each time a transfer starts, libcurl walks every connection its multi holds to that host,
+    busy ones included, looking for one to reuse. With thousands of streams open on
+    HTTP/1.1 (one connection each) that walk was ~15% of the proxy's CPU (bench
+    slow_streams, 9,950 streams). Each multi has its own connection cache, so the walk stays
+    within a shard. A transfer goes to the first shard with a free slot, so a light load runs
+    on the first one alone and reuses its connections. The shards share one waiting queue:
+    when all ``limit`` slots are busy, whichever shard frees a handle first starts the oldest
+    waiting transfer.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.room = limit  # slots not yet given to a shard
+        self.waiting: collections.deque[Transfer] = collections.deque()
+        self.shards: list[LazyCurlClient] = []
+        self.connect_timeout = 20.0
+        self.first = self._add()  # also runs Tornado fetches (health checks, model list)
+
+    def _add(self) -> LazyCurlClient:
+        size = min(SHARD_TRANSFERS, self.room)
+        self.room -= size
+        shard = LazyCurlClient(
+            force_instance=True, max_clients=size, max_body_size=BODY_LIMIT, waiting=self.waiting
+        )
+        shard.connect_timeout = self.connect_timeout
+        self.shards.append(shard)
+        return shard
+
+    def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:
+        """As ``LazyCurlClient.send``, on the first shard with a free slot."""
+        for shard in self.shards:
+            if len(shard._running) < shard._limit:
+                return shard.send(transfer)
+        if self.room > 0:
+            return self._add().send(transfer)
+        return self.first.send(transfer)  # waits for a handle to free in any shard
+
+    def set_connect_timeout(self, seconds: float) -> None:
+        self.connect_timeout = seconds
+        for shard in self.shards:
+            shard.connect_timeout = seconds
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
 
 
 class OpenRouterClient:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from orpoll.curlpool import SHARD_TRANSFERS
+from orpoll.upstream import SHARD_TRANSFERS
 from tests.test_streaming import assert_clean_sse, expected_stream, stream_raw, wait_for
 
 
