@@ -261,6 +261,9 @@ def _resume(coro: Coroutine[Any, Any, Any], waited: Any) -> Generator[Any, Any, 
     while True:
         try:
             yield waited
+        except GeneratorExit:  # the Task was dropped unfinished: end the coroutine too
+            coro.close()
+            raise
         except BaseException as exc:
             try:
                 waited = coro.throw(exc)

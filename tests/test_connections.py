@@ -12,7 +12,7 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.tcpclient import TCPClient
 
-from orpoll.app import start_eagerly
+from orpoll.app import _resume, start_eagerly
 from orpoll.server import Server
 
 PAID = "openai/gpt-4o"
@@ -147,3 +147,21 @@ async def test_start_eagerly_passes_errors_and_cancellation_through():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == [True] and task.cancelled()
+
+
+async def test_a_dropped_eager_task_closes_its_coroutine():
+    """Closing the rest (as the GC does with a Task dropped unfinished) ends the coroutine
+    that ran its first step eagerly: its ``finally`` runs."""
+    cleaned = []
+
+    async def waits():
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            cleaned.append(True)
+
+    coro = waits()
+    rest = _resume(coro, coro.send(None))
+    next(rest)
+    rest.close()
+    assert cleaned == [True]
