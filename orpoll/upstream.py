@@ -20,6 +20,7 @@ from .config import Settings
 from .curlpool import BODY_LIMIT, LazyCurlClient, Transfer
 
 SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
+CONTROL_FETCHES = 256  # health probes and model-list fetches at once (handles made as needed)
 
 
 def no_header_log(curl: pycurl.Curl) -> None:
@@ -52,7 +53,7 @@ class CurlPool:
         self.waiting: collections.deque[Transfer] = collections.deque()
         self.shards: list[LazyCurlClient] = []
         self.connect_timeout = 20.0
-        self.first = self._add()  # also runs Tornado fetches (health checks, model list)
+        self.first = self._add()
 
     def _add(self) -> LazyCurlClient:
         size = min(SHARD_TRANSFERS, self.room)
@@ -88,13 +89,19 @@ class OpenRouterClient:
 
     def __init__(self, config: Settings) -> None:
         self.pool = CurlPool(config.upstream_max_connections)
-        self.http = self.pool.first
+        # Health probes and the model list (Tornado fetches) run on a client of their own:
+        # in the pool they would wait, behind UPSTREAM_MAX_CONNECTIONS or a full first shard,
+        # for streams to end, which can take minutes.
+        self.http = LazyCurlClient(
+            force_instance=True, max_clients=CONTROL_FETCHES, max_body_size=BODY_LIMIT
+        )
         self.configure(config)
 
     def configure(self, config: Settings) -> None:
         """Apply (new) settings: attribution headers and timeouts."""
         self.config = config
         self.pool.set_connect_timeout(config.connect_timeout)
+        self.http.connect_timeout = config.connect_timeout
         # No 100-continue wait, no added no-cache; then our attribution headers.
         lines = [b"Expect: ", b"Pragma: "]
         if config.http_referer:
@@ -105,6 +112,7 @@ class OpenRouterClient:
 
     def close(self) -> None:
         self.pool.close()
+        self.http.close()
 
     def send(
         self,

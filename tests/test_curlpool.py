@@ -4,11 +4,17 @@ connection reuse."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from orpoll.upstream import SHARD_TRANSFERS
 from tests.test_streaming import assert_clean_sse, expected_stream, stream_raw, wait_for
+
+
+@pytest.fixture
+def cap_2(env):
+    env["UPSTREAM_MAX_CONNECTIONS"] = "2"
 
 
 @pytest.fixture
@@ -44,3 +50,17 @@ async def test_streams_beyond_a_shard_run_on_another_within_the_cap(cap_300, app
     assert fake.peak == 20
     assert len(pool.shards) == 2
     assert len(fake.peers) == connections  # all 20 on connections the first wave opened
+
+
+async def test_model_list_does_not_wait_behind_streams_at_the_cap(cap_2, app, fake, api, base_url):
+    """The model list and health probes run on a curl client of their own: with every relay
+    slot held by long streams (and more waiting), /v1/models is still fetched at once."""
+    fake.default = {"chunks": 2, "interval": 1.5}
+    pool = app.upstream.pool
+    job = asyncio.gather(*(stream_raw(base_url) for _ in range(3)))
+    await wait_for(lambda: fake.active == 2 and len(pool.waiting) == 1, 5)
+    start = time.monotonic()
+    resp = await api("/v1/models")
+    assert resp.code == 200 and fake.models_calls == 1
+    assert time.monotonic() - start < 1.0 and fake.active == 2  # the streams still run
+    assert all(raw.code == 200 for raw in await job)

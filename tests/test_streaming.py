@@ -557,7 +557,7 @@ async def test_churn_leaves_no_transfer_or_handle_behind(short_timeout, app, fak
     assert len(raws) == 40 and all(r.code == 200 for r in raws)
     for raw in raws:
         assert_clean_sse(raw)
-    http = app.upstream.http
+    http = app.upstream.pool.first
     await wait_for(lambda: app.inflight == 0 and not http._running, 5)
     assert len(http._free_list) == len(http._curls)
     await wait_for(lambda: fake.active == 0, 5)  # the silent ones notice after their sleep
@@ -574,7 +574,7 @@ async def test_streams_beyond_upstream_max_connections_wait_their_turn(
     """UPSTREAM_MAX_CONNECTIONS caps transfers running at once; the rest queue and complete in
     full, and a client that leaves while its transfer waits never reaches the upstream."""
     fake.default = {"chunks": 4, "interval": 0.05}
-    http = app.upstream.http
+    http = app.upstream.pool.first
     raws_job = asyncio.gather(*(stream_raw(base_url) for _ in range(12)))
     await wait_for(lambda: fake.active == 4 and len(http._waiting) == 8, 5)
     leaver = await open_raw_stream(base_url)
