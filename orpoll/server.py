@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import gc
 import logging
 import os
@@ -23,13 +22,13 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from . import __version__
 from .app import make_app
+from .classify import LOCAL_ERRNOS
 from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
 from .logs import setup_logging
 from .store import StoreError
 
 log = logging.getLogger("orpoll")
 SHUTDOWN_GRACE_SECONDS = 10.0
-_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 LISTEN_BACKLOG = 8192
 STARTUP_SWEEP_SECONDS = 5.0  # first health sweep, soon after start-up
 
@@ -218,7 +217,7 @@ class Server(tornado.httpserver.HTTPServer):
                 except ConnectionAbortedError:
                     continue
                 except OSError as e:
-                    if e.errno not in _OUT_OF_RESOURCES:
+                    if e.errno not in LOCAL_ERRNOS:
                         raise
                     pause(e)
                     return
