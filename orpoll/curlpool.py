@@ -203,9 +203,10 @@ class LazyCurlClient(CurlAsyncHTTPClient):
     ``Transfer`` requests on them, and can end a transfer on demand.
 
     Tornado (6.6) builds all ``max_clients`` handles up front: about 4 KB each, 40 MB for the
-    10,000 we allow. Growing ``_curls``/``_free_list`` on demand keeps an idle proxy small.
-    ``send`` runs a Transfer on the same handles and multi as Tornado's ``fetch`` (which the
-    health checks and the model list still use); waiting transfers go first when a handle frees.
+    10,000 transfers we allow. Growing ``_curls``/``_free_list`` on demand keeps an idle proxy
+    small. ``send`` runs a Transfer (the relay's shards, upstream.CurlPool); Tornado's
+    ``fetch`` still works (the health checks' and the model list's own client), and waiting
+    transfers go first when a handle frees.
     Tornado has no cancel for a fetch: ``abort`` finishes one the way curl would have, with an
     error, and a sweep every ``SWEEP_SECONDS`` (at most) ends transfers that stalled. All of it
     relies on ``_curls``, ``_free_list``, ``_requests``, ``_multi``, ``_finish`` and

@@ -100,8 +100,7 @@ class OpenRouterClient:
     def configure(self, config: Settings) -> None:
         """Apply (new) settings: attribution headers and timeouts."""
         self.config = config
-        self.pool.set_connect_timeout(config.connect_timeout)
-        self.http.connect_timeout = config.connect_timeout
+        self.pool.set_connect_timeout(config.connect_timeout)  # get_json sets its own
         # No 100-continue wait, no added no-cache; then our attribution headers.
         lines = [b"Expect: ", b"Pragma: "]
         if config.http_referer:
