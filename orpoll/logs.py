@@ -84,8 +84,7 @@ class LoopLogHandler(logging.Handler):
             note = f"{self.dropped} log lines dropped: the log reader was too slow\n"
             self.pending.append(note.encode())
             self.dropped = 0
-        data = b"".join(self.pending)
-        self.pending.clear()
+        data = self._take()
         try:
             sent = os.write(self.fd, data) if data else 0
         except BlockingIOError:
@@ -106,17 +105,19 @@ class LoopLogHandler(logging.Handler):
     def _write_now(self, line: bytes) -> None:
         """Off the loop: a blocking write (the loop's queue first, in order, if it is ours)."""
         if threading.current_thread() is threading.main_thread() and self.pending:
-            line = b"".join(self.pending) + line
-            self.pending.clear()
-            self.size = 0
+            line = self._take() + line
         _write_all(self.fd, line, self.nonblocking)
+
+    def _take(self) -> bytes:
+        """Everything queued, as one bytes; the queue is left empty."""
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.size = 0
+        return data
 
     def flush(self) -> None:
         if self.pending and (self.loop is None or not self.loop.is_running()):
-            data = b"".join(self.pending)
-            self.pending.clear()
-            self.size = 0
-            _write_all(self.fd, data, self.nonblocking)
+            _write_all(self.fd, self._take(), self.nonblocking)
 
     def close(self) -> None:
         self.flush()
