@@ -160,6 +160,15 @@ def sdk(base_url, io_loop):
     io_loop.run_sync(client.close)
 
 
+def raw_chat_request(body: bytes | str) -> bytes:
+    """POST /v1/chat/completions carrying ``body``, as the bytes an HTTP/1.1 client sends."""
+    data = body.encode() if isinstance(body, str) else body
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
+
+
 def assert_openai_error(resp, status: int, etype: str | None = None) -> dict:
     """The response is an OpenAI-shaped error with this status (and type); returns ``error``."""
     assert resp.code == status, (resp.code, resp.body)

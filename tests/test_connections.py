@@ -14,6 +14,7 @@ from tornado.tcpclient import TCPClient
 
 from orpoll.app import _resume, start_eagerly
 from orpoll.server import Server
+from tests.conftest import raw_chat_request
 
 PAID = "openai/gpt-4o"
 MSG = [{"role": "user", "content": "hi"}]
@@ -31,11 +32,7 @@ def quick_idle(io_loop, app):
 
 
 def request(stream: bool) -> bytes:
-    body = json.dumps({"model": PAID, "messages": MSG, "stream": stream}).encode()
-    return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
+    return raw_chat_request(json.dumps({"model": PAID, "messages": MSG, "stream": stream}))
 
 
 async def closed_after(stream) -> float:
@@ -85,11 +82,7 @@ async def test_pipelined_requests_are_answered_in_order_when_one_ends_at_once(ba
     fake.default = {"chunks": 2}
     port = int(base_url.rsplit(":", 1)[1])
     stream = await TCPClient().connect("127.0.0.1", port)
-    bad = b"{not json"
-    await stream.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(bad), bad) + request(True) + request(False)
-    )
+    await stream.write(raw_chat_request(b"{not json") + request(True) + request(False))
     first = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), 5)
     assert first.startswith(b"HTTP/1.1 400")
     length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])

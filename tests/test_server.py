@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 from tests.admin_helpers import PASSWORD, SyncAdmin, child_env
+from tests.conftest import raw_chat_request
 from tests.fake_upstream import content_of
 
 
@@ -144,10 +145,7 @@ def test_out_of_file_descriptors_pauses_accepting_and_spares_the_keys(upstream, 
         )
     port = int(url.rsplit(":", 1)[1])
     body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
-    request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n{body}"
-    ).encode()
+    request = raw_chat_request(body)
     idle: list[socket.socket] = []
     try:
         wait_healthy(url, proc)

@@ -13,7 +13,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.tcpclient import TCPClient
 
-from tests.conftest import KEYS, assert_openai_error
+from tests.conftest import KEYS, assert_openai_error, raw_chat_request
 from tests.fake_upstream import chunk, content_of
 
 A, B, C = KEYS
@@ -305,12 +305,8 @@ async def open_raw_stream(base_url: str, **extra):
     """A raw TCP client that sends a streaming request; returns the stream."""
     host, port = base_url.removeprefix("http://").split(":")
     stream = await TCPClient().connect(host, int(port))
-    body = json.dumps({"model": PAID, "messages": MSG, "stream": True, **extra}).encode()
-    head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    await stream.write(head + body)
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": True, **extra})
+    await stream.write(raw_chat_request(body))
     return stream
 
 
@@ -604,11 +600,8 @@ async def test_client_connections_have_no_nagle_delay(fake, base_url):
     stream = await open_raw_stream(base_url)
     await stream.read_until(b"\r\n0\r\n\r\n")  # the first stream, whole
     fake.default = {"chunks": 20, "interval": 0.05}
-    body = json.dumps({"model": PAID, "messages": MSG, "stream": True}).encode()
-    await stream.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    )
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": True})
+    await stream.write(raw_chat_request(body))
     await stream.read_until(b"data: {")
     handlers = [o for o in gc.get_objects() if isinstance(o, ChatHandler) and not o._finished]
     assert len(handlers) == 1
