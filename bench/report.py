@@ -157,6 +157,13 @@ def _slow_rows(sl: dict) -> list[list[str]]:
             "",
             _f(_get(sl, "bare.kb_per_stream"), ".1f", " KB"),
         ),
+        _row(
+            f"{c} slow streams: {_f(_get(sl, 'after.after_s'), '.0f')} s after the burst: "
+            f"RSS (idle before: {_f(_get(sl, 'after.idle_rss_mb'), '.0f', ' MB')}) / open fds",
+            "",
+            f"{_f(_get(sl, 'after.after_rss_mb'), '.0f', ' MB')} / "
+            f"{_f(_get(sl, 'after.after_fds'), '.0f')}",
+        ),
     ]
 
 

@@ -207,9 +207,10 @@ def _fresh_proxy(ctx: Ctx, rep: int) -> tuple[procs.Child, int]:
     return proxy, port
 
 
-def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, start) -> dict:
+def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, start, after_s: float = 0) -> dict:
     """A fresh relay (``start()`` -> ready (child, port)) per repetition, so memory kept by
-    earlier scenarios does not blur the peak."""
+    earlier scenarios does not blur the peak. ``after_s``: also RSS and open descriptors that
+    long after the burst (what an idle proxy keeps of it)."""
     proxy, port = start()
     try:
         loadgen.streamload(ctx.proxy_url(port), c=50, n=100, chunks=3, interval_ms=10)
@@ -228,6 +229,13 @@ def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, start) -> dict:
         # Per stream *held at once*: when the proxy falls behind, fewer than c are open at the
         # peak, and dividing by c would flatter it.
         held = max(1, min(c, int((fake or {}).get("max_active") or c)))
+        if after_s:
+            time.sleep(after_s)
+            res.update(
+                after_s=after_s,
+                after_rss_mb=procs.status_kb(proxy.pid, "VmRSS") / 1024,
+                after_fds=procs.open_fds(proxy.pid),
+            )
         res.update(
             listen_backlog=procs.listen_backlog(port),
             idle_rss_mb=idle_kb / 1024,
@@ -242,6 +250,9 @@ def _slow_proxy_once(ctx: Ctx, c: int, ramp_ms: int, start) -> dict:
         return res
     finally:
         proxy.stop()
+
+
+AFTER_KEYS = ("after_s", "after_rss_mb", "after_fds", "idle_rss_mb")
 
 
 def slow_streams(ctx: Ctx) -> dict:
@@ -261,7 +272,9 @@ def slow_streams(ctx: Ctx) -> dict:
         d = measured(ctx, None, _slow_run(ctx.direct_url, c, ramp_ms), "chat_stream")
         d["fake"] = procs.fake_stats(ctx.fake_port)
         direct.append(d)
-        proxy.append(_slow_proxy_once(ctx, c, ramp_ms, lambda r=rep: _fresh_proxy(ctx, r)))
+        # Once: what the proxy keeps after the burst, past upstream.SHARD_IDLE_SECONDS (30 s).
+        after = 35.0 if rep == 0 else 0
+        proxy.append(_slow_proxy_once(ctx, c, ramp_ms, lambda r=rep: _fresh_proxy(ctx, r), after))
     # The floor once: the bare relay with Tornado's curl defaults, for RSS per stream.
     bare = _slow_proxy_once(ctx, c, ramp_ms, lambda: procs.start_bare_relay(ctx.fake_port, 12_000))
     return {
@@ -271,6 +284,7 @@ def slow_streams(ctx: Ctx) -> dict:
         "bare": {k: bare.get(k) for k in ("kb_per_stream", "incomplete", "late_over_1s")},
         "proxy": medians(proxy),
         "proxy_last": {k: proxy[-1][k] for k in ("fake", "log", "proxy_alive", "errors")},
+        "after": {k: proxy[0].get(k) for k in AFTER_KEYS},
         "direct_fake_last": direct[-1]["fake"],
         "runs": {"direct": direct, "proxy": proxy},
     }

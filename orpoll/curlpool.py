@@ -228,6 +228,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         self._waiting = collections.deque() if waiting is None else waiting
         self._sweeper: PeriodicCallback | None = None
         self.connect_timeout = 20.0
+        self.idle_since = time.monotonic()  # when its last running transfer finished
 
     def _grow(self) -> None:
         if not self._free_list and len(self._curls) < self._limit:
@@ -250,8 +251,12 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         return future
 
     def close(self) -> None:
+        """Stop, and close every handle and connection (idle upstream ones included)."""
         if self._sweeper is not None:
             self._sweeper.stop()
+        for fd in list(self._fds):  # Tornado's close leaves these registered with the loop
+            self.io_loop.remove_handler(fd)
+        self._fds.clear()
         super().close()
 
     def _process_queue(self) -> None:
@@ -347,6 +352,8 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             transfer.status = curl.getinfo(pycurl.RESPONSE_CODE)
         curl.reset()
         self._free_list.append(curl)
+        if not self._running:
+            self.idle_since = time.monotonic()
         self._resolve(transfer)
 
     @staticmethod

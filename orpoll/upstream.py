@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import json
+import logging
 import time
 from typing import Any
 
 import pycurl
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.ioloop import PeriodicCallback
 
 from .config import Settings
 from .curlpool import BODY_LIMIT, LazyCurlClient, Transfer
 
 SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
+SHARD_IDLE_SECONDS = 30.0  # a shard past the first with nothing running this long is closed
+log = logging.getLogger("orpoll.upstream")
 CONTROL_FETCHES = 256  # health probes and model-list fetches at once (handles made as needed)
 
 
@@ -46,6 +51,10 @@ class CurlPool:
     on the first one alone and reuses its connections. The shards share one waiting queue:
     when all ``limit`` slots are busy, whichever shard frees a handle first starts the oldest
     waiting transfer.
+
+    After a burst, the shards past the first keep their handles and one idle upstream
+    connection per transfer they ran (descriptors, and curl's memory for each). ``trim`` closes
+    a shard that ran nothing for ``idle_seconds`` and hands the freed heap back to the system.
     """
 
     def __init__(self, limit: int) -> None:
@@ -53,6 +62,8 @@ class CurlPool:
         self.waiting: collections.deque[Transfer] = collections.deque()
         self.shards: list[LazyCurlClient] = []
         self.connect_timeout = 20.0
+        self.idle_seconds = SHARD_IDLE_SECONDS
+        self._trimmer: PeriodicCallback | None = None
         self.first = self._add()
 
     def _add(self) -> LazyCurlClient:
@@ -63,7 +74,31 @@ class CurlPool:
         )
         shard.connect_timeout = self.connect_timeout
         self.shards.append(shard)
+        if len(self.shards) == 2 and self._trimmer is None:
+            every = 1000 * min(10.0, max(0.05, self.idle_seconds / 4))
+            self._trimmer = PeriodicCallback(self.trim, every)
+            self._trimmer.start()
         return shard
+
+    def trim(self) -> int:
+        """Close the shards past the first that ran nothing for ``idle_seconds``; how many."""
+        now = time.monotonic()
+        idle = [
+            shard
+            for shard in self.shards[1:]
+            if not shard._running and now - shard.idle_since >= self.idle_seconds
+        ]
+        for shard in idle:
+            self.shards.remove(shard)
+            self.room += shard._limit
+            shard.close()
+        if len(self.shards) == 1 and self._trimmer is not None:
+            self._trimmer.stop()
+            self._trimmer = None
+        if idle:
+            release_heap()
+            log.info("closed %d idle upstream pools after a burst", len(idle))
+        return len(idle)
 
     def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:
         """As ``LazyCurlClient.send``, on the first shard with a free slot."""
@@ -80,8 +115,21 @@ class CurlPool:
             shard.connect_timeout = seconds
 
     def close(self) -> None:
+        if self._trimmer is not None:
+            self._trimmer.stop()
         for shard in self.shards:
             shard.close()
+
+
+def release_heap() -> None:
+    """Hand memory that is free but kept by the C heap back to the system (glibc's
+    malloc_trim; elsewhere nothing). After a burst of thousands of streams, glibc kept ~110 MB
+    of freed memory (bench: 242 -> 128 MB RSS, one 9 ms call)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 class OpenRouterClient:

@@ -4,6 +4,7 @@ connection reuse."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -64,3 +65,40 @@ async def test_model_list_does_not_wait_behind_streams_at_the_cap(cap_2, app, fa
     assert resp.code == 200 and fake.models_calls == 1
     assert time.monotonic() - start < 1.0 and fake.active == 2  # the streams still run
     assert all(raw.code == 200 for raw in await job)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_an_idle_extra_shard_is_closed_with_its_connections(cap_300, app, fake, base_url):
+    """After a burst past one shard, a shard past the first that ran nothing for idle_seconds
+    is closed: its handles and idle upstream connections (descriptors) go. The first shard
+    keeps its connections for the next request, and the next burst opens a shard again."""
+    pool = app.upstream.pool
+    pool.idle_seconds = 0.5  # before the burst: the trim timer's period follows it
+    fake.default = {"chunks": 2, "interval": 1.0}
+    job = asyncio.gather(*(stream_raw(base_url) for _ in range(300)))
+    await wait_for(lambda: fake.active == 300, 10)
+    assert [shard._limit for shard in pool.shards] == [256, 44]
+    extra = pool.shards[1]
+    raws = await job
+    assert all(raw.code == 200 and raw.body == expected_stream(2) for raw in raws)
+    assert len(extra._curls) == 44
+    before = open_fds()
+    await wait_for(lambda: len(pool.shards) == 1, 5)
+    assert open_fds() <= before - 44  # its idle connections, closed on our side at once
+    assert pool.room == 44 and extra._fds == {}
+
+    peers = len(fake.peers)
+    raw = await stream_raw(base_url)
+    assert raw.code == 200 and raw.body == expected_stream(2)
+    assert len(fake.peers) == peers  # on a connection the first shard kept
+
+    job = asyncio.gather(*(stream_raw(base_url) for _ in range(300)))
+    await wait_for(lambda: fake.active == 300, 10)
+    assert [shard._limit for shard in pool.shards] == [256, 44]
+    raws = await job
+    assert all(raw.code == 200 and raw.body == expected_stream(2) for raw in raws)
+    await wait_for(lambda: len(pool.shards) == 1, 5)
+    assert pool._trimmer is None  # stopped with one shard left; the next burst restarts it
