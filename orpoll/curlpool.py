@@ -211,8 +211,8 @@ class LazyCurlClient(CurlAsyncHTTPClient):
     transfers go first when a handle frees.
     Tornado has no cancel for a fetch: ``abort`` finishes one the way curl would have, with an
     error, and a sweep every ``SWEEP_SECONDS`` (at most) ends transfers that stalled. All of it
-    relies on ``_curls``, ``_free_list``, ``_requests``, ``_multi``, ``_finish`` and
-    ``curl.info``, stable across Tornado 6.x (pinned < 7).
+    relies on ``_curls``, ``_free_list``, ``_requests``, ``_multi``, ``_fds``, ``_finish``,
+    ``curl.info`` and the IOLoop's ``asyncio_loop``, stable across Tornado 6.x (pinned < 7).
     """
 
     SWEEP_SECONDS = 1.0
