@@ -17,13 +17,14 @@ from typing import Any
 
 import tornado.httpserver
 from tornado import httputil, iostream
-from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from . import __version__
 from .app import make_app
 from .classify import LOCAL_ERRNOS
 from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
+from .headers import HTTP1Connection
 from .logs import setup_logging
 from .store import StoreError
 
