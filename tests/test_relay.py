@@ -6,6 +6,7 @@ says which key fails and which serves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import socket
@@ -215,6 +216,32 @@ async def test_connection_refused_is_transient(app, fake, api, in_order, upstrea
     assert e["code"] == "upstream_unreachable"
     assert resp.headers["X-Orpoll-Attempts"] == "3"  # every key once, then out of keys
     assert all(k.failures == 1 for k in app.scheduler)
+
+
+async def test_a_connect_that_hangs_ends_at_the_connect_timeout(app, fake, api, in_order):
+    """An upstream whose accept queue is full drops our SYNs: curl's own timer (its
+    TIMERFUNCTION on our loop) ends each connect at CONNECT_TIMEOUT_SECONDS, every key is
+    tried once, and the client gets a 502 in about three timeouts, not a hang."""
+    with socket.socket() as listener, contextlib.ExitStack() as held:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepted: one queued connection fills it
+        for _ in range(3):
+            filler = held.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+        port = listener.getsockname()[1]
+        set_config(
+            app,
+            connect_timeout=0.3,
+            openrouter_api_url=f"http://127.0.0.1:{port}/api/v1/chat/completions",
+        )
+        start = time.monotonic()
+        resp = await api(CHAT, chat_body())
+        took = time.monotonic() - start
+    e = assert_openai_error(resp, 502)
+    assert e["code"] == "upstream_unreachable" and "timed out" in e["message"].lower()
+    assert resp.headers["X-Orpoll-Attempts"] == "3"
+    assert 0.85 <= took < 3.0, took
 
 
 @pytest.mark.parametrize(
