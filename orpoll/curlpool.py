@@ -19,7 +19,7 @@ from typing import Any
 import pycurl
 from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPRequest
-from tornado.ioloop import PeriodicCallback
+from tornado.ioloop import IOLoop, PeriodicCallback
 
 log = logging.getLogger("orpoll.upstream")
 _HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
@@ -224,6 +224,8 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         **kwargs: Any,
     ) -> None:
         """``waiting``: a queue shared with other clients (CurlPool), else one of its own."""
+        # First: curl calls _set_timeout from within Tornado's initialize.
+        self._aloop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
         self._limit = max_clients
         self._running: dict[pycurl.Curl, Transfer] = {}
@@ -231,7 +233,6 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         self._sweeper: PeriodicCallback | None = None
         self.connect_timeout = 20.0
         self.idle_since = time.monotonic()  # when its last running transfer finished
-        self._aloop = self.io_loop.asyncio_loop  # type: ignore[attr-defined]
 
     def _grow(self) -> None:
         if not self._free_list and len(self._curls) < self._limit:
@@ -324,6 +325,23 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             loop.add_writer(fd, self._handle_events, fd, pycurl.CSELECT_OUT)
         if new:
             self._fds[fd] = new
+
+    def _set_timeout(self, msecs: int) -> None:
+        """curl TIMERFUNCTION on the asyncio loop, not IOLoop.add_timeout (an ABC isinstance
+        check, a partial and a wrapper call each time); as Tornado's, -1 runs it at once."""
+        if self._timeout is not None:
+            self._timeout.cancel()
+        self._timeout = self._aloop.call_later(max(msecs, 0) / 1000.0, self._handle_timeout)
+
+    def _handle_timeout(self) -> None:
+        """Tornado's: curl runs its due timers, then the timer is re-armed from curl's view of
+        the next one, unless curl armed it itself meanwhile."""
+        self._timeout = None
+        self._handle_events(pycurl.SOCKET_TIMEOUT, 0)
+        if self._timeout is None:
+            after = self._multi.timeout()
+            if after >= 0:
+                self._set_timeout(after)
 
     def _handle_events(self, fd: int, action: int) -> None:
         """Tornado's, minus the look for finished transfers after events that finished none.
