@@ -96,6 +96,13 @@ class Settings:
     connect_timeout: float = _opt(
         10.0, "CONNECT_TIMEOUT_SECONDS", "longest wait to connect to the upstream", editable=True
     )
+    upstream_ca_bundle: str = _opt(
+        "",
+        "UPSTREAM_CA_BUNDLE",
+        "PEM file of the CA certificates trusted for the upstream's TLS (a company's "
+        "TLS-inspecting proxy); empty = the system's",
+        file=True,
+    )
     key_cooldown: float = _opt(
         600.0, "KEY_FAILURE_COOLDOWN_SECONDS", "base cooldown of a failing key", editable=True
     )
@@ -252,6 +259,8 @@ def parse_value(f: dataclasses.Field, raw: Any) -> Any:
     except (TypeError, ValueError):
         expected = "an integer" if kind is int else "a number"
         raise ConfigError(f"{env}={raw!r}: expected {expected}") from None
+    if kind is str and meta.get("file") and value and not os.path.isfile(value):
+        raise ConfigError(f"{env}={raw!r}: no such file")
     if kind is str and "choices" in meta:
         value = value.lower()
         if value not in meta["choices"]:

@@ -70,6 +70,7 @@ class Transfer:
         "method",
         "lines",
         "payload",
+        "ca_bundle",
     )
 
     def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
@@ -93,6 +94,7 @@ class Transfer:
         self.method = "GET"
         self.lines = _NO_LINES
         self.payload: bytes | None = None
+        self.ca_bundle = ""  # a PEM file to trust instead of the system's CAs
 
     @property
     def abort(self) -> bool:
@@ -196,6 +198,8 @@ class Transfer:
             curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps the bytes alive; no copy
         if self.method not in ("GET", "POST"):
             curl.setopt(pycurl.CUSTOMREQUEST, self.method)
+        if self.ca_bundle:
+            curl.setopt(pycurl.CAINFO, self.ca_bundle)
         if threading.active_count() > 1:
             curl.setopt(pycurl.NOSIGNAL, 1)
 

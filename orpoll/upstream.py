@@ -179,6 +179,7 @@ class OpenRouterClient:
             lines.append(_header_line("Content-Type", content_type or "application/json"))
         transfer.lines = lines
         transfer.stall = self.config.request_timeout
+        transfer.ca_bundle = self.config.upstream_ca_bundle
         return self.pool.send(transfer)
 
     async def get_json(self, url: str, key: str | None = None) -> tuple[int, Any, float]:
@@ -191,6 +192,7 @@ class OpenRouterClient:
             connect_timeout=self.config.connect_timeout,
             request_timeout=min(self.config.request_timeout or 30.0, 30.0),
             prepare_curl_callback=no_header_log,
+            ca_certs=self.config.upstream_ca_bundle or None,
         )
         try:
             resp = _unlinked(await self.http.fetch(req, raise_error=False))

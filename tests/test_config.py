@@ -162,6 +162,7 @@ def test_every_original_log_level_is_accepted(level):
         ("LOG_LEVEL", "verbose"),
         ("LOG_FORMAT", "xml"),
         ("KEY_MAX_CONSECUTIVE_FAILURES", "0"),
+        ("UPSTREAM_CA_BUNDLE", "/nonexistent/ca.pem"),
     ],
 )
 def test_malformed_values_name_the_variable(env, value):
