@@ -188,6 +188,10 @@ class Transfer:
         curl.setopt(pycurl.USERAGENT, USER_AGENT)
         curl.setopt(pycurl.ENCODING, "gzip,deflate")
         curl.setopt(pycurl.TCP_NODELAY, 1)
+        if self.url.startswith("https:"):
+            # HTTP/2 (OpenRouter over TLS): a transfer that starts while the first connection
+            # is in its handshake waits to share it, not opens a TLS connection of its own.
+            curl.setopt(pycurl.PIPEWAIT, 1)
         # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are sent
         # from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB per stream).
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)

@@ -1,0 +1,155 @@
+"""The relay over HTTP/2 with TLS, as OpenRouter serves it: many streams on one connection.
+
+The fake upstream here is a small ASGI app served by hypercorn (HTTP/2 over TLS, which
+Tornado's server does not speak); it streams SSE chunks and records, per request, the HTTP
+version, the client connection it came on and whether the client left early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from tornado.httpclient import AsyncHTTPClient
+from tornado.tcpclient import TCPClient
+
+from tests.conftest import raw_chat_request
+from tests.test_streaming import assert_clean_sse, stream_raw
+from tests.test_tls import cert_files  # noqa: F401  (a fixture this module uses)
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def sse_chunk(i: int) -> bytes:
+    obj = {
+        "id": "gen-h2",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "openai/gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+class H2Upstream:
+    """The fake's state and its ASGI app: ``chunks`` SSE chunks, ``interval`` s apart."""
+
+    def __init__(self) -> None:
+        self.chunks, self.interval = 3, 0.05
+        self.seen: list[tuple[str, int]] = []  # (HTTP version, client port) per request
+        self.left_early = 0  # streams whose client went away before the last chunk
+
+    async def app(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.seen.append((scope["http_version"], scope["client"][1]))
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        gone = asyncio.ensure_future(self._disconnect(receive))
+        try:
+            for i in range(self.chunks):
+                await send({"type": "http.response.body", "body": sse_chunk(i), "more_body": True})
+                await asyncio.wait([gone], timeout=self.interval)
+                if gone.done():
+                    self.left_early += 1
+                    return
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+        finally:
+            gone.cancel()
+
+    @staticmethod
+    async def _disconnect(receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+@pytest.fixture
+def h2(io_loop, cert_files):  # noqa: F811
+    """The HTTP/2 fake, served on the test's loop; yields (state, base URL)."""
+    state = H2Upstream()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.certfile, config.keyfile = cert_files
+    config.alpn_protocols = ["h2"]
+    config.graceful_timeout = 0.5
+    stop = asyncio.Event()
+    server = io_loop.asyncio_loop.create_task(serve(state.app, config, shutdown_trigger=stop.wait))
+
+    async def listening() -> None:
+        for _ in range(200):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return
+        raise AssertionError("hypercorn did not start")
+
+    io_loop.run_sync(listening)
+    yield state, f"https://127.0.0.1:{port}/api/v1"
+    stop.set()
+    io_loop.run_sync(lambda: asyncio.wait([server], timeout=5))
+
+
+@pytest.fixture
+def upstream_url(h2):
+    return h2[1]
+
+
+@pytest.fixture
+def trusted(env, cert_files):  # noqa: F811
+    env["UPSTREAM_CA_BUNDLE"] = cert_files[0]
+
+
+async def test_a_stream_goes_over_http2(trusted, app, h2, sdk):
+    state, _ = h2
+    stream = await sdk.chat.completions.create(model="openai/gpt-4o", messages=MSG, stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "t0 t1 t2 "
+    assert [version for version, _ in state.seen] == ["2"]
+
+
+async def test_a_cold_burst_shares_one_connection(trusted, app, h2, base_url):
+    """20 streams at once, before any upstream connection exists, are multiplexed on one
+    HTTP/2 connection (curl's PIPEWAIT: wait for the first connection's handshake instead of
+    opening one TLS connection per stream), and each arrives whole."""
+    state, _ = h2
+    client = AsyncHTTPClient(force_instance=True, max_clients=20)
+    raws = await asyncio.gather(*(stream_raw(base_url, client) for _ in range(20)))
+    for raw in raws:
+        assert raw.code == 200
+        assert_clean_sse(raw)
+        assert raw.body.count(b'"content"') == 3
+    assert len(state.seen) == 20
+    assert len({port for _, port in state.seen}) == 1
+
+
+async def test_a_client_that_leaves_ends_only_its_own_stream(trusted, app, h2, base_url):
+    """Two streams on one HTTP/2 connection; the first client leaves mid-stream: its upstream
+    stream is reset, and the other goes on to the end on the same connection."""
+    state, _ = h2
+    state.chunks, state.interval = 20, 0.05
+    body = json.dumps({"model": "openai/gpt-4o", "messages": MSG, "stream": True})
+    leaving = await TCPClient().connect("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
+    await leaving.write(raw_chat_request(body))
+    staying = asyncio.ensure_future(stream_raw(base_url))
+    await leaving.read_until(b'"content"')  # its stream has begun
+    leaving.close()
+    raw = await staying
+    assert raw.code == 200
+    assert raw.body.count(b'"content"') == 20
+    assert state.left_early == 1
+    assert len(state.seen) == 2 and len({port for _, port in state.seen}) == 1
