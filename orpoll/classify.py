@@ -20,7 +20,7 @@ from tornado.curl_httpclient import CurlError
 from .keys import Outcome, Verdict
 
 if TYPE_CHECKING:
-    from .curlpool import Transfer
+    from .transfer import Transfer
 
 FREE_PER_MIN_COOLDOWN = 60.0
 

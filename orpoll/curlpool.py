@@ -1,8 +1,8 @@
-"""The curl side of upstream requests: ``Transfer`` (one attempt) and ``LazyCurlClient`` (the
-handles and the multi it runs on).
+"""``LazyCurlClient``: the curl handles and the multi that upstream transfers run on.
 
-Split from upstream.py for size (STYLE.md keeps modules under ~400 lines); the two are the
-only modules importing pycurl. upstream.CurlPool runs transfers on several of these clients.
+Split from upstream.py for size (STYLE.md keeps modules under ~400 lines), as ``Transfer`` is
+(transfer.py); the three are the only modules importing pycurl. upstream.CurlPool runs
+transfers on several of these clients.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import collections
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,191 +20,14 @@ from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPRequest
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from .transfer import BODY_LIMIT, Transfer
+
 log = logging.getLogger("orpoll.upstream")
-_HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 # The error a transfer ends with when we end it ourselves (LazyCurlClient.abort).
 CURLE_ABORTED_BY_CALLBACK = 42
-ERROR_BODY_LIMIT = 64 * 1024
-BODY_LIMIT = 256 * 1024 * 1024  # a buffered upstream answer
-USER_AGENT = "Mozilla/5.0 (compatible; pycurl)"  # what Tornado's fetch sends
-_NO_LINES: list[bytes] = []
 # curl's POLL_* as bits: 1 read, 2 write (POLL_NONE and POLL_REMOVE: none).
 _CURL_EVENTS = {pycurl.POLL_IN: 1, pycurl.POLL_OUT: 2, pycurl.POLL_INOUT: 3}
-
-
-class Transfer:
-    """One upstream attempt, from request to result: what curl needs to send it, what came back,
-    an abort switch and a stall timer.
-
-    It is its own request object: ``LazyCurlClient.send`` runs it on a curl handle without
-    Tornado's HTTPRequest, header dicts and HTTPResponse (about 4 KB and 40 us per request that
-    nothing here reads). The result is on the transfer itself: ``status``, ``header()``,
-    ``body()`` (buffered mode), or ``error`` when it failed below HTTP.
-
-    ``stall`` (seconds, 0 = off) ends a transfer that moves no body byte for that long, before
-    the first byte or between chunks; ``timed_out`` tells that this is why it ended. Both the
-    abort and the stall check work without a per-transfer curl progress callback (that was
-    two Python calls per chunk, ~6% of a stream's CPU): see LazyCurlClient.
-    """
-
-    __slots__ = (
-        "status",
-        "headers",
-        "_abort",
-        "curl",
-        "client",
-        "on_chunk",
-        "stall",
-        "timed_out",
-        "_in_write",
-        "_moved",
-        "_quiet_since",
-        "error",
-        "os_errno",
-        "chunks",
-        "size",
-        "future",
-        "url",
-        "method",
-        "lines",
-        "payload",
-        "ca_bundle",
-    )
-
-    def __init__(self, on_chunk: Callable[[bytes], None] | None = None) -> None:
-        self.status = 0
-        self.headers: list[bytes] = []
-        self._abort = False
-        self.curl: pycurl.Curl | None = None  # the handle, while the transfer runs
-        self.client: LazyCurlClient | None = None
-        self.on_chunk = on_chunk  # None: buffer the body (``body()``)
-        self.stall = 0.0
-        self.timed_out = False
-        self._in_write = False
-        self._moved = -1
-        self._quiet_since = 0.0
-        self.error: CurlError | None = None
-        self.os_errno = 0  # the OS error behind ``error``, when curl saw one
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.future: asyncio.Future[Transfer] | None = None
-        self.url = ""
-        self.method = "GET"
-        self.lines = _NO_LINES
-        self.payload: bytes | None = None
-        self.ca_bundle = ""  # a PEM file to trust instead of the system's CAs
-
-    @property
-    def abort(self) -> bool:
-        return self._abort
-
-    @abort.setter
-    def abort(self, value: bool) -> None:
-        """Setting it ends the transfer now, so a client that leaves stops the upstream (and
-        its billing) at once. Inside curl's write callback the callback's short return does
-        it instead: curl must not be re-entered from its own callbacks."""
-        self._abort = value
-        if value and self.curl is not None and not self._in_write and self.client is not None:
-            self.client.abort(self.curl)
-
-    def write(self, chunk: bytes) -> int | None:
-        """curl WRITEFUNCTION: a stream's chunks go to ``on_chunk`` at once; otherwise the body
-        is kept (up to BODY_LIMIT).
-
-        Tornado's own streaming callback queues chunks and delivers them on a later loop
-        iteration (a deque, a callback and a flush per chunk). ``on_chunk`` never re-enters the
-        curl client (it writes to the client's IOStream), so it can run right here, inside
-        curl. Returning 0 (a short write) ends the transfer when it was aborted meanwhile.
-        """
-        if self.on_chunk is None:
-            self.size += len(chunk)
-            if self.size > BODY_LIMIT:
-                return 0  # curl error 23; _finish words it
-            self.chunks.append(chunk)
-            return None
-        self._in_write = True
-        try:
-            self.on_chunk(chunk)
-        except Exception:
-            log.exception("stream chunk handler failed; aborting the transfer")
-            self._abort = True
-        finally:
-            self._in_write = False
-        return 0 if self._abort else None
-
-    def body(self) -> bytes:
-        """The buffered body (buffered mode), joined once."""
-        if len(self.chunks) != 1:
-            self.chunks = [b"".join(self.chunks)]
-        return self.chunks[0]
-
-    def on_header(self, raw: bytes) -> None:
-        """curl HEADERFUNCTION: records the status line and header lines.
-
-        Runs inside curl, synchronously, so the status is known before the first body chunk
-        reaches ``on_chunk`` (Tornado's header_callback is queued and may arrive after it).
-        Lines stay bytes until ``header()`` asks (rarely: errors and the commit).
-        """
-        if raw.startswith(b"HTTP/"):
-            parts = raw.split(None, 2)
-            self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-            self.headers = []
-        elif raw.strip():
-            self.headers.append(raw)
-
-    def header(self, name: str) -> str | None:
-        name = name.lower()
-        for raw in self.headers:
-            k, _, v = raw.decode("latin1").partition(":")
-            if k.strip().lower() == name:
-                return v.strip()
-        return None
-
-    def stalled(self, now: float) -> bool:
-        """True once no body byte moved, either way, for ``stall`` seconds (sweep-time check)."""
-        curl = self.curl
-        if not self.stall or curl is None:
-            return False
-        # A long request upload is not silence either.
-        moved = curl.getinfo(pycurl.SIZE_DOWNLOAD_T) + curl.getinfo(pycurl.SIZE_UPLOAD_T)
-        if moved != self._moved:
-            self._moved, self._quiet_since = moved, now
-            return False
-        return now - self._quiet_since >= self.stall
-
-    def _setup(self, curl: pycurl.Curl, connect_timeout: float) -> None:
-        """Options for a handle fresh from ``curl.reset()``: only what differs from reset's
-        defaults (Tornado's generic setup sets some 40 options and parses every header line)."""
-        curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
-        curl.setopt(pycurl.REDIR_PROTOCOLS, _HTTP_S)
-        curl.setopt(pycurl.URL, self.url)
-        curl.setopt(pycurl.HTTPHEADER, self.lines)  # copied by curl: let go of ours
-        self.lines = _NO_LINES
-        curl.setopt(pycurl.HEADERFUNCTION, self.on_header)
-        curl.setopt(pycurl.WRITEFUNCTION, self.write)
-        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * connect_timeout))
-        curl.setopt(pycurl.USERAGENT, USER_AGENT)
-        curl.setopt(pycurl.ENCODING, "gzip,deflate")
-        curl.setopt(pycurl.TCP_NODELAY, 1)
-        if self.url.startswith("https:"):
-            # HTTP/2 (OpenRouter over TLS): a transfer that starts while the first connection
-            # is in its handshake waits to share it, not opens a TLS connection of its own.
-            curl.setopt(pycurl.PIPEWAIT, 1)
-        # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are sent
-        # from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB per stream).
-        curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
-        body = self.payload
-        if body is not None:
-            curl.setopt(pycurl.POST, 1)
-            curl.setopt(pycurl.POSTFIELDSIZE, len(body))
-            curl.setopt(pycurl.POSTFIELDS, body)  # pycurl keeps the bytes alive; no copy
-        if self.method not in ("GET", "POST"):
-            curl.setopt(pycurl.CUSTOMREQUEST, self.method)
-        if self.ca_bundle:
-            curl.setopt(pycurl.CAINFO, self.ca_bundle)
-        if threading.active_count() > 1:
-            curl.setopt(pycurl.NOSIGNAL, 1)
 
 
 class LazyCurlClient(CurlAsyncHTTPClient):

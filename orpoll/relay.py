@@ -18,9 +18,9 @@ from tornado.curl_httpclient import CurlError
 
 from . import errors, sse
 from .classify import classify, classify_transport
-from .curlpool import ERROR_BODY_LIMIT, Transfer
 from .keys import KeyState, Outcome, Verdict, is_free_model
 from .scheduler import KeyScheduler
+from .transfer import ERROR_BODY_LIMIT, Transfer
 from .upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.relay")

@@ -1,8 +1,8 @@
 """OpenRouterClient and its CurlPool: the requests we send upstream with a key, and the curl
 multis they run on.
 
-With curlpool.py, the only modules importing pycurl. ``classify`` turns a failed attempt
-(status, headers, body) into an Outcome following shared/openrouter-facts.md.
+With curlpool.py and transfer.py, the only modules importing pycurl. ``classify`` turns a
+failed attempt (status, headers, body) into an Outcome following shared/openrouter-facts.md.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.ioloop import PeriodicCallback
 
 from .config import Settings
-from .curlpool import BODY_LIMIT, LazyCurlClient, Transfer
+from .curlpool import LazyCurlClient
+from .transfer import BODY_LIMIT, Transfer
 
 SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
 SHARD_IDLE_SECONDS = 30.0  # a shard past the first with nothing running this long is closed

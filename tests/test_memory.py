@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 from tornado.httputil import HTTPServerRequest
 
-from orpoll.curlpool import Transfer
 from orpoll.handlers.api import RelayHandler
 from orpoll.relay import Attempts, _Attempt
+from orpoll.transfer import Transfer
 from tests.conftest import KEYS
 
 A, B, C = KEYS
