@@ -79,7 +79,7 @@ class ModelCatalog:
         status, data, _ = await self.fetch()
         try:
             if status != 200:
-                raise ValueError(f"HTTP {status}")
+                raise ValueError(f"HTTP {status}{_reason(data)}")
             body = json.dumps(openai_list(data)).encode()
         except ValueError as e:
             if self.body is not None:
@@ -88,3 +88,10 @@ class ModelCatalog:
             raise errors.upstream_error(502, f"could not fetch the model list: {e}") from None
         self.body, self.fetched_at = body, self.clock()
         return body
+
+
+def _reason(data: Any) -> str:
+    """``: <message>`` from an error body (curl's reason when no answer came), else ""."""
+    err = data.get("error") if isinstance(data, dict) else None
+    message = err.get("message") if isinstance(err, dict) else None
+    return f": {message[:200]}" if isinstance(message, str) and message else ""

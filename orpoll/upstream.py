@@ -184,7 +184,11 @@ class OpenRouterClient:
         return self.pool.send(transfer)
 
     async def get_json(self, url: str, key: str | None = None) -> tuple[int, Any, float]:
-        """GET ``url`` (bearer ``key`` if given): (status, parsed body or None, seconds)."""
+        """GET ``url`` (bearer ``key`` if given): (status, parsed body or None, seconds).
+
+        When no HTTP answer came (status 599), the body is ``{"error": {"message": ...}}`` with
+        curl's reason (a name that does not resolve, a refused connection, a bad certificate).
+        """
         headers = {"Authorization": "Bearer " + key} if key else {}
         start = time.monotonic()
         req = HTTPRequest(
@@ -197,8 +201,12 @@ class OpenRouterClient:
         )
         try:
             resp = _unlinked(await self.http.fetch(req, raise_error=False))
-        except HTTPClientError as e:
-            return e.code, None, time.monotonic() - start
+        except HTTPClientError as e:  # no HTTP answer: Tornado raises these even so
+            return (
+                e.code,
+                {"error": {"message": e.message or "no answer"}},
+                time.monotonic() - start,
+            )
         try:
             data = json.loads(resp.body) if resp.body else None
         except ValueError:

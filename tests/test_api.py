@@ -333,7 +333,7 @@ async def test_models_502_when_it_never_worked(fake, api):
     fake.models_status = 503
     resp = await api("/v1/models")
     e = assert_openai_error(resp, 502)
-    assert "model list" in e["message"]
+    assert "model list" in e["message"] and "HTTP 503" in e["message"]
     fake.models_status = 200  # a later success is served (failures are not cached)
     assert (await api("/v1/models")).code == 200
     assert fake.models_calls == 2
@@ -344,7 +344,9 @@ async def test_models_502_when_upstream_unreachable(app, fake, api):
         app.config, openrouter_models_url="http://127.0.0.1:1/api/v1/models"
     )
     resp = await api("/v1/models")
-    assert_openai_error(resp, 502)
+    e = assert_openai_error(resp, 502)
+    # The reason, not only curl's catch-all 599: "Failed to connect to 127.0.0.1 port 1 ..."
+    assert "HTTP 599: " in e["message"] and "connect" in e["message"].lower()
 
 
 # ---- pass-through ------------------------------------------------------------------------------
