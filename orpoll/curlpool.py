@@ -61,7 +61,6 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         self._running: dict[pycurl.Curl, Transfer] = {}
         self._waiting = collections.deque() if waiting is None else waiting
         self._sweeper: PeriodicCallback | None = None
-        self.connect_timeout = 20.0
         self.idle_since = time.monotonic()  # when its last running transfer finished
 
     def _grow(self) -> None:
@@ -103,7 +102,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             curl = free.pop()
             curl.info = transfer
             try:
-                transfer._setup(curl, self.connect_timeout)
+                transfer._setup(curl)
             except Exception as e:  # a bad option value: fail this attempt, not the loop
                 curl.info = None
                 curl.reset()

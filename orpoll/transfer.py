@@ -63,6 +63,7 @@ class Transfer:
         "method",
         "lines",
         "payload",
+        "connect_timeout",
         "ca_bundle",
     )
 
@@ -87,6 +88,7 @@ class Transfer:
         self.method = "GET"
         self.lines = _NO_LINES
         self.payload: bytes | None = None
+        self.connect_timeout = 20.0
         self.ca_bundle = ""  # a PEM file to trust instead of the system's CAs
 
     @property
@@ -167,7 +169,7 @@ class Transfer:
             return False
         return now - self._quiet_since >= self.stall
 
-    def _setup(self, curl: pycurl.Curl, connect_timeout: float) -> None:
+    def _setup(self, curl: pycurl.Curl) -> None:
         """Options for a handle fresh from ``curl.reset()``: only what differs from reset's
         defaults (Tornado's generic setup sets some 40 options and parses every header line)."""
         curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
@@ -177,7 +179,7 @@ class Transfer:
         self.lines = _NO_LINES
         curl.setopt(pycurl.HEADERFUNCTION, self.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, self.write)
-        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * connect_timeout))
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * self.connect_timeout))
         curl.setopt(pycurl.USERAGENT, USER_AGENT)
         curl.setopt(pycurl.ENCODING, "gzip,deflate")
         curl.setopt(pycurl.TCP_NODELAY, 1)

@@ -62,7 +62,6 @@ class CurlPool:
         self.room = limit  # slots not yet given to a shard
         self.waiting: collections.deque[Transfer] = collections.deque()
         self.shards: list[LazyCurlClient] = []
-        self.connect_timeout = 20.0
         self.idle_seconds = SHARD_IDLE_SECONDS
         self._trimmer: PeriodicCallback | None = None
         self.first = self._add()
@@ -73,7 +72,6 @@ class CurlPool:
         shard = LazyCurlClient(
             force_instance=True, max_clients=size, max_body_size=BODY_LIMIT, waiting=self.waiting
         )
-        shard.connect_timeout = self.connect_timeout
         self.shards.append(shard)
         if len(self.shards) == 2 and self._trimmer is None:
             every = 1000 * min(10.0, max(0.05, self.idle_seconds / 4))
@@ -110,11 +108,6 @@ class CurlPool:
             return self._add().send(transfer)
         return self.first.send(transfer)  # waits for a handle to free in any shard
 
-    def set_connect_timeout(self, seconds: float) -> None:
-        self.connect_timeout = seconds
-        for shard in self.shards:
-            shard.connect_timeout = seconds
-
     def close(self) -> None:
         if self._trimmer is not None:
             self._trimmer.stop()
@@ -147,9 +140,8 @@ class OpenRouterClient:
         self.configure(config)
 
     def configure(self, config: Settings) -> None:
-        """Apply (new) settings: attribution headers and timeouts."""
+        """Apply (new) settings: attribution headers; timeouts are read per request."""
         self.config = config
-        self.pool.set_connect_timeout(config.connect_timeout)  # get_json sets its own
         # No 100-continue wait, no added no-cache; then our attribution headers.
         lines = [b"Expect: ", b"Pragma: "]
         if config.http_referer:
@@ -180,6 +172,7 @@ class OpenRouterClient:
             lines.append(_header_line("Content-Type", content_type or "application/json"))
         transfer.lines = lines
         transfer.stall = self.config.request_timeout
+        transfer.connect_timeout = self.config.connect_timeout
         transfer.ca_bundle = self.config.upstream_ca_bundle
         return self.pool.send(transfer)
 
