@@ -18,25 +18,16 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
 from tests.conftest import raw_chat_request
-from tests.test_streaming import assert_clean_sse, stream_raw
-from tests.test_tls import cert_files  # noqa: F401  (a fixture this module uses)
+from tests.fake_upstream import chunk
+from tests.test_streaming import DONE, MSG, PAID, assert_clean_sse, expected_stream, stream_raw
+from tests.test_tls import cert_files, trusted  # noqa: F401  (fixtures this module uses)
 
-MSG = [{"role": "user", "content": "hi"}]
-
-
-def sse_chunk(i: int) -> bytes:
-    obj = {
-        "id": "gen-h2",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "openai/gpt-4o",
-        "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}],
-    }
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+pytestmark = pytest.mark.usefixtures("trusted")  # the fake's certificate is trusted
 
 
 class H2Upstream:
-    """The fake's state and its ASGI app: ``chunks`` SSE chunks, ``interval`` s apart."""
+    """The fake's state and its ASGI app: ``chunks`` SSE chunks (the Tornado fake's own,
+    tests.fake_upstream.chunk), ``interval`` s apart."""
 
     def __init__(self) -> None:
         self.chunks, self.interval = 3, 0.05
@@ -57,12 +48,13 @@ class H2Upstream:
         gone = asyncio.ensure_future(self._disconnect(receive))
         try:
             for i in range(self.chunks):
-                await send({"type": "http.response.body", "body": sse_chunk(i), "more_body": True})
+                body = chunk(i, PAID)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
                 await asyncio.wait([gone], timeout=self.interval)
                 if gone.done():
                     self.left_early += 1
                     return
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            await send({"type": "http.response.body", "body": DONE})
         finally:
             gone.cancel()
 
@@ -109,20 +101,15 @@ def upstream_url(h2):
     return h2[1]
 
 
-@pytest.fixture
-def trusted(env, cert_files):  # noqa: F811
-    env["UPSTREAM_CA_BUNDLE"] = cert_files[0]
-
-
-async def test_a_stream_goes_over_http2(trusted, app, h2, sdk):
+async def test_a_stream_goes_over_http2(app, h2, sdk):
     state, _ = h2
-    stream = await sdk.chat.completions.create(model="openai/gpt-4o", messages=MSG, stream=True)
+    stream = await sdk.chat.completions.create(model=PAID, messages=MSG, stream=True)
     text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-    assert text == "t0 t1 t2 "
+    assert text == "tok0 tok1 tok2 "
     assert [version for version, _ in state.seen] == ["2"]
 
 
-async def test_a_cold_burst_shares_one_connection(trusted, app, h2, base_url):
+async def test_a_cold_burst_shares_one_connection(app, h2, base_url):
     """20 streams at once, before any upstream connection exists, are multiplexed on one
     HTTP/2 connection (curl's PIPEWAIT: wait for the first connection's handshake instead of
     opening one TLS connection per stream), and each arrives whole."""
@@ -132,17 +119,17 @@ async def test_a_cold_burst_shares_one_connection(trusted, app, h2, base_url):
     for raw in raws:
         assert raw.code == 200
         assert_clean_sse(raw)
-        assert raw.body.count(b'"content"') == 3
+        assert raw.body == expected_stream(3)
     assert len(state.seen) == 20
     assert len({port for _, port in state.seen}) == 1
 
 
-async def test_a_client_that_leaves_ends_only_its_own_stream(trusted, app, h2, base_url):
+async def test_a_client_that_leaves_ends_only_its_own_stream(app, h2, base_url):
     """Two streams on one HTTP/2 connection; the first client leaves mid-stream: its upstream
     stream is reset, and the other goes on to the end on the same connection."""
     state, _ = h2
     state.chunks, state.interval = 20, 0.05
-    body = json.dumps({"model": "openai/gpt-4o", "messages": MSG, "stream": True})
+    body = json.dumps({"model": PAID, "messages": MSG, "stream": True})
     leaving = await TCPClient().connect("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
     await leaving.write(raw_chat_request(body))
     staying = asyncio.ensure_future(stream_raw(base_url))
@@ -150,6 +137,6 @@ async def test_a_client_that_leaves_ends_only_its_own_stream(trusted, app, h2, b
     leaving.close()
     raw = await staying
     assert raw.code == 200
-    assert raw.body.count(b'"content"') == 20
+    assert raw.body == expected_stream(20)
     assert state.left_early == 1
     assert len(state.seen) == 2 and len({port for _, port in state.seen}) == 1
