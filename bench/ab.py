@@ -22,9 +22,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench import loadgen, procs
+from bench import loadgen, procs, scenarios
 
 TREE = ("orpoll", "run.py", "templates", "static")
+STREAMS = 3000  # per round, as a full run of the streams200 scenario
 
 
 def export(rev: str, into: Path) -> Path:
@@ -38,16 +39,13 @@ def export(rev: str, into: Path) -> Path:
     return tree
 
 
-def one_round(mode: str, url: str, pid: int, seconds: int, headers: dict | None) -> tuple:
-    before = procs.group_cpu_seconds(pid)
+def one_round(ctx: scenarios.Ctx, mode: str, url: str, proxy, seconds: int, headers) -> tuple:
+    """One round on one proxy: the streams200 scenario's load, or its nonstream wrk run."""
     if mode == "streams":
-        n = 3000
-        s = loadgen.streamload(url, c=200, n=n, chunks=20, interval_ms=10, ramp_ms=200)
-        cpu = procs.group_cpu_seconds(pid) - before
-        return 1000 * cpu / n, s["ttfc_ms_p50"], s["ttfc_ms_p99"], s["streams_per_s"]
-    w = loadgen.wrk(url, seconds, headers=headers)
-    cpu = procs.group_cpu_seconds(pid) - before
-    return 1000 * cpu / max(1, w["requests"]), w["p99_ms"], w["rps"]
+        s = scenarios._streams_once(ctx, url, STREAMS, proxy)
+        return s["proxy_cpu_ms_per_stream"], s["ttfc_ms_p50"], s["ttfc_ms_p99"], s["streams_per_s"]
+    w = scenarios._wrk_once(ctx, url, seconds, proxy, headers)
+    return w["proxy_cpu_ms_per_req"], w["p99_ms"], w["rps"]
 
 
 def main() -> None:
@@ -60,11 +58,12 @@ def main() -> None:
     args = p.parse_args()
     headers = loadgen.SDK_HEADERS if args.sdk_headers else None
     procs.OUT.mkdir(exist_ok=True)
-    procs.raise_nofile()
+    nofile = procs.raise_nofile()
     home = procs.ROOT
     with tempfile.TemporaryDirectory(prefix="ab-", dir=procs.OUT) as tmp:
         trees = [export(rev, Path(tmp)) for rev in args.revs]
         fake, fake_port = procs.start_fake()
+        ctx = scenarios.Ctx(1, False, 0, 0, nofile, fake, fake_port)
         proxies = []
         try:
             for tree in trees:
@@ -81,7 +80,7 @@ def main() -> None:
                 order = (0, 1) if r % 2 == 0 else (1, 0)
                 for i in order:
                     child, url = proxies[i]
-                    results[i].append(one_round(args.mode, url, child.pid, args.seconds, headers))
+                    results[i].append(one_round(ctx, args.mode, url, child, args.seconds, headers))
         finally:
             procs.ROOT = home
             for child, _ in proxies:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 
 from bench import loadgen, procs
+from orpoll.upstream import SHARD_IDLE_SECONDS
 
 
 @dataclass
@@ -277,8 +278,8 @@ def slow_streams(ctx: Ctx) -> dict:
         d = measured(ctx, None, _slow_run(ctx.direct_url, c, ramp_ms), "chat_stream")
         d["fake"] = procs.fake_stats(ctx.fake_port)
         direct.append(d)
-        # Once: what the proxy keeps after the burst, past upstream.SHARD_IDLE_SECONDS (30 s).
-        after = 35.0 if rep == 0 else 0
+        # Once: what the proxy keeps after the burst, once its idle curl shards are closed.
+        after = SHARD_IDLE_SECONDS + 5 if rep == 0 else 0
         proxy.append(_slow_proxy_once(ctx, c, ramp_ms, lambda r=rep: _fresh_proxy(ctx, r), after))
     # The floor once: the bare relay with Tornado's curl defaults, for RSS per stream.
     bare = _slow_proxy_once(ctx, c, ramp_ms, lambda: procs.start_bare_relay(ctx.fake_port, 12_000))
