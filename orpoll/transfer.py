@@ -25,6 +25,11 @@ ERROR_BODY_LIMIT = 64 * 1024
 BODY_LIMIT = 256 * 1024 * 1024  # a buffered upstream answer
 USER_AGENT = "Mozilla/5.0 (compatible; pycurl)"  # what Tornado's fetch sends
 _NO_LINES: list[bytes] = []
+# Without NOSIGNAL libcurl guards every socket event against SIGPIPE: 3 rt_sigaction calls per
+# event, each chunk one. Its only other use of signals is an alarm that bounds a blocking name
+# lookup; a libcurl that resolves in a thread (AsynchDNS, as pycurl's wheels) needs none, and
+# Python ignores SIGPIPE. Elsewhere, Tornado's rule: only when other threads run.
+_NOSIGNAL = bool(pycurl.version_info()[4] & pycurl.VERSION_ASYNCHDNS)
 
 
 class Transfer:
@@ -199,5 +204,5 @@ class Transfer:
             curl.setopt(pycurl.CUSTOMREQUEST, self.method)
         if self.ca_bundle:
             curl.setopt(pycurl.CAINFO, self.ca_bundle)
-        if threading.active_count() > 1:
+        if _NOSIGNAL or threading.active_count() > 1:
             curl.setopt(pycurl.NOSIGNAL, 1)
