@@ -3,7 +3,7 @@ FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DATA_DIR=/data PORT=8000
 WORKDIR /app
-# pycurl, orjson and cryptography ship manylinux wheels, so no compiler is needed.
+# pycurl, uvloop, orjson and cryptography ship manylinux wheels, so no compiler is needed.
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt \
     && useradd --system --uid 10001 --home-dir /app orpoll \

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import tornado.httpserver
@@ -295,8 +295,20 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def hold_stdio() -> None:
+    """Put /dev/null on any of descriptors 0-2 that a parent closed. Otherwise the next socket
+    or the loop's own epoll descriptor takes that number: a C library's stray write to stderr
+    would land in a client's socket, and libuv (uvloop) aborts rather than close it at exit."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    hold_stdio()
     if "-h" in argv or "--help" in argv:
         print(f"orpoll {__version__}: python run.py\n\n{help_text()}")
         return
@@ -311,10 +323,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     setup_logging(config)
     try:
-        asyncio.run(serve(config))
+        event_loop(config)(serve(config))
     except StoreError as e:
         print(f"orpoll: storage error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def event_loop(config: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """``asyncio.run`` or ``uvloop.run``, as EVENT_LOOP says and uvloop is installed.
+
+    uvloop runs the loop itself (waiting for events, timers, the ready queue) in C; asyncio's
+    is Python. A/B, 8 rounds each: -4.5% CPU per stream at 200 streams, -5% per non-stream
+    request, -5 to -9% per stream at 9,950 streams, at ~1.5-4 KB more RSS per open stream."""
+    if config.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            log.warning("EVENT_LOOP=uvloop, but uvloop is not installed: asyncio's loop runs")
+        else:
+            return uvloop.run
+    return asyncio.run
 
 
 async def serve(config: Settings) -> None:
@@ -333,12 +361,13 @@ async def serve(config: Settings) -> None:
     server.listen(config.port, config.host, backlog=LISTEN_BACKLOG)
     n = len(app.scheduler)
     log.info(
-        "orpoll %s listening on http://%s:%d (%d keys, fd limit %d, ready in %.2fs)",
+        "orpoll %s listening on http://%s:%d (%d keys, fd limit %d, %s loop, ready in %.2fs)",
         __version__,
         config.host,
         config.port,
         n,
         fds,
+        type(asyncio.get_running_loop()).__module__.partition(".")[0],
         time.monotonic() - started,
     )
     if app.generated_password:

@@ -20,6 +20,7 @@ Helpers: ``assert_openai_error(resp, status, type)``, ``InOrder`` (the rng behin
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
@@ -27,6 +28,7 @@ import random
 import sys
 
 import pytest
+import uvloop
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
@@ -37,6 +39,9 @@ from orpoll.app import make_app  # noqa: E402
 from orpoll.config import load_settings  # noqa: E402
 from orpoll.server import Server  # noqa: E402
 from tests.fake_upstream import FakeOpenRouter, make_fake_app  # noqa: E402
+
+# The loop ``python run.py`` runs by default (EVENT_LOOP), for every in-process test too.
+asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 KEYS = ["sk-or-v1-test-aaaa1111", "sk-or-v1-test-bbbb2222", "sk-or-v1-test-cccc3333"]
 

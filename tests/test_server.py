@@ -8,6 +8,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from tests.admin_helpers import PASSWORD, SyncAdmin, child_env
 from tests.conftest import raw_chat_request
 from tests.fake_upstream import content_of
@@ -22,6 +24,24 @@ def env_for(upstream, tmp_path, **extra):
         LOGIN_MAX_FAILURES="3",
         **extra,
     )
+
+
+def stream_request(base: str) -> urllib.request.Request:
+    body = json.dumps(
+        {"model": "openai/gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    return urllib.request.Request(
+        base + "/v1/chat/completions",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def streamed_content(text: str) -> str:
+    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert text.rstrip().endswith("data: [DONE]")
+    return "".join(c["choices"][0]["delta"]["content"] for c in chunks)
 
 
 def bad_login(base: str, forwarded_for: str) -> int:
@@ -67,15 +87,7 @@ def test_root_leads_to_the_admin_login(upstream, spawn, tmp_path):
 def test_sigterm_lets_a_stream_in_flight_finish(upstream, spawn, tmp_path):
     upstream.state.default = {"chunks": 10, "interval": 0.2}
     proc = spawn(env_for(upstream, tmp_path))
-    body = json.dumps(
-        {"model": "openai/gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    ).encode()
-    req = urllib.request.Request(
-        proc.url + "/v1/chat/completions",
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
+    req = stream_request(proc.url)
     got: dict[str, bytes] = {}
 
     def read() -> None:
@@ -89,11 +101,20 @@ def test_sigterm_lets_a_stream_in_flight_finish(upstream, spawn, tmp_path):
         threading.Event().wait(0.02)
     assert proc.stop() == 0
     reader.join(30)
-    text = (got["first"] + got["rest"]).decode()
-    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
-    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == content_of(10)
-    assert text.rstrip().endswith("data: [DONE]")
+    assert streamed_content((got["first"] + got["rest"]).decode()) == content_of(10)
     assert "shutting down" in proc.log()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_either_event_loop_relays_a_stream_and_stops_cleanly(upstream, spawn, tmp_path, loop):
+    """EVENT_LOOP picks the loop: uvloop (the default) or asyncio's own."""
+    upstream.state.default = {"chunks": 5, "interval": 0.01}
+    extra = {"EVENT_LOOP": "asyncio"} if loop == "asyncio" else {}
+    proc = spawn(env_for(upstream, tmp_path, **extra))
+    with urllib.request.urlopen(stream_request(proc.url), timeout=30) as resp:
+        assert streamed_content(resp.read().decode()) == content_of(5)
+    assert f" {loop} loop, " in proc.log()
+    assert proc.stop() == 0
 
 
 def test_first_health_sweep_runs_soon_after_start(upstream, spawn, tmp_path):
