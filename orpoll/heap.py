@@ -1,17 +1,23 @@
-"""The C heap (glibc's malloc) under thousands of streams: where big blocks come from, and
-handing freed memory back. On another C library (musl) both do nothing."""
+"""The C heap (glibc's malloc) under thousands of streams: where big blocks come from during a
+burst, and handing freed memory back after it. On another C library (musl) both do nothing."""
 
 from __future__ import annotations
 
 import ctypes
 
-# Blocks of this many bytes or more that free heap space cannot serve are mmap'd instead of
-# growing the heap (in a burst, nearly all of them). libcurl keeps a 16 KB upload buffer (its
-# minimum, UPLOAD_BUFFERSIZE) per transfer, calloc'd. From the heap, calloc zeroes all 16 KB,
-# so all of it is resident; an mmap'd block is zero already, and only the page the request
-# fills is touched. Bench, 9,950 streams: 39-42 -> 29-31 KB RSS per stream, and no stream late.
-MMAP_THRESHOLD = 16 * 1024 + 1
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+# During a burst, blocks of this many bytes or more that free heap space cannot serve are
+# mmap'd instead of growing the heap (in a burst, nearly all of them). libcurl keeps a 16 KB
+# upload buffer (its minimum, UPLOAD_BUFFERSIZE) per transfer, calloc'd. From the heap, calloc
+# zeroes all 16 KB, so all of it is resident; an mmap'd block is zero already, and only the
+# page the request fills is touched. Bench, 9,950 streams: 39-42 -> 29-31 KB RSS per stream.
+BURST_MMAP_THRESHOLD = 16 * 1024 + 1
+# After a burst: where glibc's own sliding threshold ends up (its ceiling on 64-bit, and the
+# trim threshold at twice that, as glibc sets them), so request bodies and answers are served
+# from the heap again. A fixed threshold of 16 KB costs an mmap, page faults and a munmap per
+# large block: joining and parsing a 200 KB body took 258 instead of 81 us.
+CALM_MMAP_THRESHOLD = 32 * 1024 * 1024
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+_bursts = [0]  # how many curl pools are in a burst now (one in production: one app)
 
 
 def _libc(name: str):
@@ -21,15 +27,29 @@ def _libc(name: str):
         return None
 
 
-def tune_heap() -> bool:
-    """mmap blocks from ``MMAP_THRESHOLD`` bytes up; False where there is no mallopt.
+def in_burst() -> bool:
+    return _bursts[0] > 0
 
-    It also fixes the threshold: glibc would otherwise raise it (to 32 MB at most) after the
-    first mmap'd block is freed. Blocks this large are rare on the request path (Tornado's
-    read buffer stays below it, see ``server.READ_CHUNK_BYTES``); a body or response chunk
-    past 16 KB costs one mmap and munmap, as any past 128 KB does by default."""
+
+def burst(on: bool) -> bool:
+    """A curl pool enters (``on``) or leaves a burst; False where there is no mallopt.
+
+    ``upstream.CurlPool`` enters when it opens a curl shard past the first (more than 256
+    transfers at once) and leaves when the last of those closes: the upload buffers of those
+    shards' handles are allocated in between and kept until the handles close. Outside bursts
+    glibc's defaults hold until the first one, ``CALM_MMAP_THRESHOLD`` after it (mallopt turns
+    glibc's sliding threshold off for good)."""
+    was = in_burst()
+    _bursts[0] = max(0, _bursts[0] + (1 if on else -1))
     mallopt = _libc("mallopt")
-    return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    if mallopt is None:
+        return False
+    if in_burst() == was:
+        return True
+    if on:
+        return bool(mallopt(_M_MMAP_THRESHOLD, BURST_MMAP_THRESHOLD))
+    calm = mallopt(_M_MMAP_THRESHOLD, CALM_MMAP_THRESHOLD)
+    return bool(mallopt(_M_TRIM_THRESHOLD, 2 * CALM_MMAP_THRESHOLD) and calm)
 
 
 def release_heap() -> None:

@@ -25,7 +25,7 @@ from .app import make_app
 from .classify import LOCAL_ERRNOS
 from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
 from .headers import HTTP1Connection
-from .heap import MMAP_THRESHOLD, tune_heap
+from .heap import BURST_MMAP_THRESHOLD
 from .logs import setup_logging
 from .store import StoreError
 
@@ -34,8 +34,9 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 LISTEN_BACKLOG = 8192
 STARTUP_SWEEP_SECONDS = 5.0  # first health sweep, soon after start-up
 # Bytes read from a client socket at a time. Tornado's default, 64 KB, is a zeroed bytearray
-# per read; it stays under the heap's mmap threshold (heap.py), or each read would mmap it.
-READ_CHUNK_BYTES = MMAP_THRESHOLD - 1024
+# per read; it stays under the heap's mmap threshold in a burst (heap.py), or each read then
+# would mmap it.
+READ_CHUNK_BYTES = BURST_MMAP_THRESHOLD - 1024
 
 
 class _Connection(HTTP1ServerConnection):
@@ -348,7 +349,6 @@ def event_loop(config: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
 async def serve(config: Settings) -> None:
     started = time.monotonic()
     fds = raise_fd_limit()
-    tune_heap()
     app = make_app(config)
     server = Server(
         app,

@@ -18,9 +18,9 @@ import pycurl
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.ioloop import PeriodicCallback
 
+from . import heap
 from .config import Settings
 from .curlpool import LazyCurlClient
-from .heap import release_heap
 from .transfer import BODY_LIMIT, Transfer
 
 SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
@@ -74,6 +74,9 @@ class CurlPool:
         )
         self.shards.append(shard)
         if len(self.shards) == 2 and self._trimmer is None:
+            # A burst, from now until the trimmer stops: the new shards' upload buffers are
+            # mmap'd (heap.py).
+            heap.burst(True)
             every = 1000 * min(10.0, max(0.05, self.idle_seconds / 4))
             self._trimmer = PeriodicCallback(self.trim, every)
             self._trimmer.start()
@@ -94,8 +97,9 @@ class CurlPool:
         if len(self.shards) == 1 and self._trimmer is not None:
             self._trimmer.stop()
             self._trimmer = None
+            heap.burst(False)
         if idle:
-            release_heap()
+            heap.release_heap()
             log.info("closed %d idle upstream pools after a burst", len(idle))
         return len(idle)
 
@@ -111,6 +115,7 @@ class CurlPool:
     def close(self) -> None:
         if self._trimmer is not None:
             self._trimmer.stop()
+            heap.burst(False)
         for shard in self.shards:
             shard.close()
 

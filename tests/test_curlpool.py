@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from orpoll import heap
 from orpoll.upstream import SHARD_TRANSFERS
 from tests.test_streaming import assert_clean_sse, expected_stream, stream_raw, wait_for
 
@@ -81,6 +82,7 @@ async def test_an_idle_extra_shard_is_closed_with_its_connections(cap_300, app, 
     job = asyncio.gather(*(stream_raw(base_url) for _ in range(300)))
     await wait_for(lambda: fake.active == 300, 10)
     assert [shard._limit for shard in pool.shards] == [256, 44]
+    assert heap.in_burst()  # the extra shard's upload buffers are mmap'd (test_heap.py)
     extra = pool.shards[1]
     raws = await job
     assert all(raw.code == 200 and raw.body == expected_stream(2) for raw in raws)
@@ -89,6 +91,7 @@ async def test_an_idle_extra_shard_is_closed_with_its_connections(cap_300, app, 
     await wait_for(lambda: len(pool.shards) == 1, 5)
     assert open_fds() <= before - 44  # its idle connections, closed on our side at once
     assert pool.room == 44 and extra._fds == {}
+    assert not heap.in_burst()
 
     peers = len(fake.peers)
     raw = await stream_raw(base_url)
@@ -102,3 +105,4 @@ async def test_an_idle_extra_shard_is_closed_with_its_connections(cap_300, app, 
     assert all(raw.code == 200 and raw.body == expected_stream(2) for raw in raws)
     await wait_for(lambda: len(pool.shards) == 1, 5)
     assert pool._trimmer is None  # stopped with one shard left; the next burst restarts it
+    assert not heap.in_burst()
