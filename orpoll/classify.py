@@ -182,7 +182,7 @@ def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
 
 # The proxy itself is out of file descriptors or memory (curl's socket() failed, or curl
 # reports CURLE_OUT_OF_MEMORY): no key is at fault and no other key would fare better.
-# server.Server pauses accept() on the same errors.
+# connections.Server pauses accept() on the same errors.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 CURLE_OUT_OF_MEMORY = 27
 

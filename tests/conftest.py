@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orpoll.app import make_app  # noqa: E402
 from orpoll.config import load_settings  # noqa: E402
-from orpoll.server import Server  # noqa: E402
+from orpoll.connections import Server  # noqa: E402
 from tests.fake_upstream import FakeOpenRouter, make_fake_app  # noqa: E402
 
 # The loop ``python run.py`` runs by default (EVENT_LOOP), for every in-process test too.

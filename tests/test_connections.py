@@ -13,7 +13,7 @@ from tornado.netutil import bind_sockets
 from tornado.tcpclient import TCPClient
 
 from orpoll.app import _resume, start_eagerly
-from orpoll.server import Server
+from orpoll.connections import Server
 from tests.conftest import raw_chat_request
 
 PAID = "openai/gpt-4o"

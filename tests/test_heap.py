@@ -24,7 +24,7 @@ PROBE = textwrap.dedent(
     """
     import ctypes, json
     from orpoll import heap
-    from orpoll.server import READ_CHUNK_BYTES
+    from orpoll.connections import READ_CHUNK_BYTES
 
     libc = ctypes.CDLL(None)
     libc.calloc.restype = libc.malloc.restype = ctypes.c_void_p

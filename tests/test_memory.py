@@ -104,7 +104,7 @@ def test_lazy_deque_does_what_iostream_asks_of_a_deque():
     import collections
     import random
 
-    from orpoll.server import _LazyDeque
+    from orpoll.connections import _LazyDeque
 
     rng = random.Random(3)
     lazy, real = _LazyDeque(), collections.deque()
