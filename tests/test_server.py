@@ -13,6 +13,7 @@ import pytest
 from tests.admin_helpers import PASSWORD, SyncAdmin, child_env
 from tests.conftest import raw_chat_request
 from tests.fake_upstream import content_of
+from tests.test_streaming import expected_stream
 
 
 def env_for(upstream, tmp_path, **extra):
@@ -36,12 +37,6 @@ def stream_request(base: str) -> urllib.request.Request:
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-
-
-def streamed_content(text: str) -> str:
-    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
-    assert text.rstrip().endswith("data: [DONE]")
-    return "".join(c["choices"][0]["delta"]["content"] for c in chunks)
 
 
 def bad_login(base: str, forwarded_for: str) -> int:
@@ -101,7 +96,10 @@ def test_sigterm_lets_a_stream_in_flight_finish(upstream, spawn, tmp_path):
         threading.Event().wait(0.02)
     assert proc.stop() == 0
     reader.join(30)
-    assert streamed_content((got["first"] + got["rest"]).decode()) == content_of(10)
+    text = (got["first"] + got["rest"]).decode()
+    chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == content_of(10)
+    assert text.rstrip().endswith("data: [DONE]")
     assert "shutting down" in proc.log()
 
 
@@ -112,7 +110,7 @@ def test_either_event_loop_relays_a_stream_and_stops_cleanly(upstream, spawn, tm
     extra = {"EVENT_LOOP": "asyncio"} if loop == "asyncio" else {}
     proc = spawn(env_for(upstream, tmp_path, **extra))
     with urllib.request.urlopen(stream_request(proc.url), timeout=30) as resp:
-        assert streamed_content(resp.read().decode()) == content_of(5)
+        assert resp.read() == expected_stream(5)
     assert f" {loop} loop, " in proc.log()
     assert proc.stop() == 0
 
