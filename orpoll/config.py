@@ -111,6 +111,12 @@ class Settings:
         "TLS-inspecting proxy); empty = the system's",
         file=True,
     )
+    upstream_h2c: bool = _opt(
+        False,
+        "UPSTREAM_H2C",
+        "the upstream at an http:// URL also speaks HTTP/2 without TLS: streams past the "
+        "first 256 at once then share its connections instead of opening one each",
+    )
     key_cooldown: float = _opt(
         600.0, "KEY_FAILURE_COOLDOWN_SECONDS", "base cooldown of a failing key", editable=True
     )

@@ -58,6 +58,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         self._aloop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
         self._limit = max_clients
+        self.h2c = False  # transfers to http:// URLs speak HTTP/2 (prior knowledge)
         self._running: dict[pycurl.Curl, Transfer] = {}
         self._waiting = collections.deque() if waiting is None else waiting
         self._sweeper: PeriodicCallback | None = None
@@ -101,6 +102,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
                 continue
             curl = free.pop()
             curl.info = transfer
+            transfer.h2c = self.h2c
             try:
                 transfer._setup(curl)
             except Exception as e:  # a bad option value: fail this attempt, not the loop

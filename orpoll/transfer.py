@@ -49,6 +49,7 @@ class Transfer:
 
     __slots__ = (
         "status",
+        "h2c",
         "headers",
         "_abort",
         "curl",
@@ -90,6 +91,7 @@ class Transfer:
         self.size = 0
         self.future: asyncio.Future[Transfer] | None = None
         self.url = ""
+        self.h2c = False  # HTTP/2 without TLS to an http:// URL (set by the curl client)
         self.method = "GET"
         self.lines = _NO_LINES
         self.payload: bytes | None = None
@@ -191,6 +193,9 @@ class Transfer:
         if self.url.startswith("https:"):
             # HTTP/2 (OpenRouter over TLS): a transfer that starts while the first connection
             # is in its handshake waits to share it, not opens a TLS connection of its own.
+            curl.setopt(pycurl.PIPEWAIT, 1)
+        elif self.h2c:
+            curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
             curl.setopt(pycurl.PIPEWAIT, 1)
         # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are sent
         # from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB per stream).

@@ -1,4 +1,6 @@
 """The relay over HTTP/2 with TLS, as OpenRouter serves it: many streams on one connection.
+And over HTTP/2 without TLS (UPSTREAM_H2C), where only a burst's streams past the first curl
+shard multiplex.
 
 The fake upstream here is a small ASGI app served by hypercorn (HTTP/2 over TLS, which
 Tornado's server does not speak); it streams SSE chunks and records, per request, the HTTP
@@ -17,9 +19,18 @@ from hypercorn.config import Config
 from tornado.httpclient import AsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
+from orpoll.upstream import SHARD_TRANSFERS
 from tests.conftest import raw_chat_request
 from tests.fake_upstream import chunk
-from tests.test_streaming import DONE, MSG, PAID, assert_clean_sse, expected_stream, stream_raw
+from tests.test_streaming import (
+    DONE,
+    MSG,
+    PAID,
+    assert_clean_sse,
+    expected_stream,
+    stream_raw,
+    wait_for,
+)
 from tests.test_tls import cert_files, trusted  # noqa: F401  (fixtures this module uses)
 
 pytestmark = pytest.mark.usefixtures("trusted")  # the fake's certificate is trusted
@@ -33,6 +44,7 @@ class H2Upstream:
         self.chunks, self.interval = 3, 0.05
         self.seen: list[tuple[str, int]] = []  # (HTTP version, client port) per request
         self.left_early = 0  # streams whose client went away before the last chunk
+        self.active = 0  # streams being answered now
 
     async def app(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -46,6 +58,7 @@ class H2Upstream:
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         gone = asyncio.ensure_future(self._disconnect(receive))
+        self.active += 1
         try:
             for i in range(self.chunks):
                 body = chunk(i, PAID)
@@ -56,6 +69,7 @@ class H2Upstream:
                     return
             await send({"type": "http.response.body", "body": DONE})
         finally:
+            self.active -= 1
             gone.cancel()
 
     @staticmethod
@@ -66,15 +80,26 @@ class H2Upstream:
 
 @pytest.fixture
 def h2(io_loop, cert_files):  # noqa: F811
-    """The HTTP/2 fake, served on the test's loop; yields (state, base URL)."""
+    """The HTTP/2 fake over TLS, served on the test's loop; yields (state, base URL)."""
+    yield from served(io_loop, cert_files)
+
+
+@pytest.fixture
+def h2c(io_loop):
+    """The fake without TLS: HTTP/1.1, and HTTP/2 to a client that starts with its preface."""
+    yield from served(io_loop, None)
+
+
+def served(io_loop, certs):
     state = H2Upstream()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
-    config.certfile, config.keyfile = cert_files
-    config.alpn_protocols = ["h2"]
+    if certs:
+        config.certfile, config.keyfile = certs
+        config.alpn_protocols = ["h2"]
     config.graceful_timeout = 0.5
     stop = asyncio.Event()
     server = io_loop.asyncio_loop.create_task(serve(state.app, config, shutdown_trigger=stop.wait))
@@ -91,14 +116,15 @@ def h2(io_loop, cert_files):  # noqa: F811
         raise AssertionError("hypercorn did not start")
 
     io_loop.run_sync(listening)
-    yield state, f"https://127.0.0.1:{port}/api/v1"
+    yield state, f"{'https' if certs else 'http'}://127.0.0.1:{port}/api/v1"
     stop.set()
     io_loop.run_sync(lambda: asyncio.wait([server], timeout=5))
 
 
 @pytest.fixture
-def upstream_url(h2):
-    return h2[1]
+def upstream_url(request):
+    """The TLS fake, or the cleartext one for tests that take ``h2c``."""
+    return request.getfixturevalue("h2c" if "h2c" in request.fixturenames else "h2")[1]
 
 
 async def test_a_stream_goes_over_http2(app, h2, sdk):
@@ -140,3 +166,30 @@ async def test_a_client_that_leaves_ends_only_its_own_stream(app, h2, base_url):
     assert raw.body == expected_stream(20)
     assert state.left_early == 1
     assert len(state.seen) == 2 and len({port for _, port in state.seen}) == 1
+
+
+@pytest.fixture
+def with_h2c(env):
+    env["UPSTREAM_H2C"] = "1"
+
+
+async def test_h2c_multiplexes_only_the_streams_past_the_first_shard(with_h2c, app, h2c, base_url):
+    """UPSTREAM_H2C=1, 300 streams at once: the first shard's 256 keep one HTTP/1.1 connection
+    each (cheaper per chunk); the 44 past it share an HTTP/2 connection (curl's PIPEWAIT), and
+    every stream arrives whole."""
+    assert SHARD_TRANSFERS == 256
+    state, _ = h2c
+    state.chunks, state.interval = 3, 0.6
+    pool = app.upstream.pool
+    client = AsyncHTTPClient(force_instance=True, max_clients=300)
+    job = asyncio.gather(*(stream_raw(base_url, client) for _ in range(300)))
+    await wait_for(lambda: state.active == 300, 20)
+    assert [len(shard._running) for shard in pool.shards] == [256, 44]
+    for raw in await job:
+        assert raw.code == 200
+        assert_clean_sse(raw)
+        assert raw.body == expected_stream(3)
+    versions = [version for version, _ in state.seen]
+    assert versions.count("1.1") == 256 and versions.count("2") == 44
+    assert len({port for version, port in state.seen if version == "2"}) == 1
+    assert len({port for version, port in state.seen if version == "1.1"}) == 256
