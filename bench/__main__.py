@@ -37,6 +37,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--slow-rate", type=int, default=2500, help="slow streams opened per second (2500)"
     )
+    p.add_argument(
+        "--h1-upstream",
+        action="store_true",
+        help="the proxies talk HTTP/1.1 only to the fake (UPSTREAM_H2C=0)",
+    )
     p.add_argument("--only", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     p.add_argument("--out", default=str(procs.BENCH / "results.md"), help="report path")
     return p.parse_args(argv)
@@ -57,6 +62,13 @@ def meta(args: argparse.Namespace, argv: list[str], nofile: int, reps: int) -> d
         "busy_pct": 100 * procs.machine_busy(1.0),
         "nofile": nofile,
         "reps": reps,
+        "upstream": (
+            "HTTP/1.1, and HTTP/2 without TLS past the first 256 streams at once (UPSTREAM_H2C=1)"
+            if procs.UPSTREAM_H2C
+            else "HTTP/1.1 only (UPSTREAM_H2C=0"
+            + ("" if procs.FAKE_H2C else "; no golang.org/x/net to build the fake's h2c")
+            + ")"
+        ),
     }
 
 
@@ -76,6 +88,8 @@ def ensure_shared_proxy(ctx: scenarios.Ctx) -> None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict:
     nofile = procs.raise_nofile()
+    if args.h1_upstream:
+        procs.UPSTREAM_H2C = False
     reps = args.reps or (1 if args.quick else 3)
     results = {"meta": meta(args, argv, nofile, reps)}
     wanted = args.only.split(",") if args.only else list(SCENARIOS)

@@ -16,6 +16,10 @@ import (
 	"time"
 )
 
+// wrap is the server's handler around the mux: HTTP/2 without TLS (h2c) too when fake_h2c.go
+// is built in, else as is (HTTP/1.1 only).
+var wrap = func(h http.Handler) http.Handler { return h }
+
 // Bytes of one SSE chunk; the stream is n of these followed by doneEvent.
 var chunkEvent = []byte(`data: {"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m",` +
 	`"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}` + "\n\n")
@@ -189,6 +193,6 @@ func main() {
 	// The runner reads this line to learn the port.
 	log.SetFlags(0)
 	log.Printf("listening %s", ln.Addr())
-	srv := &http.Server{Handler: mux, ErrorLog: log.New(io.Discard, "", 0)}
+	srv := &http.Server{Handler: wrap(mux), ErrorLog: log.New(io.Discard, "", 0)}
 	log.Fatal(srv.Serve(ln))
 }

@@ -38,17 +38,29 @@ def raise_nofile() -> int:
     return hard
 
 
+# Debian's golang-golang-x-net-dev: golang.org/x/net, for the fake's h2c (fake_h2c.go).
+GO_XNET = Path("/usr/share/gocode")
+FAKE_H2C = (GO_XNET / "src/golang.org/x/net/http2/h2c").is_dir()
+UPSTREAM_H2C = FAKE_H2C  # the proxies run with UPSTREAM_H2C=1 (bench --h1-upstream: off)
+
+
 def build_go(name: str) -> Path:
-    """Build bench/<name>.go into bench/out/<name> unless the binary is newer; stdlib only."""
-    src, exe = BENCH / f"{name}.go", OUT / name
-    if exe.exists() and exe.stat().st_mtime > src.stat().st_mtime:
+    """Build bench/<name>.go into bench/out/<name> unless the binary is newer; stdlib only,
+    but for the fake's fake_h2c.go, built in when golang.org/x/net is installed (FAKE_H2C)."""
+    srcs = [BENCH / f"{name}.go"]
+    if name == "fake_upstream" and FAKE_H2C:
+        srcs.append(BENCH / "fake_h2c.go")
+        name += "-h2c"
+    exe = OUT / name
+    if exe.exists() and all(exe.stat().st_mtime > src.stat().st_mtime for src in srcs):
         return exe
     OUT.mkdir(exist_ok=True)
     env = clean_env(CGO_ENABLED="0", GO111MODULE="off", GOFLAGS="", GOPROXY="off")
     env.setdefault("HOME", str(OUT))
     # Keep Go's caches inside bench/out so the build needs no network and no writable $HOME.
-    env.update(GOCACHE=str(OUT / "gocache"), GOPATH=str(OUT / "gopath"))
-    subprocess.run(["go", "build", "-o", str(exe), str(src)], env=env, check=True, timeout=300)
+    env.update(GOCACHE=str(OUT / "gocache"), GOPATH=f"{OUT / 'gopath'}:{GO_XNET}")
+    argv = ["go", "build", "-o", str(exe), *map(str, srcs)]
+    subprocess.run(argv, env=env, check=True, timeout=300)
     return exe
 
 
@@ -335,6 +347,7 @@ def start_proxy(
         HEALTH_CHECK_INTERVAL_SECONDS="3600",
         ADMIN_PASSWORD=ADMIN_PASSWORD,
         PYTHONUNBUFFERED="1",
+        UPSTREAM_H2C="1" if UPSTREAM_H2C else "0",
     )
     env.update(extra)
     if len(keys) < 100_000:

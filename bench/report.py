@@ -281,6 +281,8 @@ def render(r: dict) -> str:
         f"{meta['busy_pct']:.0f}% busy in the second before the run; RLIMIT_NOFILE "
         f"{meta['nofile']}; {meta['reps']} repetition(s), medians shown; total "
         f"{meta.get('elapsed_s', 0):.0f} s.",
+        "",
+        f"Proxy to fake upstream: {meta.get('upstream', 'HTTP/1.1 only')}.",
     ]
     for note in meta.get("notes", []):
         head.append(f"\n> Note: {note}")
