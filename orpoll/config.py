@@ -115,7 +115,8 @@ class Settings:
         False,
         "UPSTREAM_H2C",
         "the upstream at an http:// URL also speaks HTTP/2 without TLS: streams past the "
-        "first 256 at once then share its connections instead of opening one each",
+        "first 256 at once then share its connections instead of opening one each (one that "
+        "turns out not to is logged as an error, and HTTP/1.1 used)",
     )
     key_cooldown: float = _opt(
         600.0, "KEY_FAILURE_COOLDOWN_SECONDS", "base cooldown of a failing key", editable=True

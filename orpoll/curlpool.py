@@ -26,8 +26,22 @@ log = logging.getLogger("orpoll.upstream")
 
 # The error a transfer ends with when we end it ourselves (LazyCurlClient.abort).
 CURLE_ABORTED_BY_CALLBACK = 42
+CURLE_HTTP2 = 16  # an HTTP/2 framing error: also what a server without h2c answers to it
 # curl's POLL_* as bits: 1 read, 2 write (POLL_NONE and POLL_REMOVE: none).
 _CURL_EVENTS = {pycurl.POLL_IN: 1, pycurl.POLL_OUT: 2, pycurl.POLL_INOUT: 3}
+
+
+class H2c:
+    """UPSTREAM_H2C, shared by a pool's shards: on, until the upstream shows it does not speak
+    HTTP/2 without TLS. It can show that only before any HTTP/2 answer came back (``proven``):
+    an HTTP/1.1-only server answers the HTTP/2 preface with an HTTP/1.1 error, which curl
+    reports as CURLE_HTTP2 before any status line. After one answer, a CURLE_HTTP2 is just a
+    failed transfer."""
+
+    __slots__ = ("on", "proven")
+
+    def __init__(self) -> None:
+        self.on, self.proven = True, False
 
 
 class LazyCurlClient(CurlAsyncHTTPClient):
@@ -58,7 +72,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         self._aloop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
         self._limit = max_clients
-        self.h2c = False  # transfers to http:// URLs speak HTTP/2 (prior knowledge)
+        self.h2c: H2c | None = None  # transfers to http:// URLs speak HTTP/2 while it is on
         self._running: dict[pycurl.Curl, Transfer] = {}
         self._waiting = collections.deque() if waiting is None else waiting
         self._sweeper: PeriodicCallback | None = None
@@ -102,7 +116,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
                 continue
             curl = free.pop()
             curl.info = transfer
-            transfer.h2c = self.h2c
+            transfer.h2c = self.h2c is not None and self.h2c.on
             try:
                 transfer._setup(curl)
             except Exception as e:  # a bad option value: fail this attempt, not the loop
@@ -208,6 +222,11 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         del self._running[curl]
         transfer.curl = None  # from here on the handle belongs to the pool
         self._multi.remove_handle(curl)
+        if transfer.h2c and self._h2c_refused(transfer, curl_error, curl_message):
+            curl.reset()
+            self._free_list.append(curl)
+            self._waiting.appendleft(transfer)  # again, over HTTP/1.1, first in line
+            return
         if curl_error:
             if transfer.size > BODY_LIMIT:
                 curl_message = f"upstream response larger than {BODY_LIMIT} bytes"
@@ -220,6 +239,30 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         if not self._running:
             self.idle_since = time.monotonic()
         self._resolve(transfer)
+
+    def _h2c_refused(self, transfer: Transfer, error: int | None, message: str | None) -> bool:
+        """True if ``transfer`` failed because the upstream does not speak h2c; then h2c is
+        off for every shard (one error in the log), and nothing counts against the key."""
+        h2c = self.h2c
+        if h2c is None:
+            return False
+        if not error:
+            h2c.proven = True
+            return False
+        if error != CURLE_HTTP2 or transfer.status or h2c.proven:
+            return False
+        if h2c.on:
+            h2c.on = False
+            origin = "/".join(transfer.url.split("/", 3)[:3])
+            log.error(
+                "UPSTREAM_H2C is on, but %s does not speak HTTP/2 without TLS (%s); its "
+                "transfers use HTTP/1.1 from now on: set UPSTREAM_H2C=0",
+                origin,
+                message,
+            )
+        transfer.h2c = False
+        transfer.status, transfer.headers = 0, []
+        return True
 
     @staticmethod
     def _resolve(transfer: Transfer) -> None:

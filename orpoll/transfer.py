@@ -183,7 +183,8 @@ class Transfer:
         curl.setopt(pycurl.REDIR_PROTOCOLS, _HTTP_S)
         curl.setopt(pycurl.URL, self.url)
         curl.setopt(pycurl.HTTPHEADER, self.lines)  # copied by curl: let go of ours
-        self.lines = _NO_LINES
+        if not self.h2c:  # (an h2c transfer may run again: LazyCurlClient._h2c_refused)
+            self.lines = _NO_LINES
         curl.setopt(pycurl.HEADERFUNCTION, self.on_header)
         curl.setopt(pycurl.WRITEFUNCTION, self.write)
         curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(1000 * self.connect_timeout))

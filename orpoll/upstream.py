@@ -20,7 +20,7 @@ from tornado.ioloop import PeriodicCallback
 
 from . import heap
 from .config import Settings
-from .curlpool import LazyCurlClient
+from .curlpool import H2c, LazyCurlClient
 from .transfer import BODY_LIMIT, Transfer
 
 SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
@@ -60,7 +60,7 @@ class CurlPool:
 
     def __init__(self, limit: int, h2c: bool = False) -> None:
         self.room = limit  # slots not yet given to a shard
-        self.h2c = h2c
+        self.h2c = H2c() if h2c else None
         self.waiting: collections.deque[Transfer] = collections.deque()
         self.shards: list[LazyCurlClient] = []
         self.idle_seconds = SHARD_IDLE_SECONDS
@@ -78,7 +78,7 @@ class CurlPool:
         # over 1 s to 0, and 8% less CPU). The first shard's HTTP/1.1 connections, kept alive
         # and reused, cost libcurl less per chunk: 200 streams over HTTP/2 took 4-8% more CPU
         # and 0.3 ms more to the first chunk (p50).
-        shard.h2c = self.h2c and bool(self.shards)
+        shard.h2c = self.h2c if self.shards else None
         self.shards.append(shard)
         if len(self.shards) == 2 and self._trimmer is None:
             # A burst, from now until the trimmer stops: the new shards' upload buffers are

@@ -4,12 +4,14 @@ connection reuse."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
 import pytest
 
 from orpoll import heap
+from orpoll.keys import key_id
 from orpoll.upstream import SHARD_TRANSFERS
 from tests.test_streaming import assert_clean_sse, expected_stream, stream_raw, wait_for
 
@@ -22,6 +24,11 @@ def cap_2(env):
 @pytest.fixture
 def cap_300(env):
     env["UPSTREAM_MAX_CONNECTIONS"] = "300"
+
+
+@pytest.fixture
+def h2c_on(env):
+    env["UPSTREAM_H2C"] = "1"
 
 
 async def test_streams_beyond_a_shard_run_on_another_within_the_cap(cap_300, app, fake, base_url):
@@ -106,3 +113,27 @@ async def test_an_idle_extra_shard_is_closed_with_its_connections(cap_300, app, 
     await wait_for(lambda: len(pool.shards) == 1, 5)
     assert pool._trimmer is None  # stopped with one shard left; the next burst restarts it
     assert not heap.in_burst()
+
+
+async def test_h2c_to_an_http1_only_upstream_falls_back_without_failing_anything(
+    cap_300, h2c_on, env, app, fake, keys, base_url, caplog
+):
+    """UPSTREAM_H2C=1, but the upstream (the Tornado fake) speaks HTTP/1.1 only: the burst's
+    HTTP/2 transfers are refused before any answer. They run again over HTTP/1.1, invisibly to
+    clients and keys; h2c goes off for good, with one error in the log that says so."""
+    assert env["UPSTREAM_H2C"] == "1"
+    fake.default = {"chunks": 2, "interval": 0.6}
+    pool = app.upstream.pool
+    raws = await asyncio.gather(*(stream_raw(base_url) for _ in range(300)))
+    for raw in raws:
+        assert raw.code == 200
+        assert raw.body == expected_stream(2)
+    assert len(pool.shards) == 2 and pool.shards[1].h2c is pool.h2c
+    assert not pool.h2c.on
+    for key in keys:
+        ks = app.scheduler.get(key_id(key))
+        assert ks.errors == 0 and ks.failures == 0
+    refused = [r for r in caplog.records if "does not speak HTTP/2" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.ERROR
+    assert "UPSTREAM_H2C=0" in refused[0].getMessage()
+    assert fake.peak == 300
