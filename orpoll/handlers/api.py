@@ -94,6 +94,8 @@ class RelayHandler(ApiHandler):
         if self.client_gone:
             return
         if not self.streaming or not self._headers_written:
+            if self.streaming and self._head_direct(data):
+                return
             self.write(data)
             if self.streaming:
                 self.flush()
@@ -130,6 +132,44 @@ class RelayHandler(ApiHandler):
             log.warning("client too slow (%d bytes unsent); dropping it", self.backlog)
             conn.close()
             self.on_connection_close()
+
+    def _head_direct(self, data: bytes) -> bool:
+        """A stream's response head and first chunk, straight to the socket: what Tornado's
+        ``flush`` and ``HTTP1Connection.write_headers`` would write, and the state they leave
+        for ``finish``. Only for plain HTTP/1.1 keep-alive responses with nothing queued (any
+        other case takes Tornado's path). Values passed ``set_header``'s check already."""
+        conn = self.request.connection
+        stream = conn.stream
+        if (
+            type(stream) is not IOStream
+            or stream.writing()
+            or stream.closed()
+            or self._write_buffer
+            or self._transforms
+            or conn._disconnect_on_finish
+            or conn._request_start_line.version != "HTTP/1.1"
+        ):
+            return False
+        code, reason = self._status_code, self._reason
+        lines = [b"HTTP/1.1 %d %s" % (code, reason.encode("latin1"))]
+        lines += [f"{n}: {v}".encode("latin1") for n, v in self._headers.get_all()]
+        lines.append(b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n" % (len(data), data))
+        framed = b"\r\n".join(lines)
+        self._headers_written = True
+        conn._response_start_line = httputil.ResponseStartLine("HTTP/1.1", code, reason)
+        conn._chunking_output = True
+        conn._expected_content_remaining = None
+        self._headers = httputil.HTTPHeaders()  # as below: let go of the filled one
+        try:
+            sent = stream.socket.send(framed)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.on_connection_close()
+            return True
+        if sent < len(framed):
+            stream.write(framed[sent:])
+        return True
 
     def relay(self, *, stream: bool) -> Relay:
         """The Relay for this request; the caller awaits its ``run`` and then ``done()`` (not
