@@ -185,8 +185,41 @@ class RelayHandler(ApiHandler):
         )
 
     def done(self) -> None:
-        if not self._finished and not self.client_gone:
-            self.finish()
+        if self._finished or self.client_gone:
+            return
+        if self.streaming and self._headers_written and self._end_direct():
+            return
+        self.finish()
+
+    def _end_direct(self) -> bool:
+        """A stream's end: the 0-size chunk straight to the socket, then what ``finish`` does
+        after its flush (which would cost an empty write and two futures)."""
+        conn = self.request.connection
+        stream = conn.stream
+        if (
+            not getattr(conn, "_chunking_output", False)
+            or type(stream) is not IOStream
+            or stream.writing()
+            or stream.closed()
+            or self._write_buffer
+        ):
+            return False
+        try:
+            sent = stream.socket.send(b"0\r\n\r\n")
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False  # Tornado's path finds the stream closed
+        if sent < 5:
+            conn._pending_write = stream.write(b"0\r\n\r\n"[sent:])
+        conn._chunking_output = False  # its end is written: finish() must not write another
+        conn.set_close_callback(None)
+        conn.finish()
+        self._log()
+        self._finished = True
+        self.on_finish()
+        self._break_cycles()
+        return True
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         attempts = getattr(self, "attempts", None)
