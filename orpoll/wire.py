@@ -2,11 +2,12 @@
 
 Tornado writes a response through ``RequestHandler.write``/``flush``/``finish`` and
 ``HTTP1Connection.write_headers``/``write``/``finish``: per write a Future, an IOStream write
-with its own Future and done-callback, and for the head a CR/LF regex per line. Per stream
-chunk that was ~14% of the proxy's CPU; per response head ~35 us, per stream end ~20 us
-(bench.ab figures in the commits). Here each of them is one ``send`` when the client is an
-HTTP/1.1 keep-alive client on plain TCP with nothing queued, and the connection is left in the
-state Tornado's own calls would leave it in (``_chunking_output``,
+with its own Future and done-callback, and for the head a CR/LF regex per line. In A/Bs
+(bench.ab, in the commits), writing directly saved ~37 us per stream head and ~34 us per
+stream end (5% of a stream's CPU each) and ~22 us per non-stream answer (11%); per stream
+chunk (inline in api.RelayHandler.send) 14%. Each is one ``send`` when the client is an
+HTTP/1.1 keep-alive client on plain TCP with nothing queued, and the connection is left in
+the state Tornado's own calls would leave (``_chunking_output``,
 ``_expected_content_remaining``, ``_pending_write``), so ``HTTP1Connection.finish`` and the
 next request on the connection go on as usual. Every other case returns False or None, and
 the caller takes Tornado's path. Relies on those HTTP1Connection attributes, stable across
