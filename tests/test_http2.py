@@ -101,6 +101,7 @@ def served(io_loop, certs):
         config.certfile, config.keyfile = certs
         config.alpn_protocols = ["h2"]
     config.graceful_timeout = 0.5
+    config.backlog = 1024  # hypercorn's 100 drops SYNs in a 300-connection burst (1 s retries)
     stop = asyncio.Event()
     server = io_loop.asyncio_loop.create_task(serve(state.app, config, shutdown_trigger=stop.wait))
 
