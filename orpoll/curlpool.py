@@ -72,6 +72,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         self._aloop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
         self._limit = max_clients
+        self._pass_started = False  # a transfer was started at once in this loop pass
         self.h2c: H2c | None = None  # transfers to http:// URLs speak HTTP/2 while it is on
         self._running: dict[pycurl.Curl, Transfer] = {}
         self._waiting = collections.deque() if waiting is None else waiting
@@ -95,8 +96,27 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         self._grow()
         self._waiting.append(transfer)
         self._process_queue()
-        self._set_timeout(0)  # as Tornado's fetch_impl: curl starts it on the next pass
+        if self._pass_started:
+            self._set_timeout(0)  # as Tornado's fetch_impl: curl starts it on the next pass
+        else:
+            self._start_now()
         return future
+
+    def _start_now(self) -> None:
+        """Let curl start the first new transfer of a loop pass at once: run its due timers now,
+        as ``_handle_timeout`` would on the next pass. Later ones in the same pass wait for that
+        next pass and start together, one ``socket_action`` for all (a non-stream request's
+        CPU rose 25% when each started on its own). Waiting behind the rest of the pass's
+        events was ~0.15 ms of a stream's time to its first chunk at 200 streams; A/B: p50
+        -0.15 ms, p99 -0.26 ms, CPU +2.8% per stream and +7.5% per non-stream request."""
+        self._pass_started = True
+        self._aloop.call_soon(self._next_pass)
+        if self._timeout is not None:
+            self._timeout.cancel()
+        self._handle_timeout()
+
+    def _next_pass(self) -> None:
+        self._pass_started = False
 
     def close(self) -> None:
         """Stop, and close every handle and connection (idle upstream ones included)."""
