@@ -34,26 +34,20 @@ def idle_stream(handler: RequestHandler) -> IOStream | None:
     return None
 
 
-def send(stream: IOStream, data: bytes) -> Future | None:
+def _send(stream: IOStream, data: bytes) -> Future | None:
     """``data`` to the socket: what the kernel takes now, the rest queued in the IOStream
-    behind nothing else (its write future is returned). OSError: the client is gone."""
+    behind nothing else (its write future is returned). If the client is gone, the stream is
+    closed: the handler hears of it through its close callback, as from Tornado's writes."""
     try:
         sent = stream.socket.send(data)
     except BlockingIOError:
         sent = 0
-    if sent == len(data):
-        return None
-    return stream.write(data[sent:])
-
-
-def _sent_or_closed(stream: IOStream, data: bytes) -> Future | None:
-    """``send``, closing the stream if the client is gone (the handler hears of it through
-    its close callback, as from Tornado's own writes)."""
-    try:
-        return send(stream, data)
     except OSError:
         stream.close()
         return None
+    if sent == len(data):
+        return None
+    return stream.write(data[sent:])
 
 
 def _head(handler: RequestHandler, last: bytes) -> tuple[IOStream, bytes] | None:
@@ -89,7 +83,7 @@ def start_stream(handler: RequestHandler, chunk: bytes) -> bool:
     conn = handler.request.connection
     conn._chunking_output = True  # type: ignore[union-attr]
     conn._expected_content_remaining = None  # type: ignore[union-attr]
-    _sent_or_closed(*head)
+    _send(*head)
     return True
 
 
@@ -132,7 +126,7 @@ def end_stream(handler: RequestHandler) -> bool:
 def _finish(handler: RequestHandler, stream: IOStream, data: bytes) -> None:
     """Send ``data``, then what ``RequestHandler.finish`` does after its flush."""
     conn = handler.request.connection
-    conn._pending_write = _sent_or_closed(stream, data)  # type: ignore[union-attr]  # finish() waits for it
+    conn._pending_write = _send(stream, data)  # type: ignore[union-attr]  # finish() waits for it
     conn.set_close_callback(None)  # type: ignore[union-attr]
     conn.finish()  # type: ignore[union-attr]
     handler._log()

@@ -106,7 +106,7 @@ class RelayHandler(ApiHandler):
         conn = self.request.connection
         stream = conn.stream
         # Only where Tornado itself frames chunks (HTTP/1.1 clients), on plain TCP. Inline,
-        # not wire.send: this runs per chunk, and two calls more cost 2% of a stream's CPU.
+        # not through wire.py: this runs per chunk, and two calls more cost 2% of its CPU.
         direct = getattr(conn, "_chunking_output", False) and type(stream) is IOStream
         if direct and not stream.writing() and not stream.closed():
             # Nothing queued in the IOStream: try the socket first. A chunk the kernel takes
