@@ -22,7 +22,8 @@ from .config import ConfigError, Settings, replace_settings
 from .handlers import admin, admin_keys, admin_settings, api
 from .handlers.base import NotFoundHandler
 from .health import HealthChecker
-from .keys import CooldownPolicy, key_id, mask, parse_keys
+from .keylist import parse_keys
+from .keys import CooldownPolicy, key_id, mask
 from .logs import direct_sink
 from .scheduler import KeyScheduler
 from .store import Store, WriteBehind, ensure_secret, load_pool

@@ -71,6 +71,12 @@ class Settings:
         "take the client address and scheme from X-Forwarded-For/X-Real-Ip/X-Forwarded-Proto "
         "(only behind a reverse proxy that sets them)",
     )
+    public_url: str = _opt(
+        "",
+        "PUBLIC_URL",
+        "the URL browsers use to reach orpoll (https://orpoll.example.com), when it differs "
+        "from the Host the server sees: the admin's origin check accepts it",
+    )
     log_level: str = _opt(
         "info", "LOG_LEVEL", "trace, debug, info, warn, error, fatal or panic", choices=LOG_LEVELS
     )
@@ -93,6 +99,14 @@ class Settings:
         "REQUEST_TIMEOUT_SECONDS",
         "longest wait for the upstream's first byte, or silence between chunks (0 = none)",
         editable=True,
+    )
+    first_byte_timeout: float = _opt(
+        30.0,
+        "FIRST_BYTE_TIMEOUT_SECONDS",
+        "a stream attempt that has received no byte at all (not even OpenRouter's keep-alive "
+        "comments) this long is abandoned and retried on another key (0 = off)",
+        editable=True,
+        max=3600,
     )
     stream_keepalive_after: float = _opt(
         10.0,
@@ -195,6 +209,54 @@ class Settings:
     )
     upstream_max_connections: int = _opt(
         10000, "UPSTREAM_MAX_CONNECTIONS", "concurrent upstream transfers (the rest queue)", min=1
+    )
+    max_concurrent_requests: int = _opt(
+        0,
+        "MAX_CONCURRENT_REQUESTS",
+        "requests handled at once; more get 429 with Retry-After (0 = no limit)",
+        editable=True,
+        max=1_000_000,
+    )
+    max_concurrent_per_client: int = _opt(
+        0,
+        "MAX_CONCURRENT_REQUESTS_PER_CLIENT",
+        "requests at once per APP_API_KEY entry; more get 429 with Retry-After (0 = no limit)",
+        editable=True,
+        max=1_000_000,
+    )
+    max_sse_event_bytes: int = _opt(
+        32 * 1024 * 1024,
+        "MAX_SSE_EVENT_BYTES",
+        "largest single event of an upstream stream; a larger one ends the stream with an error",
+        min=65536,
+        max=1 << 30,
+    )
+    shutdown_grace: float = _opt(
+        30.0,
+        "SHUTDOWN_GRACE_SECONDS",
+        "on SIGTERM, how long requests and streams in flight may take to finish",
+        max=3600,
+    )
+    client_header_timeout: float = _opt(
+        30.0,
+        "CLIENT_HEADER_TIMEOUT_SECONDS",
+        "longest time a client may take to send a request's headers",
+        min=1,
+        max=3600,
+    )
+    client_body_timeout: float = _opt(
+        60.0,
+        "CLIENT_BODY_TIMEOUT_SECONDS",
+        "longest silence while a client sends a request body; a stalled upload is cut",
+        min=1,
+        max=3600,
+    )
+    client_idle_timeout: float = _opt(
+        300.0,
+        "CLIENT_IDLE_TIMEOUT_SECONDS",
+        "an idle keep-alive client connection is closed after this long",
+        min=1,
+        max=86400,
     )
     data_dir: str = _opt("./data", "DATA_DIR", "directory of the SQLite database and secrets")
     admin_password: str = _opt(

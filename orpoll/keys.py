@@ -1,16 +1,13 @@
-"""Keys and what happens to them: KeyState, the Verdict/Outcome of an attempt, the cooldown
-policy, and parsing ``key[:weight]`` lists. The pool itself is scheduler.KeyScheduler."""
+"""Keys and what happens to them: KeyState, the Verdict/Outcome of an attempt and the cooldown
+policy. The pool itself is scheduler.KeyScheduler; keylist.py parses ``key[:weight]`` lists."""
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import re
 from dataclasses import dataclass, field
 
 MAX_WEIGHT = 1_000_000
-# What a key may look like: visible ASCII, no separators (it goes into an HTTP header).
-KEY_RE = re.compile(r"^[\x21-\x7e]{1,512}$")
 # 401s from this share of the pool within the window read as an OpenRouter incident.
 INCIDENT_WINDOW, INCIDENT_SHARE, INCIDENT_MIN_KEYS, INCIDENT_COOLDOWN = 120.0, 0.5, 3, 60.0
 
@@ -27,6 +24,9 @@ class Verdict(enum.Enum):
     PROVIDER = "provider"  # upstream provider throttling: another try, no penalty
     TRANSIENT = "transient"  # 408/5xx/network: counts toward the failure limit
     LOCAL = "local"  # the proxy's own failure (out of file descriptors): no retry, no penalty
+    # OpenRouter itself is unreachable or failing for every key (refused, reset before any
+    # answer, DNS, TLS): the upstream's state, never the key's.
+    UPSTREAM = "upstream"
 
 
 @dataclass(slots=True)
@@ -124,30 +124,3 @@ class KeyState:
         if self.state == "cooling" and self.until <= now:
             return "available"
         return self.state
-
-
-def parse_keys(text: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """Parse ``key[:weight]`` entries split by commas or newlines.
-
-    Returns ``(entries, errors)``: entries in first-seen order with duplicates collapsed, and one
-    message per rejected entry (naming only the key's last 4 characters).
-    """
-    entries: dict[str, int] = {}
-    errors: list[str] = []
-    for raw in re.split(r"[,\n\r]+", text or ""):
-        raw = raw.strip()
-        if not raw:
-            continue
-        key, weight = raw, 1
-        if ":" in raw:
-            key, _, w = raw.rpartition(":")
-            key = key.strip()
-            if not w.strip().isdigit() or not 1 <= int(w) <= MAX_WEIGHT:
-                errors.append(f"{mask(key)}: invalid weight {w.strip()[:12]!r} (1..{MAX_WEIGHT})")
-                continue
-            weight = int(w)
-        if not KEY_RE.match(key):
-            errors.append(f"{mask(key)}: not a valid key (visible ASCII, no spaces, <= 512)")
-            continue
-        entries.setdefault(key, weight)
-    return list(entries.items()), errors

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from orpoll.keys import INCIDENT_COOLDOWN, CooldownPolicy, Outcome, Verdict, key_id, parse_keys
+from orpoll.keylist import parse_keys
+from orpoll.keys import INCIDENT_COOLDOWN, CooldownPolicy, Outcome, Verdict, key_id
 from orpoll.scheduler import KeyScheduler
 
 

@@ -14,7 +14,8 @@ import urllib.parse
 from typing import Any
 
 from .. import errors
-from ..keys import MAX_WEIGHT, KeyState, key_id, parse_keys
+from ..keylist import parse_keys
+from ..keys import MAX_WEIGHT, KeyState, key_id
 from ..keyview import STATUSES, apply_reload, key_row, page_of, reload_plan, resolve, resolve_many
 from .admin import AdminApiHandler, text_field
 
