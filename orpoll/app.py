@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import time
@@ -18,18 +17,17 @@ from tornado import httputil
 
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .catalog import ModelCatalog
-from .config import ConfigError, Settings, replace_settings
+from .config import Settings, overlay_settings
 from .handlers import admin, admin_keys, admin_settings, api
 from .handlers.base import NotFoundHandler
 from .health import HealthChecker
 from .keylist import parse_keys
 from .keys import CooldownPolicy, key_id, mask
-from .logs import direct_sink
+from .logs import log_request
 from .scheduler import KeyScheduler
 from .store import Store, WriteBehind, ensure_secret, load_pool
 from .upstream import OpenRouterClient
 
-access_log = logging.getLogger("orpoll.access")
 log = logging.getLogger("orpoll")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,36 +69,6 @@ class Traffic:
             "requests_total": self.requests,
             "errors_total": self.errors,
         }
-
-
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One access line per request; relayed requests add model, keys tried and timings."""
-    status = handler.get_status()
-    if handler.request.path.startswith("/v1/"):
-        handler.application.traffic.record(status)
-    level = logging.WARNING if status >= 500 or status == 429 else logging.INFO
-    if not access_log.isEnabledFor(level):
-        return
-    req = handler.request
-    total = 1000.0 * req.request_time()
-    attempts = getattr(handler, "attempts", None)
-    if attempts is None:
-        line = f"{handler.request_id} {status} {req.method} {req.path} {total:.1f}ms"
-    else:
-        ttfb = 1000.0 * (attempts.first_byte - req._start_time) if attempts.first_byte else 0.0
-        model, stream = getattr(handler, "model", None), getattr(handler, "streaming", False)
-        line = (
-            f"{handler.request_id} {status} {req.method} {req.path} model={model} "
-            f"stream={stream} keys={attempts} ttfb={ttfb:.1f}ms total={total:.1f}ms"
-        )
-    note = getattr(handler, "error_note", None)
-    if note:  # JSON-quoted: an upstream message cannot start a log line of its own
-        line += " error=" + json.dumps(note[:300], ensure_ascii=False)
-    sink = direct_sink(access_log)
-    if sink is not None:
-        sink.line(level, access_log.name, line)
-    else:
-        access_log.log(level, "%s", line)
 
 
 class OrpollApp(tornado.web.Application):
@@ -290,16 +258,6 @@ def load_env_keys(scheduler: KeyScheduler, text: str) -> int:
             ", ".join(mask(k) for k, _ in entries[:3]) + (", ..." if len(entries) > 3 else ""),
         )
     return added
-
-
-def overlay_settings(config: Settings, stored: dict[str, str]) -> Settings:
-    """``config`` with the admin's stored edits applied (a value no longer valid is skipped)."""
-    for name, value in stored.items():
-        try:
-            config = replace_settings(config, {name: value})
-        except ConfigError as e:
-            log.warning("ignoring a stored setting: %s", e)
-    return config
 
 
 def note_env_keys(scheduler: KeyScheduler, text: str) -> None:

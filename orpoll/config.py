@@ -38,6 +38,7 @@ BOOLS = {
 }
 # Variables of the Go original that mean nothing here; accepted silently.
 IGNORED_ENV = ("GIN_MODE",)
+log = logging.getLogger("orpoll")
 
 
 class ConfigError(ValueError):
@@ -369,6 +370,16 @@ def replace_settings(current: Settings, changes: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"{name}: not an editable setting")
         values[f.name] = parse_value(f, raw)
     return dataclasses.replace(current, **values)
+
+
+def overlay_settings(config: Settings, stored: dict[str, str]) -> Settings:
+    """``config`` with the admin's stored edits applied (a value no longer valid is skipped)."""
+    for name, value in stored.items():
+        try:
+            config = replace_settings(config, {name: value})
+        except ConfigError as e:
+            log.warning("ignoring a stored setting: %s", e)
+    return config
 
 
 def load_dotenv_file(path: str = ".env") -> None:

@@ -17,7 +17,11 @@ import sys
 import threading
 import time
 
+import tornado.web
+
 from .config import Settings
+
+access_log = logging.getLogger("orpoll.access")
 
 
 class LoopLogHandler(logging.Handler):
@@ -235,3 +239,33 @@ def setup_logging(config: Settings) -> None:
     root.setLevel(config.log_level_number)
     # Tornado's own access log would duplicate ours.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """One access line per request; relayed requests add model, keys tried and timings."""
+    status = handler.get_status()
+    if handler.request.path.startswith("/v1/"):
+        handler.application.traffic.record(status)
+    level = logging.WARNING if status >= 500 or status == 429 else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    req = handler.request
+    total = 1000.0 * req.request_time()
+    attempts = getattr(handler, "attempts", None)
+    if attempts is None:
+        line = f"{handler.request_id} {status} {req.method} {req.path} {total:.1f}ms"
+    else:
+        ttfb = 1000.0 * (attempts.first_byte - req._start_time) if attempts.first_byte else 0.0
+        model, stream = getattr(handler, "model", None), getattr(handler, "streaming", False)
+        line = (
+            f"{handler.request_id} {status} {req.method} {req.path} model={model} "
+            f"stream={stream} keys={attempts} ttfb={ttfb:.1f}ms total={total:.1f}ms"
+        )
+    note = getattr(handler, "error_note", None)
+    if note:  # JSON-quoted: an upstream message cannot start a log line of its own
+        line += " error=" + json.dumps(note[:300], ensure_ascii=False)
+    sink = direct_sink(access_log)
+    if sink is not None:
+        sink.line(level, access_log.name, line)
+    else:
+        access_log.log(level, "%s", line)
