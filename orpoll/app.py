@@ -92,6 +92,9 @@ class OrpollApp(tornado.web.Application):
         )
         self.client_keys = parse_client_keys(config.app_api_key)
         self.inflight = 0  # relayed requests in progress (graceful shutdown waits for them)
+        self.ready = True  # pool and store loaded (/readyz); the server may hold it False
+        self.draining = False  # SIGTERM received: no new requests, in-flight ones finish
+        self.streams: set = set()  # relay handlers whose stream is open (shutdown ends them)
         self._request_ids = itertools.count(1)
         self._id_prefix = os.urandom(3).hex()
         self.started_at = time.time()

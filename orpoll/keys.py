@@ -108,6 +108,8 @@ class KeyState:
     slot: int = -1
     group: str = ""  # account the key belongs to (from /api/v1/key), "" = unknown
     info: dict = field(default_factory=dict)  # from /api/v1/key probes
+    inflight: int = 0  # attempts on this key still waiting for or receiving an answer
+    oldest_inflight: float = 0.0  # wall-clock start of the oldest of them (0 = none)
 
     def __post_init__(self) -> None:
         if not self.id:

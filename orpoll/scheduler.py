@@ -25,6 +25,7 @@ from .keys import (
     is_free_model,
     key_id,
 )
+from .outage import UpstreamHealth
 
 
 class _Fenwick:
@@ -79,6 +80,7 @@ class KeyScheduler:
         # ids whose counters (requests, successes, last used) alone changed: saved less often
         self.touched: set[str] = set()
         self.version = 0  # bumps when keys are added or removed
+        self.upstream = UpstreamHealth(clock)  # OpenRouter's own state, apart from the keys'
 
     # ---- membership -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import tornado.web
 from tornado import httputil
 from tornado.iostream import IOStream
 
-from .. import errors, wire
+from .. import errors, sse, wire
 from ..relay import Attempts, Relay
 from .base import ApiHandler, BaseHandler
 
@@ -43,6 +43,7 @@ class RelayHandler(ApiHandler):
             raise self._too_large()
 
     def on_finish(self) -> None:
+        self.application.streams.discard(self)
         if getattr(self, "counted", False):
             self.counted = False
             self.application.inflight -= 1
@@ -79,6 +80,27 @@ class RelayHandler(ApiHandler):
         self.set_status(status)
         for name, value in headers:
             self.set_header(name, value)
+        if self.streaming:
+            self.application.streams.add(self)
+
+    def end_for_shutdown(self) -> None:
+        """End an open stream because the process is stopping: an SSE error event and
+        ``[DONE]``, never a silent cut; the upstream transfer is aborted."""
+        if self._finished or self.client_gone:
+            return
+        self.send(
+            sse.error_event(
+                "orpoll is shutting down; retry the request",
+                code="server_shutting_down",
+                etype="server_error",
+                status=503,
+            )
+            + sse.DONE
+        )
+        self.on_connection_close()  # aborts the upstream transfer; later chunks are dropped
+        self.client_gone = False
+        self.finish()
+        self.client_gone = True
 
     def send(self, data: bytes) -> None:
         """Write ``data`` to the client; a stream's chunks go out at once.
