@@ -155,9 +155,9 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         """``transfer`` runs on ``curl`` from now until curl or ``abort`` finishes it."""
         transfer.curl, transfer.client = curl, self
         self._running[curl] = transfer
-        if transfer.stall:
-            transfer._quiet_since = time.monotonic()
-            interval = min(self.SWEEP_SECONDS, max(0.05, transfer.stall / 4))
+        if transfer.stall or transfer.first_byte:
+            transfer._quiet_since = transfer.begun = time.monotonic()
+            interval = min(self.SWEEP_SECONDS, max(0.05, transfer.sweep_every))
             sweeper = self._sweeper
             if sweeper is None or sweeper.callback_time > 1000 * interval:
                 if sweeper is not None:

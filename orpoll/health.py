@@ -22,6 +22,7 @@ from .scheduler import KeyScheduler
 from .upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.health")
+PROBE_DISPROVES = (Verdict.KEY_INVALID.value, Verdict.KEY_CREDIT.value)
 INFO_FIELDS = (
     "label",
     "limit",
@@ -47,6 +48,16 @@ class HealthChecker:
         self._first: object | None = None
         self._cursor = 0
         self.last_sweep: dict[str, Any] = {}
+        scheduler.upstream.probe = self.probe_upstream
+
+    async def probe_upstream(self) -> bool:
+        """True if OpenRouter answers anything at all to a GET of the key-info URL (with a
+        key when there is one: no model runs, nothing is billed)."""
+        ks = next(iter(self.scheduler), None)
+        status, _, _ = await self.upstream.get_json(
+            self.config().key_info_url, ks.key if ks is not None else None
+        )
+        return 0 < status < 599  # 599: no HTTP answer (refused, reset, DNS, TLS, timeout)
 
     def start(self, first_after: float | None = None) -> None:
         """Sweep every HEALTH_CHECK_INTERVAL_SECONDS; also once ``first_after`` seconds from now
@@ -162,9 +173,11 @@ class HealthChecker:
             if ks.state != "cooling" or ks.kind != Verdict.KEY_CREDIT.value:
                 sched.cool(ks, until, "key credit limit reached", Verdict.KEY_CREDIT.value)
             return "no_credit"
-        if ks.state == "cooling" and ks.kind == Verdict.KEY_RATE_LIMIT.value:
-            return "ok"  # a rate-limit window ends at its reset time, whatever /key says
-        if ks.state != "available" or ks.failures:
+        # A probe ends only what it disproves: an invalid key (it just authenticated) and an
+        # exhausted credit (it shows credit left). Cooldowns from failures of real requests
+        # (transient, rate limits) run their course, and a failure streak of an available key
+        # is left as it is: one GET /key passing says nothing about the requests that failed.
+        if ks.state == "disabled" or ks.state == "cooling" and ks.kind in PROBE_DISPROVES:
             sched.readmit(ks)
             return "readmitted"
         return "ok"

@@ -10,6 +10,12 @@ from dataclasses import dataclass, field
 MAX_WEIGHT = 1_000_000
 # 401s from this share of the pool within the window read as an OpenRouter incident.
 INCIDENT_WINDOW, INCIDENT_SHARE, INCIDENT_MIN_KEYS, INCIDENT_COOLDOWN = 120.0, 0.5, 3, 60.0
+# Transient failures on this many distinct keys in a row (no success anywhere between, within the
+# window) are the upstream's, not the keys': none of them counts, and cooldowns they caused end.
+BURST_KEYS, BURST_WINDOW = 3, 30.0
+# A key whose oldest unanswered attempt is older than STUCK_FACTOR times the usual time to an
+# answer for that model (at least STUCK_MIN_SECONDS) gets no new attempt until that one ends.
+STUCK_FACTOR, STUCK_MIN_SECONDS = 4.0, 1.0
 
 
 class Verdict(enum.Enum):
@@ -109,7 +115,12 @@ class KeyState:
     group: str = ""  # account the key belongs to (from /api/v1/key), "" = unknown
     info: dict = field(default_factory=dict)  # from /api/v1/key probes
     inflight: int = 0  # attempts on this key still waiting for or receiving an answer
-    oldest_inflight: float = 0.0  # wall-clock start of the oldest of them (0 = none)
+    # Wall-clock start of the oldest of them still waiting for its answer (0 = none waiting): a
+    # stream that is flowing is no sign of trouble, however long it runs.
+    oldest_inflight: float = 0.0
+    waiting: list | None = None  # starts of the attempts not yet answered (made on first use)
+    stuck: bool = False  # out of the pick until its oldest unanswered attempt ends
+    failed_at: float = 0.0  # when the last failure was counted (overlapping ones count once)
 
     def __post_init__(self) -> None:
         if not self.id:

@@ -13,7 +13,9 @@ import math
 import re
 import time
 from typing import Protocol
+from urllib.parse import urlsplit
 
+import orjson
 from tornado.curl_httpclient import CurlError
 
 from . import errors, sse
@@ -47,12 +49,13 @@ class Sink(Protocol):
 class Attempts:
     """What happened to one request: keys tried and their verdicts (for logs and headers)."""
 
-    __slots__ = ("items", "first_byte", "status")
+    __slots__ = ("items", "first_byte", "status", "broken")
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str, int]] = []
         self.first_byte = 0.0
         self.status = 0
+        self.broken = ""  # why a stream failed after its 200 went out ("" = it did not)
 
     def add(self, ks: KeyState, outcome: Outcome | None) -> None:
         verdict = outcome.verdict.value if outcome else "aborted"
@@ -92,6 +95,9 @@ class Relay:
         content_type: str | None = None,
     ) -> None:
         """Answer the request through ``sink``; raises ApiError if no attempt succeeds."""
+        sched = self.scheduler
+        if sched.upstream.down:
+            raise self.upstream_down_error()
         tried: list[str] = []
         last: Outcome | None = None
         for n in range(self.retries + 1):
@@ -108,15 +114,19 @@ class Relay:
                 await asyncio.sleep(self.backoff * n)
             if sink.client_gone:
                 return
-            once = _Attempt(self.upstream, ks, sink, self.attempts, stream=stream)
-            # Awaited here, not in a method of _Attempt: one coroutine frame less per stream.
-            await once.start(url, body, method, content_type)
-            outcome = once.result()
+            once = _Attempt(self.upstream, ks, sink, self.attempts, stream, sched, model)
+            try:
+                # Awaited here, not in a method of _Attempt: one coroutine frame less per stream.
+                await once.start(url, body, method, content_type)
+                outcome = once.result()
+            finally:  # whatever ends it (disconnect, cancellation): the key's count goes down
+                sched.end(ks, once.begun, once.waiting)
+                once.waiting = False
             self.attempts.add(ks, outcome)
             if outcome is None:  # client went away: nothing to say about the key
                 return
             _mask_key(outcome, ks)
-            self.scheduler.report(ks, outcome)
+            sched.report(ks, outcome, once.begun)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "attempt key=%s verdict=%s status=%s",
@@ -128,10 +138,23 @@ class Relay:
                 if not once.committed:
                     raise self._relay_error(outcome)
                 return
+            if sched.upstream.down:
+                raise self.upstream_down_error()
             last = outcome
         if last is None:
             raise self.no_key_error(model)
         raise self._relay_error(last, model)
+
+    def upstream_down_error(self) -> errors.ApiError:
+        """503 while OpenRouter itself is unreachable: no key is at fault, come back soon."""
+        up = self.scheduler.upstream
+        host = urlsplit(self.upstream.config.openrouter_api_url).hostname or "the upstream"
+        return errors.NoKeyAvailable(
+            f"the upstream {host} is unreachable ({up.reason}); orpoll tries it every second "
+            "and serves again as soon as it answers",
+            code="upstream_unavailable",
+            headers={"Retry-After": str(up.retry_after())},
+        )
 
     def _relay_error(self, outcome: Outcome, model: str | None = None) -> errors.ApiError:
         """The upstream's status and message; a 429/503 also says when to come back."""
@@ -206,6 +229,10 @@ class _Attempt:
         "tail",
         "mid_error",
         "started",
+        "sched",
+        "model",
+        "begun",
+        "waiting",
     )
 
     def __init__(
@@ -214,8 +241,9 @@ class _Attempt:
         ks: KeyState,
         sink: Sink,
         attempts: Attempts,
-        *,
         stream: bool,
+        sched: KeyScheduler,
+        model: str | None,
     ) -> None:
         self.upstream, self.ks, self.sink, self.attempts = upstream, ks, sink, attempts
         self.stream = stream
@@ -227,6 +255,13 @@ class _Attempt:
         self.mid_error: dict | None = None
         self.tail = b""
         self.started = time.monotonic()
+        self.sched, self.model = sched, model
+        self.begun = sched.begin(ks)  # the attempt's start, as the scheduler knows it
+        self.waiting = True  # no answer yet: holds a place in the key's unanswered attempts
+        if stream:
+            # A stream's first byte (even a keep-alive comment) comes within seconds; past this
+            # the attempt is abandoned and the next key tried, nothing having been sent.
+            self.transfer.first_byte = upstream.config.first_byte_timeout
 
     def start(
         self, url: str, body: bytes | None, method: str, content_type: str | None
@@ -262,7 +297,10 @@ class _Attempt:
         err = sse.error_of(body) if status == 200 else None  # an in-band error
         if err is not None:
             return classify(200, body, header, error=err)
-        self._commit(status, header("Content-Type") or "application/json")
+        content_type = header("Content-Type") or "application/json"
+        if status == 200 and "json" in content_type and not _is_json(body):
+            return _not_json()
+        self._commit(status, content_type)
         self.sink.send(body)
         return Outcome(Verdict.OK, status)
 
@@ -277,6 +315,9 @@ class _Attempt:
         self.attempts.first_byte = time.time()  # the access log subtracts request._start_time
         self.sink.start(status, out)
         self.committed = True
+        if self.waiting:
+            self.waiting = False
+            self.sched.answered(self.ks, self.begun, self.model)
 
     # ---- streaming --------------------------------------------------------------------------
 
@@ -323,6 +364,10 @@ class _Attempt:
                 self.pre_error = classify(200, payload, self.transfer.header, error=err)
                 self.transfer.abort = True
                 return b""
+            if payload != b"[DONE]" and not _is_json(payload):
+                self.pre_error = _not_json()
+                self.transfer.abort = True
+                return b""
             self._commit(200, None)
             return block[m.start() :]
         if time.monotonic() - self.started >= self.upstream.config.stream_keepalive_after:
@@ -348,7 +393,7 @@ class _Attempt:
             err = sse.error_of(sse.data_of(leftover) or leftover) if leftover else None
             if err is not None:
                 return classify(200, leftover, t.header, error=err)
-            if leftover.startswith(b"{"):  # a plain JSON answer to a stream request
+            if leftover.startswith(b"{") and _is_json(leftover):  # a plain JSON answer
                 self._commit(200, "application/json")
                 self.sink.send(self.pending)
                 return Outcome(Verdict.OK, 200)
@@ -359,15 +404,21 @@ class _Attempt:
         if not sse.ends_with_done(self.tail):
             self.sink.send(sse.DONE)
         if self.mid_error is not None:
-            return classify(200, b"", t.header, error=self.mid_error)
+            outcome = classify(200, b"", t.header, error=self.mid_error)
+            self.attempts.broken = outcome.message
+            return outcome
         return Outcome(Verdict.OK, 200)
 
     def _transport_failed(self, err: CurlError) -> Outcome | None:
         if self.pre_error is not None:
             return self.pre_error  # we aborted it ourselves after an error event
-        outcome = classify_transport(err, self.transfer)
-        if self.transfer.abort and self.sink.client_gone:
+        t = self.transfer
+        outcome = classify_transport(err, t)
+        if t.abort and self.sink.client_gone:
             return None  # we ended it because the client left
+        if outcome.verdict is Verdict.TRANSIENT and not (t.status or t.timed_out or t.abort):
+            # No answer at all (refused, reset, name or TLS failure): no key can cause that.
+            outcome.verdict = Verdict.UPSTREAM
         if self.committed:
             # Mid-stream drop: end the stream cleanly, never a silent truncation. The partial
             # event in ``pending`` is discarded so the client never sees broken JSON.
@@ -380,4 +431,22 @@ class _Attempt:
                 )
                 + sse.DONE
             )
+            self.attempts.broken = outcome.message
         return outcome
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def _not_json() -> Outcome:
+    return Outcome(
+        Verdict.TRANSIENT,
+        502,
+        "upstream answered 200 with a body that is not JSON",
+        code="upstream_invalid_json",
+    )

@@ -7,17 +7,22 @@ cooldowns mean the same thing). One event loop uses it, so there are no locks.
 from __future__ import annotations
 
 import heapq
+import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 from .keys import (
+    BURST_KEYS,
+    BURST_WINDOW,
     INCIDENT_COOLDOWN,
     INCIDENT_MIN_KEYS,
     INCIDENT_SHARE,
     INCIDENT_WINDOW,
     MAX_WEIGHT,
+    STUCK_FACTOR,
+    STUCK_MIN_SECONDS,
     CooldownPolicy,
     KeyState,
     Outcome,
@@ -26,6 +31,12 @@ from .keys import (
     key_id,
 )
 from .outage import UpstreamHealth
+
+log = logging.getLogger("orpoll.keys")
+LATENCY_ALPHA = 0.2  # weight of the newest sample in a model's moving average time to answer
+# The time to answer assumed for a model with no answer yet: generous, as a first answer of a
+# reasoning model may take minutes.
+UNKNOWN_LATENCY = 30.0
 
 
 class _Fenwick:
@@ -81,6 +92,12 @@ class KeyScheduler:
         self.touched: set[str] = set()
         self.version = 0  # bumps when keys are added or removed
         self.upstream = UpstreamHealth(clock)  # OpenRouter's own state, apart from the keys'
+        self._latency: dict[str | None, float] = {}  # model -> moving average seconds to answer
+        self._stuck: set[str] = set()  # ids of keys out of the pick for an unanswered attempt
+        # keys with a transient failure since the last success anywhere: id -> (time, failures
+        # before it); BURST_KEYS of them make a burst, the upstream's and not the keys'
+        self._streak: dict[str, tuple[float, int]] = {}
+        self._bursting = False
 
     # ---- membership -------------------------------------------------------------------------
 
@@ -129,6 +146,7 @@ class KeyScheduler:
                 tree.add(ks.slot, -w)
         self._slots[ks.slot] = None
         self._free_slots.append(ks.slot)
+        self._stuck.discard(kid)
         self._leave_group(ks)
         self.version += 1
         self.dirty.discard(kid)
@@ -178,9 +196,10 @@ class KeyScheduler:
     # ---- tree weights -----------------------------------------------------------------------
 
     @staticmethod
-    def _tree_weight(ks: KeyState, tree: str) -> int:
-        """Weight the key has in a tree right now, from its recorded state alone."""
-        if not ks.enabled or ks.state != "available":
+    def _tree_weight(ks: KeyState, tree: str, stuck_too: bool = False) -> int:
+        """Weight the key has in a tree right now, from its recorded state alone (as if it were
+        not stuck when ``stuck_too``)."""
+        if not ks.enabled or ks.state != "available" or ks.stuck and not stuck_too:
             return 0
         if tree == "free" and ks.free_until:
             return 0
@@ -220,10 +239,30 @@ class KeyScheduler:
         self, ks: KeyState, state: str, *, until: float = 0.0, reason: str = "", kind: str = ""
     ) -> None:
         old = self._weights(ks)
+        changed = ks.state != state or ks.kind != kind
         ks.state, ks.until = state, until
         ks.reason, ks.kind = (reason, kind) if state != "available" else ("", "")
         self._sync(ks, old)
         self.dirty.add(ks.id)
+        if changed:
+            self._log_change(ks, state, until, reason, kind)
+
+    def _log_change(self, ks: KeyState, state: str, until: float, reason: str, kind: str) -> None:
+        """One line per change of a key's state: id, suffix, label, verdict and cooldown."""
+        if state == "available":
+            log.info("key %s %s %r: available", ks.id, ks.masked, ks.label)
+            return
+        cooldown = f"{until - self.clock():.0f}s" if until else "until proven"
+        log.warning(
+            "key %s %s %r: %s (verdict %s, cooldown %s): %s",
+            ks.id,
+            ks.masked,
+            ks.label,
+            state,
+            kind or "-",
+            cooldown,
+            reason,
+        )
 
     # ---- picking ----------------------------------------------------------------------------
 
@@ -232,7 +271,8 @@ class KeyScheduler:
 
         O(log n) per pick plus O(log n) per excluded key.
         """
-        self._release(self.clock())
+        now = self.clock()
+        self._release(now)
         name = "free" if is_free_model(model) else "all"
         tree = self._trees[name]
         held = []
@@ -244,23 +284,137 @@ class KeyScheduler:
                     tree.add(ks.slot, -w)
                     held.append((ks.slot, w))
         try:
-            if tree.total <= 0:
-                return None
-            return self._slots[tree.find(self.rng.randrange(tree.total))]
+            first = self._draw(tree, now, model)
+            if first is None:
+                return self._least_stuck(exclude, name) if self._stuck else None
+            if not first.inflight:
+                return first
+            # Two choices: the less loaded of two keys drawn by weight (as Finagle's and
+            # Envoy's least-request balancers), so a key with attempts piling up or hanging
+            # loses to any key that answers.
+            w = self._tree_weight(first, name)
+            tree.add(first.slot, -w)
+            held.append((first.slot, w))
+            second = self._draw(tree, now, model)
+            if second is None:
+                return first
+            ref = self._latency.get(model) or self._latency.get(None) or STUCK_MIN_SECONDS
+            return second if self._load(second, now, ref) < self._load(first, now, ref) else first
         finally:
             for slot, w in held:
                 tree.add(slot, w)
 
+    def _draw(self, tree: _Fenwick, now: float, model: str | None) -> KeyState | None:
+        """A key drawn by weight; a key found stuck on the way is taken out, and drawn again."""
+        while tree.total > 0:
+            ks = self._slots[tree.find(self.rng.randrange(tree.total))]
+            waiting = ks.waiting
+            if not waiting or now - waiting[0] < self.stuck_after(model):
+                return ks
+            self._set_stuck(ks, True, now)
+        return None
+
+    @staticmethod
+    def _load(ks: KeyState, now: float, ref: float) -> float:
+        """Attempts in flight, plus the oldest unanswered one's age in usual answer times."""
+        if ks.oldest_inflight:
+            return ks.inflight + (now - ks.oldest_inflight) / ref
+        return ks.inflight
+
+    def stuck_after(self, model: str | None) -> float:
+        """Seconds without an answer after which a key's attempt holds it out of the pick."""
+        ref = self._latency.get(model) or self._latency.get(None) or UNKNOWN_LATENCY
+        return max(STUCK_MIN_SECONDS, STUCK_FACTOR * ref)
+
+    def _least_stuck(self, exclude: Iterable[str], name: str) -> KeyState | None:
+        """When only stuck keys are left: the one with the fewest attempts in flight (a slow
+        key beats no key)."""
+        skip = set(exclude)
+        usable = [
+            ks
+            for kid in self._stuck
+            if kid not in skip
+            and (ks := self.keys.get(kid)) is not None
+            and self._tree_weight(ks, name, stuck_too=True)
+        ]
+        return min(usable, key=lambda k: k.inflight) if usable else None
+
+    def _set_stuck(self, ks: KeyState, stuck: bool, now: float) -> None:
+        old = self._weights(ks)
+        ks.stuck = stuck
+        self._sync(ks, old)
+        if stuck:
+            self._stuck.add(ks.id)
+            log.warning(
+                "key %s %s %r: stuck (no answer for %.1fs, %d attempts in flight): no new "
+                "requests until it answers",
+                ks.id,
+                ks.masked,
+                ks.label,
+                now - ks.oldest_inflight,
+                ks.inflight,
+            )
+        else:
+            self._stuck.discard(ks.id)
+            log.info("key %s %s %r: answering again", ks.id, ks.masked, ks.label)
+
+    # ---- attempts in flight -----------------------------------------------------------------
+
+    def begin(self, ks: KeyState) -> float:
+        """An attempt with ``ks`` starts; returns its start time (for ``answered``/``end``)."""
+        now = self.clock()
+        waiting = ks.waiting
+        if waiting is None:
+            waiting = ks.waiting = []
+        if not waiting:
+            ks.oldest_inflight = now
+        waiting.append(now)
+        ks.inflight += 1
+        return now
+
+    def answered(self, ks: KeyState, started: float, model: str | None) -> None:
+        """The attempt begun at ``started`` has its answer (a stream's first event, a body)."""
+        self._unwait(ks, started)
+        sample = self.clock() - started
+        latency = self._latency
+        for name in (model, None) if model is not None else (None,):
+            old = latency.get(name)
+            latency[name] = sample if old is None else old + LATENCY_ALPHA * (sample - old)
+
+    def end(self, ks: KeyState, started: float, waiting: bool) -> None:
+        """The attempt is over (whatever ended it); ``waiting``: it never got an answer."""
+        if waiting:
+            self._unwait(ks, started)
+        ks.inflight -= 1
+
+    def _unwait(self, ks: KeyState, started: float) -> None:
+        waiting = ks.waiting
+        if waiting[0] == started:  # answers mostly come in the order attempts began
+            del waiting[0]
+        else:
+            waiting.remove(started)
+        ks.oldest_inflight = waiting[0] if waiting else 0.0
+        if ks.stuck:  # its oldest attempt ended; a later pick looks at the next one afresh
+            self._set_stuck(ks, False, 0.0)
+
     # ---- outcomes ---------------------------------------------------------------------------
 
-    def report(self, ks: KeyState, outcome: Outcome) -> None:
-        """Apply one attempt's outcome to the key (cooldowns, counters, last error)."""
-        if outcome.verdict is Verdict.LOCAL:
+    def report(self, ks: KeyState, outcome: Outcome, started: float = 0.0) -> None:
+        """Apply one attempt's outcome to the key (cooldowns, counters, last error).
+
+        ``started`` (from ``begin``): a failure of an attempt that began before the key's last
+        counted failure overlapped it, and the two count as one.
+        """
+        v = outcome.verdict
+        if v is Verdict.LOCAL:
             return  # nothing happened between the key and OpenRouter
+        up = self.upstream
+        if v is Verdict.UPSTREAM:  # the upstream's state, never the key's
+            up.failure(outcome.message)
+            return
         now = self.clock()
         ks.last_used = now
         ks.requests += 1
-        v = outcome.verdict
         if v is Verdict.OK or v is Verdict.REQUEST:
             ks.successes += 1
             if ks.failures:
@@ -268,15 +422,27 @@ class KeyScheduler:
                 self.dirty.add(ks.id)
             else:
                 self.touched.add(ks.id)
+            if up.failures or up.down:
+                up.answered()
+            if self._streak:
+                self._streak.clear()
+                self._bursting = False
             return
         self.dirty.add(ks.id)
         ks.errors += 1
         ks.last_status, ks.last_error = outcome.status, outcome.message[:300]
+        if v is not Verdict.TRANSIENT and (up.failures or up.down):
+            up.answered()  # an HTTP answer, whatever it says
         if v is Verdict.PROVIDER or v is Verdict.KEY_LOW_CREDIT:
             return
-        ks.failures += 1
+        if v is Verdict.TRANSIENT and self._burst(ks, now):
+            return
+        counted = not started or started >= ks.failed_at
+        if counted:
+            ks.failures += 1
+            ks.failed_at = now
         if v is Verdict.TRANSIENT:
-            seconds = self.policy.transient(ks.failures)
+            seconds = self.policy.transient(ks.failures) if counted else 0.0
             if seconds:
                 self.cool(ks, now + seconds, f"{ks.failures} failures in a row", v.value)
         elif v is Verdict.KEY_RATE_LIMIT:
@@ -292,6 +458,36 @@ class KeyScheduler:
                 self.cool(ks, now + INCIDENT_COOLDOWN, "401 during an upstream incident", v.value)
             else:
                 self.disable(ks, outcome.message or "invalid key")
+
+    def _burst(self, ks: KeyState, now: float) -> bool:
+        """True if this transient failure is part of a burst across the pool (the upstream's
+        trouble): then it does not count, and cooldowns the burst caused end now."""
+        if self._bursting:
+            return True
+        streak = self._streak
+        while streak:
+            kid, (at, _) = next(iter(streak.items()))
+            if at >= now - BURST_WINDOW:
+                break
+            del streak[kid]
+        streak.setdefault(ks.id, (now, ks.failures))
+        if len(streak) < BURST_KEYS:
+            return False
+        self._bursting = True
+        log.warning(
+            "transient failures on %d keys in a row, none answering between: the upstream's "
+            "trouble, not the keys' (last: %s); these failures do not count",
+            len(streak),
+            ks.last_error,
+        )
+        for kid, (_, failures) in streak.items():
+            other = self.keys.get(kid)
+            if other is None:
+                continue
+            other.failures = failures
+            if other.state == "cooling" and other.kind == Verdict.TRANSIENT.value:
+                self._set_state(other, "available")
+        return True
 
     def _scope(self, ks: KeyState, outcome: Outcome) -> list[KeyState]:
         """Keys an outcome applies to: the account's group for account-wide verdicts."""

@@ -42,7 +42,9 @@ class Transfer:
     ``body()`` (buffered mode), or ``error`` when it failed below HTTP.
 
     ``stall`` (seconds, 0 = off) ends a transfer that moves no body byte for that long, before
-    the first byte or between chunks; ``timed_out`` tells that this is why it ended. Both the
+    the first byte or between chunks; ``first_byte`` (seconds, 0 = off) ends one that has
+    received no body byte at all that long after it started; ``timed_out`` tells that one of
+    them is why it ended. Both the
     abort and the stall check work without a per-transfer curl progress callback (that was
     two Python calls per chunk, ~6% of a stream's CPU): see LazyCurlClient.
     """
@@ -56,6 +58,8 @@ class Transfer:
         "client",
         "on_chunk",
         "stall",
+        "first_byte",
+        "begun",
         "timed_out",
         "_in_write",
         "_moved",
@@ -81,6 +85,8 @@ class Transfer:
         self.client: LazyCurlClient | None = None
         self.on_chunk = on_chunk  # None: buffer the body (``body()``)
         self.stall = 0.0
+        self.first_byte = 0.0
+        self.begun = 0.0  # monotonic time curl started it (set by the client)
         self.timed_out = False
         self._in_write = False
         self._moved = -1
@@ -164,13 +170,26 @@ class Transfer:
                 return v.strip()
         return None
 
+    @property
+    def sweep_every(self) -> float:
+        """How often ``stalled`` needs asking (0 = never): a quarter of the shorter limit."""
+        limits = [t for t in (self.stall, self.first_byte) if t]
+        return min(limits) / 4 if limits else 0.0
+
     def stalled(self, now: float) -> bool:
-        """True once no body byte moved, either way, for ``stall`` seconds (sweep-time check)."""
+        """True once no body byte moved, either way, for ``stall`` seconds, or none came in
+        ``first_byte`` seconds after the start (sweep-time check)."""
         curl = self.curl
-        if not self.stall or curl is None:
+        if curl is None:
+            return False
+        down = curl.getinfo(pycurl.SIZE_DOWNLOAD_T)
+        if self.first_byte and not down and now - self.begun >= self.first_byte:
+            self.stall = self.first_byte  # the silence classify_transport reports
+            return True
+        if not self.stall:
             return False
         # A long request upload is not silence either.
-        moved = curl.getinfo(pycurl.SIZE_DOWNLOAD_T) + curl.getinfo(pycurl.SIZE_UPLOAD_T)
+        moved = down + curl.getinfo(pycurl.SIZE_UPLOAD_T)
         if moved != self._moved:
             self._moved, self._quiet_since = moved, now
             return False

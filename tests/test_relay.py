@@ -205,23 +205,25 @@ async def test_transient_failures_cool_the_key_at_the_limit(app, fake, api, in_o
     assert fake.requests[A] == n
 
 
-async def test_connection_refused_is_transient(app, fake, api, in_order, upstream_url):
+async def test_connection_refused_is_the_upstreams_state(app, fake, api, in_order, upstream_url):
     # Point the pool at a port nothing listens on: connect error on every key.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     set_config(app, openrouter_api_url=f"http://127.0.0.1:{port}/api/v1/chat/completions")
     resp = await api(CHAT, chat_body())
-    e = assert_openai_error(resp, 502)
-    assert e["code"] == "upstream_unreachable"
-    assert resp.headers["X-Orpoll-Attempts"] == "3"  # every key once, then out of keys
-    assert all(k.failures == 1 for k in app.scheduler)
+    e = assert_openai_error(resp, 503, "service_unavailable")
+    assert e["code"] == "upstream_unavailable" and "127.0.0.1" in e["message"]
+    assert 1 <= int(resp.headers["Retry-After"]) <= 10
+    assert resp.headers["X-Orpoll-Attempts"] == "2"  # two refusals make an outage
+    assert all(k.failures == 0 and k.state == "available" for k in app.scheduler)
+    assert app.scheduler.upstream.state()["down"] is True
 
 
 async def test_a_connect_that_hangs_ends_at_the_connect_timeout(app, fake, api, in_order):
     """An upstream whose accept queue is full drops our SYNs: curl's own timer (its
-    TIMERFUNCTION on our loop) ends each connect at CONNECT_TIMEOUT_SECONDS, every key is
-    tried once, and the client gets a 502 in about three timeouts, not a hang."""
+    TIMERFUNCTION on our loop) ends each connect at CONNECT_TIMEOUT_SECONDS; two of them make
+    an outage, and the client gets a 503 in about two timeouts, not a hang."""
     with socket.socket() as listener, contextlib.ExitStack() as held:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)  # never accepted: one queued connection fills it
@@ -238,10 +240,11 @@ async def test_a_connect_that_hangs_ends_at_the_connect_timeout(app, fake, api, 
         start = time.monotonic()
         resp = await api(CHAT, chat_body())
         took = time.monotonic() - start
-    e = assert_openai_error(resp, 502)
-    assert e["code"] == "upstream_unreachable" and "timed out" in e["message"].lower()
-    assert resp.headers["X-Orpoll-Attempts"] == "3"
-    assert 0.85 <= took < 3.0, took
+    e = assert_openai_error(resp, 503)
+    assert e["code"] == "upstream_unavailable" and "timed out" in e["message"].lower()
+    assert resp.headers["X-Orpoll-Attempts"] == "2"  # no connection at all: an outage
+    assert 0.55 <= took < 3.0, took
+    assert all(k.failures == 0 for k in app.scheduler)
 
 
 @pytest.mark.parametrize(
