@@ -42,19 +42,25 @@ def policy_of(config: Settings) -> CooldownPolicy:
 
 
 class Traffic:
-    """Requests to /v1 and how many failed (status >= 400), per minute over the last hour."""
+    """Requests to /v1 and how many failed (status >= 400, or a stream that broke after its
+    200), per minute over the last hour. Requests refused for a wrong client key are counted
+    apart (``rejected``): they say nothing about the upstream."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.ring = [[-1, 0, 0] for _ in range(60)]  # [minute, requests, errors]
-        self.requests = self.errors = 0  # since start
+        self.ring = [[-1, 0, 0, 0] for _ in range(60)]  # [minute, requests, errors, rejected]
+        self.requests = self.errors = self.rejected = 0  # since start
 
-    def record(self, status: int) -> None:
+    def record(self, status: int, *, broken: bool = False, rejected: bool = False) -> None:
         minute = int(self.clock() // 60)
         slot = self.ring[minute % 60]
         if slot[0] != minute:
-            slot[:] = [minute, 0, 0]
-        failed = status >= 400
+            slot[:] = [minute, 0, 0, 0]
+        if rejected:
+            slot[3] += 1
+            self.rejected += 1
+            return
+        failed = status >= 400 or broken
         slot[1] += 1
         slot[2] += failed
         self.requests += 1
@@ -68,6 +74,8 @@ class Traffic:
             "errors_last_hour": sum(slot[2] for slot in live),
             "requests_total": self.requests,
             "errors_total": self.errors,
+            "rejected_last_hour": sum(slot[3] for slot in live),
+            "rejected_total": self.rejected,
         }
 
 

@@ -244,14 +244,17 @@ def setup_logging(config: Settings) -> None:
 def log_request(handler: tornado.web.RequestHandler) -> None:
     """One access line per request; relayed requests add model, keys tried and timings."""
     status = handler.get_status()
+    attempts = getattr(handler, "attempts", None)
+    broken = attempts.broken if attempts is not None else ""  # a stream failed after its 200
     if handler.request.path.startswith("/v1/"):
-        handler.application.traffic.record(status)
-    level = logging.WARNING if status >= 500 or status == 429 else logging.INFO
+        # A 401 before any attempt is our own client-key check: not the upstream's failure.
+        rejected = status == 401 and not (attempts is not None and attempts.items)
+        handler.application.traffic.record(status, broken=bool(broken), rejected=rejected)
+    level = logging.WARNING if status >= 500 or status == 429 or broken else logging.INFO
     if not access_log.isEnabledFor(level):
         return
     req = handler.request
     total = 1000.0 * req.request_time()
-    attempts = getattr(handler, "attempts", None)
     if attempts is None:
         line = f"{handler.request_id} {status} {req.method} {req.path} {total:.1f}ms"
     else:
@@ -261,7 +264,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
             f"{handler.request_id} {status} {req.method} {req.path} model={model} "
             f"stream={stream} keys={attempts} ttfb={ttfb:.1f}ms total={total:.1f}ms"
         )
-    note = getattr(handler, "error_note", None)
+    if broken:
+        line += " failed=stream-broke"
+    note = getattr(handler, "error_note", None) or broken
     if note:  # JSON-quoted: an upstream message cannot start a log line of its own
         line += " error=" + json.dumps(note[:300], ensure_ascii=False)
     sink = direct_sink(access_log)

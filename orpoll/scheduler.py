@@ -287,11 +287,11 @@ class KeyScheduler:
             first = self._draw(tree, now, model)
             if first is None:
                 return self._least_stuck(exclude, name) if self._stuck else None
-            if not first.inflight:
+            if not first.waiting:
                 return first
             # Two choices: the less loaded of two keys drawn by weight (as Finagle's and
-            # Envoy's least-request balancers), so a key with attempts piling up or hanging
-            # loses to any key that answers.
+            # Envoy's least-request balancers), so a key with unanswered attempts piling up or
+            # hanging loses to any key that answers.
             w = self._tree_weight(first, name)
             tree.add(first.slot, -w)
             held.append((first.slot, w))
@@ -316,10 +316,10 @@ class KeyScheduler:
 
     @staticmethod
     def _load(ks: KeyState, now: float, ref: float) -> float:
-        """Attempts in flight, plus the oldest unanswered one's age in usual answer times."""
-        if ks.oldest_inflight:
-            return ks.inflight + (now - ks.oldest_inflight) / ref
-        return ks.inflight
+        """Unanswered attempts, plus the oldest one's age in usual times to an answer (``ref``).
+        A stream that flows costs nothing: its key is answering."""
+        waiting = ks.waiting
+        return len(waiting) + (now - waiting[0]) / ref if waiting else 0.0
 
     def stuck_after(self, model: str | None) -> float:
         """Seconds without an answer after which a key's attempt holds it out of the pick."""
@@ -375,7 +375,7 @@ class KeyScheduler:
     def answered(self, ks: KeyState, started: float, model: str | None) -> None:
         """The attempt begun at ``started`` has its answer (a stream's first event, a body)."""
         self._unwait(ks, started)
-        sample = self.clock() - started
+        sample = max(self.clock() - started, 1e-3)  # never 0: 0 reads as "no answer yet"
         latency = self._latency
         for name in (model, None) if model is not None else (None,):
             old = latency.get(name)
@@ -437,7 +437,7 @@ class KeyScheduler:
             return
         if v is Verdict.TRANSIENT and self._burst(ks, now):
             return
-        counted = not started or started >= ks.failed_at
+        counted = not started or started > ks.failed_at
         if counted:
             ks.failures += 1
             ks.failed_at = now
