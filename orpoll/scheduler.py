@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
+from .inflight import InFlight
 from .keys import (
     BURST_KEYS,
     BURST_WINDOW,
@@ -21,7 +22,6 @@ from .keys import (
     INCIDENT_SHARE,
     INCIDENT_WINDOW,
     MAX_WEIGHT,
-    STUCK_FACTOR,
     STUCK_MIN_SECONDS,
     CooldownPolicy,
     KeyState,
@@ -33,10 +33,6 @@ from .keys import (
 from .outage import UpstreamHealth
 
 log = logging.getLogger("orpoll.keys")
-LATENCY_ALPHA = 0.2  # weight of the newest sample in a model's moving average time to answer
-# The time to answer assumed for a model with no answer yet: generous, as a first answer of a
-# reasoning model may take minutes.
-UNKNOWN_LATENCY = 30.0
 
 
 class _Fenwick:
@@ -66,7 +62,7 @@ class _Fenwick:
         return pos
 
 
-class KeyScheduler:
+class KeyScheduler(InFlight):
     """The key pool. ``pick`` chooses by weight among usable keys; ``report`` applies outcomes."""
 
     def __init__(
@@ -303,99 +299,6 @@ class KeyScheduler:
         finally:
             for slot, w in held:
                 tree.add(slot, w)
-
-    def _draw(self, tree: _Fenwick, now: float, model: str | None) -> KeyState | None:
-        """A key drawn by weight; a key found stuck on the way is taken out, and drawn again."""
-        while tree.total > 0:
-            ks = self._slots[tree.find(self.rng.randrange(tree.total))]
-            waiting = ks.waiting
-            if not waiting or now - waiting[0] < self.stuck_after(model):
-                return ks
-            self._set_stuck(ks, True, now)
-        return None
-
-    @staticmethod
-    def _load(ks: KeyState, now: float, ref: float) -> float:
-        """Unanswered attempts, plus the oldest one's age in usual times to an answer (``ref``).
-        A stream that flows costs nothing: its key is answering."""
-        waiting = ks.waiting
-        return len(waiting) + (now - waiting[0]) / ref if waiting else 0.0
-
-    def stuck_after(self, model: str | None) -> float:
-        """Seconds without an answer after which a key's attempt holds it out of the pick."""
-        ref = self._latency.get(model) or self._latency.get(None) or UNKNOWN_LATENCY
-        return max(STUCK_MIN_SECONDS, STUCK_FACTOR * ref)
-
-    def _least_stuck(self, exclude: Iterable[str], name: str) -> KeyState | None:
-        """When only stuck keys are left: the one with the fewest attempts in flight (a slow
-        key beats no key)."""
-        skip = set(exclude)
-        usable = [
-            ks
-            for kid in self._stuck
-            if kid not in skip
-            and (ks := self.keys.get(kid)) is not None
-            and self._tree_weight(ks, name, stuck_too=True)
-        ]
-        return min(usable, key=lambda k: k.inflight) if usable else None
-
-    def _set_stuck(self, ks: KeyState, stuck: bool, now: float) -> None:
-        old = self._weights(ks)
-        ks.stuck = stuck
-        self._sync(ks, old)
-        if stuck:
-            self._stuck.add(ks.id)
-            log.warning(
-                "key %s %s %r: stuck (no answer for %.1fs, %d attempts in flight): no new "
-                "requests until it answers",
-                ks.id,
-                ks.masked,
-                ks.label,
-                now - ks.oldest_inflight,
-                ks.inflight,
-            )
-        else:
-            self._stuck.discard(ks.id)
-            log.info("key %s %s %r: answering again", ks.id, ks.masked, ks.label)
-
-    # ---- attempts in flight -----------------------------------------------------------------
-
-    def begin(self, ks: KeyState) -> float:
-        """An attempt with ``ks`` starts; returns its start time (for ``answered``/``end``)."""
-        now = self.clock()
-        waiting = ks.waiting
-        if waiting is None:
-            waiting = ks.waiting = []
-        if not waiting:
-            ks.oldest_inflight = now
-        waiting.append(now)
-        ks.inflight += 1
-        return now
-
-    def answered(self, ks: KeyState, started: float, model: str | None) -> None:
-        """The attempt begun at ``started`` has its answer (a stream's first event, a body)."""
-        self._unwait(ks, started)
-        sample = max(self.clock() - started, 1e-3)  # never 0: 0 reads as "no answer yet"
-        latency = self._latency
-        for name in (model, None) if model is not None else (None,):
-            old = latency.get(name)
-            latency[name] = sample if old is None else old + LATENCY_ALPHA * (sample - old)
-
-    def end(self, ks: KeyState, started: float, waiting: bool) -> None:
-        """The attempt is over (whatever ended it); ``waiting``: it never got an answer."""
-        if waiting:
-            self._unwait(ks, started)
-        ks.inflight -= 1
-
-    def _unwait(self, ks: KeyState, started: float) -> None:
-        waiting = ks.waiting
-        if waiting[0] == started:  # answers mostly come in the order attempts began
-            del waiting[0]
-        else:
-            waiting.remove(started)
-        ks.oldest_inflight = waiting[0] if waiting else 0.0
-        if ks.stuck:  # its oldest attempt ended; a later pick looks at the next one afresh
-            self._set_stuck(ks, False, 0.0)
 
     # ---- outcomes ---------------------------------------------------------------------------
 

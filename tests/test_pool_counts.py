@@ -88,24 +88,12 @@ async def test_a_non_json_200_fails_over(fake, app, api, in_order, upstream_url)
     assert a.errors == 1 and "not JSON" in a.last_error
 
 
-async def test_a_stream_whose_first_event_is_not_json_fails_over(fake, app, sdk_auth, in_order):
+async def test_a_stream_whose_first_event_is_not_json_fails_over(fake, app, sdk, in_order):
+    sdk.api_key = "client-key-one"
     fake.script(A, {"raw": [b'data: {"id":"gen-1","choices":[{"delta":\n\n', b"data: [DONE]\n\n"]})
     chunks = [
-        c
-        async for c in await sdk_auth.chat.completions.create(model=PAID, messages=MSG, stream=True)
+        c async for c in await sdk.chat.completions.create(model=PAID, messages=MSG, stream=True)
     ]
     assert chunks and fake.requests[A] == 1 and fake.requests[B] == 1
     a = next(k for k in app.scheduler if k.key == A)
     assert a.errors == 1 and "not JSON" in a.last_error
-
-
-@pytest.fixture
-def sdk_auth(base_url, io_loop):
-    import gc
-
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="client-key-one", max_retries=0)
-    yield client
-    gc.collect()
-    io_loop.run_sync(client.close)

@@ -1,0 +1,122 @@
+"""InFlight: what KeyScheduler knows of attempts in flight, and how it picks with it.
+
+Each key counts its attempts in flight and keeps the start of each one still waiting for its
+answer. The pick draws two keys by weight and takes the less loaded (unanswered attempts, plus
+the oldest one's age in units of the model's usual time to an answer); a key whose oldest
+unanswered attempt is far older than that leaves the pick until the attempt ends. A mixin: it
+works on KeyScheduler's keys, slots, trees and clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .keys import STUCK_FACTOR, STUCK_MIN_SECONDS, KeyState
+
+log = logging.getLogger("orpoll.keys")
+LATENCY_ALPHA = 0.2  # weight of the newest sample in a model's moving average time to answer
+# The time to answer assumed for a model with no answer yet: generous, as a first answer of a
+# reasoning model may take minutes.
+UNKNOWN_LATENCY = 30.0
+
+
+class InFlight:
+    """Attempts in flight per key, the moving time to answer per model, and stuck keys."""
+
+    _latency: dict[str | None, float]  # model (None: any) -> moving average seconds to answer
+    _stuck: set[str]  # ids of keys out of the pick for an unanswered attempt
+
+    def _draw(self, tree: Any, now: float, model: str | None) -> KeyState | None:
+        """A key drawn by weight; a key found stuck on the way is taken out, and drawn again."""
+        while tree.total > 0:
+            ks = self._slots[tree.find(self.rng.randrange(tree.total))]
+            waiting = ks.waiting
+            if not waiting or now - waiting[0] < self.stuck_after(model):
+                return ks
+            self._set_stuck(ks, True, now)
+        return None
+
+    @staticmethod
+    def _load(ks: KeyState, now: float, ref: float) -> float:
+        """Unanswered attempts, plus the oldest one's age in usual times to an answer (``ref``).
+        A stream that flows costs nothing: its key is answering."""
+        waiting = ks.waiting
+        return len(waiting) + (now - waiting[0]) / ref if waiting else 0.0
+
+    def stuck_after(self, model: str | None) -> float:
+        """Seconds without an answer after which a key's attempt holds it out of the pick."""
+        ref = self._latency.get(model) or self._latency.get(None) or UNKNOWN_LATENCY
+        return max(STUCK_MIN_SECONDS, STUCK_FACTOR * ref)
+
+    def _least_stuck(self, exclude: Iterable[str], name: str) -> KeyState | None:
+        """When only stuck keys are left: the one with the fewest attempts in flight (a slow
+        key beats no key)."""
+        skip = set(exclude)
+        usable = [
+            ks
+            for kid in self._stuck
+            if kid not in skip
+            and (ks := self.keys.get(kid)) is not None
+            and self._tree_weight(ks, name, stuck_too=True)
+        ]
+        return min(usable, key=lambda k: k.inflight) if usable else None
+
+    def _set_stuck(self, ks: KeyState, stuck: bool, now: float) -> None:
+        old = self._weights(ks)
+        ks.stuck = stuck
+        self._sync(ks, old)
+        if stuck:
+            self._stuck.add(ks.id)
+            log.warning(
+                "key %s %s %r: stuck (no answer for %.1fs, %d attempts in flight): no new "
+                "requests until it answers",
+                ks.id,
+                ks.masked,
+                ks.label,
+                now - ks.oldest_inflight,
+                ks.inflight,
+            )
+        else:
+            self._stuck.discard(ks.id)
+            log.info("key %s %s %r: answering again", ks.id, ks.masked, ks.label)
+
+    # ---- attempts in flight -----------------------------------------------------------------
+
+    def begin(self, ks: KeyState) -> float:
+        """An attempt with ``ks`` starts; returns its start time (for ``answered``/``end``)."""
+        now = self.clock()
+        waiting = ks.waiting
+        if waiting is None:
+            waiting = ks.waiting = []
+        if not waiting:
+            ks.oldest_inflight = now
+        waiting.append(now)
+        ks.inflight += 1
+        return now
+
+    def answered(self, ks: KeyState, started: float, model: str | None) -> None:
+        """The attempt begun at ``started`` has its answer (a stream's first event, a body)."""
+        self._unwait(ks, started)
+        sample = max(self.clock() - started, 1e-3)  # never 0: 0 reads as "no answer yet"
+        latency = self._latency
+        for name in (model, None) if model is not None else (None,):
+            old = latency.get(name)
+            latency[name] = sample if old is None else old + LATENCY_ALPHA * (sample - old)
+
+    def end(self, ks: KeyState, started: float, waiting: bool) -> None:
+        """The attempt is over (whatever ended it); ``waiting``: it never got an answer."""
+        if waiting:
+            self._unwait(ks, started)
+        ks.inflight -= 1
+
+    def _unwait(self, ks: KeyState, started: float) -> None:
+        waiting = ks.waiting
+        if waiting[0] == started:  # answers mostly come in the order attempts began
+            del waiting[0]
+        else:
+            waiting.remove(started)
+        ks.oldest_inflight = waiting[0] if waiting else 0.0
+        if ks.stuck:  # its oldest attempt ended; a later pick looks at the next one afresh
+            self._set_stuck(ks, False, 0.0)
