@@ -86,8 +86,8 @@ async def test_streams_answers_and_models_over_https(trusted, app, fake, sdk):
 
 async def test_an_untrusted_upstream_certificate_is_refused(app, fake, api):
     """Without the bundle, the self-signed upstream fails verification: no request reaches
-    it, and the client gets a 502 that says why."""
+    it, and the client gets a 503 (the upstream's state, no key's) that says why."""
     resp = await api("/v1/chat/completions", {"model": "openai/gpt-4o", "messages": MSG})
-    e = assert_openai_error(resp, 502)
+    e = assert_openai_error(resp, 503)
     assert "certificate" in e["message"].lower()
     assert sum(fake.requests.values()) == 0
