@@ -230,6 +230,7 @@ class KeyScheduler(InFlight):
                 ks.free_until = 0.0
                 self._sync(ks, old)
                 self.dirty.add(ks.id)
+                log.info("key %s %s %r: available for :free models", ks.id, ks.masked, ks.label)
 
     def _set_state(
         self, ks: KeyState, state: str, *, until: float = 0.0, reason: str = "", kind: str = ""
@@ -426,6 +427,8 @@ class KeyScheduler(InFlight):
         """Take the key out until ``until`` (for ":free" models only when scope is "free")."""
         if scope == "free":
             old = self._weights(ks)
+            if not ks.free_until:
+                self._log_change(ks, "cooling for :free models", until, reason, kind)
             ks.free_until = max(ks.free_until, until)
             ks.reason, ks.kind = reason, kind
             self._sync(ks, old)

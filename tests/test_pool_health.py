@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import random
 import time
 
 import pytest
@@ -206,6 +207,29 @@ async def test_a_hanging_key_gets_no_new_requests_and_its_streams_move_on(fake, 
     hang = ks_of(app, HANG)
     assert hang.inflight == 0 and hang.oldest_inflight == 0.0 and not hang.stuck
     assert all(k.inflight == 0 for k in app.scheduler)
+
+
+async def test_a_silent_stream_moves_on_but_a_slow_non_stream_answer_is_kept(fake, app, api):
+    set_config(app, first_byte_timeout=1.0, request_timeout=60.0)
+    a, b, c = list(app.scheduler)
+    fake.script(a.key, {"first_delay": 1.6, "chunks": 2})  # silent for 1.6 s, every time
+    app.scheduler.rng = InOrderRng()
+    start = time.monotonic()
+    resp = await api(CHAT, {"model": PAID, "messages": MSG, "stream": True})
+    took = time.monotonic() - start
+    assert resp.code == 200 and resp.body.endswith(b"data: [DONE]\n\n")
+    assert resp.headers["X-Orpoll-Attempts"] == "2" and 1.0 <= took < 5, took
+    assert a.failures == 1 and a.last_error.startswith("upstream sent nothing for 1 s")
+    # A non-stream answer may come only when complete: silence is no reason to cut it.
+    start = time.monotonic()
+    resp = await api(CHAT, {"model": PAID, "messages": MSG})
+    assert resp.code == 200 and resp.headers["X-Orpoll-Attempts"] == "1"
+    assert time.monotonic() - start >= 1.5
+
+
+class InOrderRng(random.Random):
+    def randrange(self, *args, **kwargs) -> int:
+        return 0
 
 
 async def test_a_stuck_key_is_out_of_the_pick_until_its_attempt_ends(caplog):
