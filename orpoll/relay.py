@@ -298,8 +298,12 @@ class _Attempt:
         if err is not None:
             return classify(200, body, header, error=err)
         content_type = header("Content-Type") or "application/json"
-        if status == 200 and "json" in content_type and not _is_json(body):
-            return _not_json()
+        # A JSON answer that does not parse (cut short, garbled), or an HTML page where an API
+        # answer belongs (a captive portal, an error page), is no answer: the next key may do.
+        # Other types pass as they are (pass-through endpoints answer audio, for one).
+        if status == 200 and ("json" in content_type or "html" in content_type):
+            if not _is_json(body):
+                return _not_json()
         self._commit(status, content_type)
         self.sink.send(body)
         return Outcome(Verdict.OK, status)
