@@ -306,8 +306,10 @@ class KeyScheduler(InFlight):
     def report(self, ks: KeyState, outcome: Outcome, started: float = 0.0) -> None:
         """Apply one attempt's outcome to the key (cooldowns, counters, last error).
 
-        ``started`` (from ``begin``): a failure of an attempt that began before the key's last
-        counted failure overlapped it, and the two count as one.
+        ``started`` (from ``begin``; 0 = unknown): a failure of an attempt that began before the
+        key's last counted failure overlapped it, and the two count as one. An UPSTREAM verdict
+        goes to ``upstream`` (the outage detector) and leaves the key as it was; so does a
+        transient failure that is part of a burst across the pool.
         """
         v = outcome.verdict
         if v is Verdict.LOCAL:
