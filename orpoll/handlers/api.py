@@ -10,7 +10,7 @@ import tornado.web
 from tornado import httputil
 from tornado.iostream import IOStream
 
-from .. import errors, sse, wire
+from .. import errors, paths, sse, wire
 from ..relay import Attempts, Relay
 from .base import ApiHandler, BaseHandler
 
@@ -238,7 +238,15 @@ class ChatHandler(RelayHandler):
 class PassThroughHandler(RelayHandler):
     """Any other /v1/<path> OpenRouter serves (completions, embeddings, ...), with key rotation."""
 
-    async def _pass(self, path: str) -> None:
+    def prepare(self) -> None:
+        super().prepare()
+        # Judged on the raw path (Tornado's path argument is decoded once), before the body is
+        # read and before any key is picked: a path that cannot be sent is the client's fault.
+        self.path = paths.upstream_path(self.request.path[len("/v1/") :])
+        if self.request.query:
+            paths.check_query(self.request.query)
+
+    async def _pass(self, _path: str) -> None:
         body = self.request_body() if self.request.method != "GET" else None
         model, stream = None, False
         ctype = self.request.headers.get("Content-Type", "")
@@ -248,7 +256,7 @@ class PassThroughHandler(RelayHandler):
             stream = obj.get("stream") is True
             del obj  # as in ChatHandler: only the bytes are kept while the answer streams
         self.model = model
-        url = f"{self.config.upstream_base}/{path}"
+        url = f"{self.config.upstream_base}/{self.path}"
         if self.request.query:
             url += "?" + self.request.query
         await self.relay(stream=stream).run(
