@@ -45,8 +45,12 @@ class RelayHandler(ApiHandler):
     def on_finish(self) -> None:
         self.application.streams.discard(self)
         if getattr(self, "counted", False):
-            self.counted = False
-            self.application.inflight -= 1
+            self._release()
+
+    def _release(self) -> None:
+        """Give back the in-flight slot, once (on finish, or when the client leaves first)."""
+        self.counted = False
+        self.application.inflight -= 1
 
     def _too_large(self) -> errors.ApiError:
         return errors.PayloadTooLarge(
@@ -73,6 +77,13 @@ class RelayHandler(ApiHandler):
         self.client_gone = True
         if self.transfer is not None:
             self.transfer.abort = True  # ends the upstream transfer now
+        # Tornado's own ends a body still arriving: the handler then returns before its method
+        # runs, and neither finish() nor on_finish() follows. So the body read so far and the
+        # slot are let go here, or a cut upload would hold both for good.
+        super().on_connection_close()
+        self._chunks = []
+        if getattr(self, "counted", False):
+            self._release()
 
     # ---- Sink -------------------------------------------------------------------------------
 
@@ -205,7 +216,10 @@ def with_model(body: bytes, obj: dict[str, Any], model: str) -> bytes:
     if "model" not in obj:
         at = body.index(b"{") + 1
         return body[:at] + b'"model":' + orjson.dumps(model) + (b"," if obj else b"") + body[at:]
-    return orjson.dumps({**obj, "model": model})  # "model": null or "": rare, re-serialise
+    try:
+        return orjson.dumps({**obj, "model": model})  # "model": null or "": rare, re-serialise
+    except orjson.JSONEncodeError:  # nesting orjson parses (1024) but will not write (254)
+        raise errors.BadRequest("request body is nested too deeply", code="invalid_json") from None
 
 
 class ChatHandler(RelayHandler):
