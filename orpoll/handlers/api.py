@@ -11,6 +11,7 @@ from tornado import httputil
 from tornado.iostream import IOStream
 
 from .. import errors, paths, sse, wire
+from ..auth import bearer
 from ..relay import Attempts, Relay
 from .base import ApiHandler, BaseHandler
 
@@ -25,6 +26,8 @@ class RelayHandler(ApiHandler):
     # (a 401 or 413 answered before the body was read closes the connection).
     client_gone = False
     transfer = None
+    counted = False  # holds an in-flight slot
+    client = b""  # the client key whose admission slot it holds
     buffer_small_bodies = True  # see app.SmallBodyFirst: such bodies arrive before prepare()
 
     def initialize(self) -> None:
@@ -33,7 +36,14 @@ class RelayHandler(ApiHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        self.application.inflight += 1
+        app, cfg = self.application, self.config
+        if cfg.max_concurrent_requests or cfg.max_concurrent_per_client:
+            token = bearer(self.request.headers).encode() if app.client_keys else b""
+            if app.admission.admit(
+                cfg.max_concurrent_requests, cfg.max_concurrent_per_client, app.inflight, token
+            ):
+                self.client = token
+        app.inflight += 1
         self.counted = True
         self.client_gone, self.transfer, self.flushing, self.backlog = False, None, False, 0
         self.streaming = False
@@ -44,13 +54,17 @@ class RelayHandler(ApiHandler):
 
     def on_finish(self) -> None:
         self.application.streams.discard(self)
-        if getattr(self, "counted", False):
+        if self.counted:
             self._release()
 
     def _release(self) -> None:
-        """Give back the in-flight slot, once (on finish, or when the client leaves first)."""
+        """Give back the in-flight and admission slots, once (on finish, or when the client
+        leaves first)."""
         self.counted = False
         self.application.inflight -= 1
+        if self.client:
+            self.application.admission.release(self.client)
+            self.client = b""
 
     def _too_large(self) -> errors.ApiError:
         return errors.PayloadTooLarge(
@@ -82,7 +96,7 @@ class RelayHandler(ApiHandler):
         # slot are let go here, or a cut upload would hold both for good.
         super().on_connection_close()
         self._chunks = []
-        if getattr(self, "counted", False):
+        if self.counted:
             self._release()
 
     # ---- Sink -------------------------------------------------------------------------------
@@ -309,15 +323,43 @@ class ModelHandler(ApiHandler):
         )
 
 
+def health_of(app) -> tuple[dict[str, Any], bool]:
+    """The body /healthz and /readyz answer, and whether the process should get traffic.
+
+    ``status`` is ``draining`` while shutting down, ``degraded`` when no key is usable or the
+    upstream is down (the process still serves: errors with Retry-After), else ``ok``.
+    """
+    counts = app.scheduler.counts()
+    upstream = app.scheduler.upstream
+    if app.draining:
+        status = "draining"
+    elif not counts["available"] or upstream.down:
+        status = "degraded"
+    else:
+        status = "ok"
+    ready = app.ready and status == "ok"
+    body = {"status": status, "ready": ready, "keys": counts, "upstream": upstream.state()}
+    return body, ready
+
+
 class HealthzHandler(BaseHandler):
-    """GET /healthz: liveness and key counts (no secrets), for Docker and load balancers."""
+    """GET /healthz: liveness (200 while the process serves), key counts and the upstream's
+    state (no secrets), for Docker and load balancers."""
 
     def get(self) -> None:
-        counts = self.scheduler.counts()
-        self.write_json({"status": "ok", "keys": counts})
+        self.write_json(health_of(self.application)[0])
 
     def check_xsrf_cookie(self) -> None:
         pass
+
+
+class ReadyzHandler(HealthzHandler):
+    """GET /readyz: readiness; 503 while starting, draining, with no usable key or with the
+    upstream down, so a load balancer sends the traffic elsewhere meanwhile."""
+
+    def get(self) -> None:
+        body, ready = health_of(self.application)
+        self.write_json(body, 200 if ready else 503)
 
 
 routes = [
@@ -326,4 +368,5 @@ routes = [
     (r"/v1/models/(.+)", ModelHandler),
     (r"/v1/(.+)", PassThroughHandler),
     (r"/healthz", HealthzHandler),
+    (r"/readyz", ReadyzHandler),
 ]

@@ -69,7 +69,11 @@ class BaseHandler(tornado.web.RequestHandler):
         for name, value in exc.headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(exc.body()))
+        sent = self.finish(json.dumps(exc.body()))
+        if exc.headers.get("Connection") == "close":
+            # Tornado keeps a connection open whatever the response's Connection header says;
+            # close it once the answer is out.
+            sent.add_done_callback(lambda _: self.request.connection.close())
 
 
 class ApiHandler(BaseHandler):
@@ -91,6 +95,12 @@ class ApiHandler(BaseHandler):
 
     def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
+        if self.application.draining:
+            raise errors.ShuttingDown(
+                "orpoll is shutting down; retry the request",
+                code="server_shutting_down",
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
         if not client_key_ok(self.application.client_keys, self.request.headers):
             raise errors.Unauthorized(
                 "invalid or missing API key (Authorization: Bearer <APP_API_KEY>)",
