@@ -104,3 +104,16 @@ async def test_nesting_the_parser_takes_is_relayed_byte_for_byte(fake, api):
     resp = await api(CHAT, body=body)
     assert resp.code == 200, resp.body
     assert fake.bodies == [body.encode()]
+
+
+async def test_empty_body_said_to_be_json_is_400(app, fake, api):
+    """A POST that says JSON and carries nothing is the client's error, not the upstream's."""
+    resp = await api("/v1/completions", body=b"", headers={"Content-Type": "application/json"})
+    assert_openai_error(resp, 400, "invalid_request_error")
+    assert not fake.requests
+    assert all(ks.failures == 0 for ks in app.scheduler)
+
+
+async def test_empty_body_without_a_type_still_passes(fake, api):
+    resp = await api("/v1/audio/voices/v-1", method="DELETE")
+    assert resp.code == 200, resp.body

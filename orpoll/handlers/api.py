@@ -278,7 +278,9 @@ class PassThroughHandler(RelayHandler):
         body = self.request_body() if self.request.method != "GET" else None
         model, stream = None, False
         ctype = self.request.headers.get("Content-Type", "")
-        if body and (not ctype or "json" in ctype.lower()):  # multipart etc. go as they are
+        # Multipart etc. go as they are; a POST that says JSON must be JSON, even when empty.
+        said_json = "json" in ctype.lower()
+        if (body and (not ctype or said_json)) or (said_json and self.request.method == "POST"):
             obj = parse_json_body(body)
             model = obj.get("model") if isinstance(obj.get("model"), str) else None
             stream = obj.get("stream") is True
