@@ -243,3 +243,21 @@ async def test_bad_path_is_refused_before_the_body_is_read(fake, base_url):
     writer.close()
     assert head.startswith(b"HTTP/1.1 400"), head
     assert not fake.requests
+
+
+@pytest.mark.parametrize(
+    "target,status",
+    [
+        (b"/v1/models?x=%zz&y=%00&z=\xc3\xa9", 200),
+        (b"/v1/models?" + b"a" * 4000, 200),
+        (b"/v1/models/%00", 404),
+        (b"/v1/models/..%2f..%2f_stats", 404),
+        (b"/v1/models/%ff", 400),
+        (b"/v1/models/openai%2Fgpt-4o?x=%zz", 200),
+    ],
+)
+async def test_models_ignore_queries_and_odd_ids(fake, app, base_url, target, status):
+    head = await raw_request(base_url, target)
+    assert head.startswith(b"HTTP/1.1 %d" % status), head
+    assert fake.models_calls == (1 if status != 400 else 0)
+    assert untouched(app)
