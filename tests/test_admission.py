@@ -8,8 +8,8 @@ import dataclasses
 
 import pytest
 
+from tests.api_helpers import abandon_upload, connect, until
 from tests.conftest import assert_openai_error
-from tests.test_bodies import abandon_upload, until
 
 CHAT = "/v1/chat/completions"
 GOOD = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -97,11 +97,12 @@ async def test_slots_come_back_after_errors(per_client_one, app, fake, api):
 
 
 async def test_slot_comes_back_when_the_client_leaves(per_client_one, app, fake, base_url, api):
-    await abandon_upload_as(base_url, b"client-one")
+    await abandon_upload(
+        base_url, CHAT, 1024 * 1024, chunked=False, headers=b"Authorization: Bearer client-one\r\n"
+    )
     assert await until(lambda: app.inflight == 0 and app.admission.clients == {})
     fake.default = {"hang": True}
-    host, port = base_url.rsplit("/", 1)[1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(base_url)
     body = b'{"model": "m", "messages": []}'
     writer.write(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer client-one\r\n"
@@ -112,18 +113,6 @@ async def test_slot_comes_back_when_the_client_leaves(per_client_one, app, fake,
     assert await until(lambda: app.inflight == 0 and app.admission.clients == {})
     fake.default = {}
     assert (await api(CHAT, GOOD, headers=ONE)).code == 200
-
-
-async def abandon_upload_as(base_url: str, token: bytes) -> None:
-    host, port = base_url.rsplit("/", 1)[1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
-        b"Content-Length: 1000000\r\n\r\n{" % token
-    )
-    await writer.drain()
-    await asyncio.sleep(0.1)
-    writer.close()
 
 
 async def test_no_limit_by_default(app, fake, api):

@@ -3,13 +3,13 @@ nesting too deep for the JSON parser or serialiser is a 400."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import os
 
 import pytest
 
+from tests.api_helpers import abandon_upload, until
 from tests.conftest import assert_openai_error
 
 CHAT = "/v1/chat/completions"
@@ -20,34 +20,6 @@ MB = 1024 * 1024
 def rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-async def until(cond, timeout: float = 10.0) -> bool:
-    for _ in range(int(timeout / 0.02)):
-        if cond():
-            return True
-        await asyncio.sleep(0.02)
-    return cond()
-
-
-async def abandon_upload(base_url: str, path: str, size: int, *, chunked: bool) -> None:
-    """Send headers and all but the last KB of a ``size``-byte body, then close the socket."""
-    host, port = base_url.rsplit("/", 1)[1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
-    writer.write(
-        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n\r\n"
-        % (path.encode(), framing)
-    )
-    block = b"x" * (256 * 1024)
-    sent = 0
-    while sent < size - 1024:
-        part = block[: min(len(block), size - 1024 - sent)]
-        writer.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
-        sent += len(part)
-        await writer.drain()
-    await asyncio.sleep(0.05)  # let the server read what was sent
-    writer.close()
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

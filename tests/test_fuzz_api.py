@@ -9,8 +9,8 @@ import random
 
 import pytest
 
+from tests.api_helpers import connect, untouched
 from tests.conftest import KEYS
-from tests.test_paths import untouched
 
 SEED = 1503
 ROUNDS = 150
@@ -114,8 +114,7 @@ def request(path: bytes, body: bytes, headers: list[tuple[bytes, bytes]]) -> byt
 
 async def exchange(base_url: str, data: bytes) -> int:
     """Send raw bytes; the status of the answer (0 if the server closed without one)."""
-    host, port = base_url.rsplit("/", 1)[1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(base_url)
     try:
         writer.write(data)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)

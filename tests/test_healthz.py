@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.api_helpers import connect
 from tests.conftest import KEYS, assert_openai_error
 
 CHAT = "/v1/chat/completions"
@@ -83,8 +84,7 @@ async def test_draining(app, fake, api):
 async def test_draining_closes_the_connection(app, base_url):
     """A keep-alive client is told to go, and the connection is closed after the answer."""
     app.draining = True
-    host, port = base_url.rsplit("/", 1)[1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(base_url)
     writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
     data = await asyncio.wait_for(reader.read(), 10)  # returns at EOF: the server closed
     writer.close()

@@ -15,6 +15,7 @@ from tornado.httpserver import HTTPServer
 
 from orpoll import errors
 from orpoll.paths import check_query, upstream_path
+from tests.api_helpers import connect, untouched
 from tests.conftest import KEYS, assert_openai_error, bound_port
 
 # ---- the normaliser ----------------------------------------------------------------------------
@@ -153,18 +154,9 @@ def recorder(io_loop, seen, env):
     server.stop()
 
 
-def untouched(app) -> bool:
-    """No key was used, blamed or cooled."""
-    return all(
-        ks.requests == 0 and ks.failures == 0 and ks.errors == 0 and ks.state == "available"
-        for ks in app.scheduler
-    )
-
-
 async def raw_request(base_url: str, target: bytes, method: bytes = b"GET") -> bytes:
     """Send a request line exactly as given (no client library re-escapes it)."""
-    host, port = base_url.rsplit("/", 1)[1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(base_url)
     writer.write(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     writer.close()
@@ -233,8 +225,7 @@ async def test_bad_path_is_an_openai_error(fake, api):
 
 async def test_bad_path_is_refused_before_the_body_is_read(fake, base_url):
     """A 20 MB upload to an unsendable path is answered at once, not read first."""
-    host, port = base_url.rsplit("/", 1)[1].split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await connect(base_url)
     writer.write(
         b"POST /v1/%2e%2e/x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 20000000\r\n\r\n{"
