@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import tornado.web
@@ -14,6 +14,9 @@ from .. import errors, paths, sse, wire
 from ..auth import bearer
 from ..relay import Attempts, Relay
 from .base import ApiHandler, BaseHandler
+
+if TYPE_CHECKING:
+    from ..app import OrpollApp
 
 log = logging.getLogger("orpoll.api")
 
@@ -270,7 +273,7 @@ class PassThroughHandler(RelayHandler):
         super().prepare()
         # Judged on the raw path (Tornado's path argument is decoded once), before the body is
         # read and before any key is picked: a path that cannot be sent is the client's fault.
-        self.path = paths.upstream_path(self.request.path[len("/v1/") :])
+        self.target = paths.upstream_path(self.request.path[len("/v1/") :])
         if self.request.query:
             paths.check_query(self.request.query)
 
@@ -286,7 +289,7 @@ class PassThroughHandler(RelayHandler):
             stream = obj.get("stream") is True
             del obj  # as in ChatHandler: only the bytes are kept while the answer streams
         self.model = model
-        url = f"{self.config.upstream_base}/{self.path}"
+        url = f"{self.config.upstream_base}/{self.target}"
         if self.request.query:
             url += "?" + self.request.query
         await self.relay(stream=stream).run(
@@ -325,7 +328,7 @@ class ModelHandler(ApiHandler):
         )
 
 
-def health_of(app) -> tuple[dict[str, Any], bool]:
+def health_of(app: OrpollApp) -> tuple[dict[str, Any], bool]:
     """The body /healthz and /readyz answer, and whether the process should get traffic.
 
     ``status`` is ``draining`` while shutting down, ``degraded`` when no key is usable or the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from ..upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.api")
+# A client's request id is taken as it is when it cannot pass for more than one field of the
+# access line: visible ASCII without spaces, quotes or backslashes, at most 64 characters.
+_REQUEST_ID = re.compile(r"[!#-\[\]-~]{1,64}")
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -42,7 +46,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """This request's id: the client's X-Request-Id when sane, else ours."""
         if self._request_id is None:
             given = self.request.headers.get("X-Request-Id", "")
-            ok = 0 < len(given) <= 64 and given.isascii() and given.isprintable()
+            ok = _REQUEST_ID.fullmatch(given) is not None
             self._request_id = given if ok else self.application.next_request_id()
         return self._request_id
 
