@@ -15,6 +15,7 @@ import jinja2
 import tornado.web
 from tornado import httputil
 
+from .admission import Admission
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .catalog import ModelCatalog
 from .config import Settings, overlay_settings
@@ -100,6 +101,7 @@ class OrpollApp(tornado.web.Application):
         )
         self.client_keys = parse_client_keys(config.app_api_key)
         self.inflight = 0  # relayed requests in progress (graceful shutdown waits for them)
+        self.admission = Admission()  # requests in progress per client key
         self.ready = True  # pool and store loaded (/readyz); the server may hold it False
         self.draining = False  # SIGTERM received: no new requests, in-flight ones finish
         self.streams: set = set()  # relay handlers whose stream is open (shutdown ends them)

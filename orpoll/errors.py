@@ -78,6 +78,10 @@ class NoKeyAvailable(ApiError):
     status, error_type = 503, "service_unavailable"
 
 
+class ShuttingDown(ApiError):
+    status, error_type = 503, "server_error"
+
+
 class UpstreamError(ApiError):
     """An upstream failure relayed with the upstream's status and message."""
 

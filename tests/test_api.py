@@ -457,3 +457,24 @@ async def test_rejected_requests_log_no_traceback(client_keys, small_body, fake,
     await still_serving(api, headers={"Authorization": "Bearer client-key-3"})
     await asyncio.sleep(0.05)  # let the closed connections be noticed
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["req 200 GET /v1/forged", "a\tb", "x" * 65, 'q"uote', "back\\slash"],
+    ids=["spaces", "tab", "too-long", "quote", "backslash"],
+)
+async def test_request_id_that_could_forge_a_log_field_is_replaced(api, caplog, given):
+    caplog.set_level(logging.INFO, logger="orpoll.access")
+    resp = await api(CHAT, GOOD, headers={"X-Request-Id": given})
+    assert resp.code == 200
+    ours = resp.headers["X-Request-Id"]
+    assert ours != given.strip() and " " not in ours and "\t" not in ours
+    lines = [r.getMessage() for r in caplog.records if r.name == "orpoll.access"]
+    assert lines and all(line.startswith(ours + " ") for line in lines), lines
+
+
+async def test_plain_request_id_is_kept(api):
+    for given in ("req-42", "9f1c2a7e-1b2c-4d5e-8f90-0a1b2c3d4e5f", "a.b_c:d/e=f"):
+        resp = await api(CHAT, GOOD, headers={"X-Request-Id": given})
+        assert resp.headers["X-Request-Id"] == given

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import tornado.web
 from tornado import httputil
 from tornado.iostream import IOStream
 
-from .. import errors, sse, wire
+from .. import errors, paths, sse, wire
+from ..auth import bearer
 from ..relay import Attempts, Relay
 from .base import ApiHandler, BaseHandler
+
+if TYPE_CHECKING:
+    from ..app import OrpollApp
 
 log = logging.getLogger("orpoll.api")
 
@@ -25,6 +29,8 @@ class RelayHandler(ApiHandler):
     # (a 401 or 413 answered before the body was read closes the connection).
     client_gone = False
     transfer = None
+    counted = False  # holds an in-flight slot
+    client = b""  # the client key whose admission slot it holds
     buffer_small_bodies = True  # see app.SmallBodyFirst: such bodies arrive before prepare()
 
     def initialize(self) -> None:
@@ -33,7 +39,14 @@ class RelayHandler(ApiHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        self.application.inflight += 1
+        app, cfg = self.application, self.config
+        if cfg.max_concurrent_requests or cfg.max_concurrent_per_client:
+            token = bearer(self.request.headers).encode() if app.client_keys else b""
+            if app.admission.admit(
+                cfg.max_concurrent_requests, cfg.max_concurrent_per_client, app.inflight, token
+            ):
+                self.client = token
+        app.inflight += 1
         self.counted = True
         self.client_gone, self.transfer, self.flushing, self.backlog = False, None, False, 0
         self.streaming = False
@@ -44,9 +57,17 @@ class RelayHandler(ApiHandler):
 
     def on_finish(self) -> None:
         self.application.streams.discard(self)
-        if getattr(self, "counted", False):
-            self.counted = False
-            self.application.inflight -= 1
+        if self.counted:
+            self._release()
+
+    def _release(self) -> None:
+        """Give back the in-flight and admission slots, once (on finish, or when the client
+        leaves first)."""
+        self.counted = False
+        self.application.inflight -= 1
+        if self.client:
+            self.application.admission.release(self.client)
+            self.client = b""
 
     def _too_large(self) -> errors.ApiError:
         return errors.PayloadTooLarge(
@@ -73,6 +94,13 @@ class RelayHandler(ApiHandler):
         self.client_gone = True
         if self.transfer is not None:
             self.transfer.abort = True  # ends the upstream transfer now
+        # Tornado's own ends a body still arriving: the handler then returns before its method
+        # runs, and neither finish() nor on_finish() follows. So the body read so far and the
+        # slot are let go here, or a cut upload would hold both for good.
+        super().on_connection_close()
+        self._chunks = []
+        if self.counted:
+            self._release()
 
     # ---- Sink -------------------------------------------------------------------------------
 
@@ -205,7 +233,10 @@ def with_model(body: bytes, obj: dict[str, Any], model: str) -> bytes:
     if "model" not in obj:
         at = body.index(b"{") + 1
         return body[:at] + b'"model":' + orjson.dumps(model) + (b"," if obj else b"") + body[at:]
-    return orjson.dumps({**obj, "model": model})  # "model": null or "": rare, re-serialise
+    try:
+        return orjson.dumps({**obj, "model": model})  # "model": null or "": rare, re-serialise
+    except orjson.JSONEncodeError:  # nesting orjson parses (1024) but will not write (254)
+        raise errors.BadRequest("request body is nested too deeply", code="invalid_json") from None
 
 
 class ChatHandler(RelayHandler):
@@ -238,17 +269,27 @@ class ChatHandler(RelayHandler):
 class PassThroughHandler(RelayHandler):
     """Any other /v1/<path> OpenRouter serves (completions, embeddings, ...), with key rotation."""
 
-    async def _pass(self, path: str) -> None:
+    def prepare(self) -> None:
+        super().prepare()
+        # Judged on the raw path (Tornado's path argument is decoded once), before the body is
+        # read and before any key is picked: a path that cannot be sent is the client's fault.
+        self.target = paths.upstream_path(self.request.path[len("/v1/") :])
+        if self.request.query:
+            paths.check_query(self.request.query)
+
+    async def _pass(self, _path: str) -> None:
         body = self.request_body() if self.request.method != "GET" else None
         model, stream = None, False
         ctype = self.request.headers.get("Content-Type", "")
-        if body and (not ctype or "json" in ctype.lower()):  # multipart etc. go as they are
+        # Multipart etc. go as they are; a POST that says JSON must be JSON, even when empty.
+        said_json = "json" in ctype.lower()
+        if (body and (not ctype or said_json)) or (said_json and self.request.method == "POST"):
             obj = parse_json_body(body)
             model = obj.get("model") if isinstance(obj.get("model"), str) else None
             stream = obj.get("stream") is True
             del obj  # as in ChatHandler: only the bytes are kept while the answer streams
         self.model = model
-        url = f"{self.config.upstream_base}/{path}"
+        url = f"{self.config.upstream_base}/{self.target}"
         if self.request.query:
             url += "?" + self.request.query
         await self.relay(stream=stream).run(
@@ -287,15 +328,43 @@ class ModelHandler(ApiHandler):
         )
 
 
+def health_of(app: OrpollApp) -> tuple[dict[str, Any], bool]:
+    """The body /healthz and /readyz answer, and whether the process should get traffic.
+
+    ``status`` is ``draining`` while shutting down, ``degraded`` when no key is usable or the
+    upstream is down (the process still serves: errors with Retry-After), else ``ok``.
+    """
+    counts = app.scheduler.counts()
+    upstream = app.scheduler.upstream
+    if app.draining:
+        status = "draining"
+    elif not counts["available"] or upstream.down:
+        status = "degraded"
+    else:
+        status = "ok"
+    ready = app.ready and status == "ok"
+    body = {"status": status, "ready": ready, "keys": counts, "upstream": upstream.state()}
+    return body, ready
+
+
 class HealthzHandler(BaseHandler):
-    """GET /healthz: liveness and key counts (no secrets), for Docker and load balancers."""
+    """GET /healthz: liveness (200 while the process serves), key counts and the upstream's
+    state (no secrets), for Docker and load balancers."""
 
     def get(self) -> None:
-        counts = self.scheduler.counts()
-        self.write_json({"status": "ok", "keys": counts})
+        self.write_json(health_of(self.application)[0])
 
     def check_xsrf_cookie(self) -> None:
         pass
+
+
+class ReadyzHandler(HealthzHandler):
+    """GET /readyz: readiness; 503 while starting, draining, with no usable key or with the
+    upstream down, so a load balancer sends the traffic elsewhere meanwhile."""
+
+    def get(self) -> None:
+        body, ready = health_of(self.application)
+        self.write_json(body, 200 if ready else 503)
 
 
 routes = [
@@ -304,4 +373,5 @@ routes = [
     (r"/v1/models/(.+)", ModelHandler),
     (r"/v1/(.+)", PassThroughHandler),
     (r"/healthz", HealthzHandler),
+    (r"/readyz", ReadyzHandler),
 ]

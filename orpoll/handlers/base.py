@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from ..upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.api")
+# A client's request id is taken as it is when it cannot pass for more than one field of the
+# access line: visible ASCII without spaces, quotes or backslashes, at most 64 characters.
+_REQUEST_ID = re.compile(r"[!#-\[\]-~]{1,64}")
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -42,7 +46,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """This request's id: the client's X-Request-Id when sane, else ours."""
         if self._request_id is None:
             given = self.request.headers.get("X-Request-Id", "")
-            ok = 0 < len(given) <= 64 and given.isascii() and given.isprintable()
+            ok = _REQUEST_ID.fullmatch(given) is not None
             self._request_id = given if ok else self.application.next_request_id()
         return self._request_id
 
@@ -69,7 +73,11 @@ class BaseHandler(tornado.web.RequestHandler):
         for name, value in exc.headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(exc.body()))
+        sent = self.finish(json.dumps(exc.body()))
+        if exc.headers.get("Connection") == "close":
+            # Tornado keeps a connection open whatever the response's Connection header says;
+            # close it once the answer is out.
+            sent.add_done_callback(lambda _: self.request.connection.close())
 
 
 class ApiHandler(BaseHandler):
@@ -91,6 +99,12 @@ class ApiHandler(BaseHandler):
 
     def prepare(self) -> None:
         self.set_header("X-Request-Id", self.request_id)
+        if self.application.draining:
+            raise errors.ShuttingDown(
+                "orpoll is shutting down; retry the request",
+                code="server_shutting_down",
+                headers={"Retry-After": "1", "Connection": "close"},
+            )
         if not client_key_ok(self.application.client_keys, self.request.headers):
             raise errors.Unauthorized(
                 "invalid or missing API key (Authorization: Bearer <APP_API_KEY>)",
