@@ -35,6 +35,8 @@ def shown(text: str) -> str:
 
 def key_problem(key: str) -> str:
     """Why ``key`` is not an OpenRouter key ("" if it is one)."""
+    if any(q in key for q in QUOTES):
+        return "it contains a quote"
     if not key.startswith(KEY_PREFIX):
         return f"keys start with {KEY_PREFIX}"
     if len(key) == len(KEY_PREFIX):
@@ -44,8 +46,6 @@ def key_problem(key: str) -> str:
     for c in key:
         if c.isspace():
             return "it contains a space (give one key per line or separate keys by commas)"
-        if c in QUOTES:
-            return "it contains a quote"
         if not "!" <= c <= "~":
             return "it contains a character that is not visible ASCII"
     return ""

@@ -96,9 +96,7 @@ def test_duplicates_collapse_and_the_first_weight_wins():
 # ---- property ---------------------------------------------------------------------------------
 
 # Visible ASCII minus what the list syntax uses (separators, weight colon) and quotes (with `).
-KEY_CHARS = st.sampled_from(
-    [chr(c) for c in range(0x21, 0x7F) if chr(c) not in ",:\"'`"]
-)
+KEY_CHARS = st.sampled_from([chr(c) for c in range(0x21, 0x7F) if chr(c) not in ",:\"'`"])
 keys = st.builds(lambda tail: KEY_PREFIX + tail, st.text(KEY_CHARS, min_size=1, max_size=40))
 weighted = st.tuples(keys, st.one_of(st.none(), st.integers(1, 1000)))
 
