@@ -289,9 +289,10 @@ def test_dashboard_shows_probes_usage_and_offers_the_right_actions(server, brows
     expect(page.locator("#check-result")).to_contain_text("1 invalid")
 
     # The Actions column never clips, wide or narrow.
-    for width in (1440, 1180, 1000):
+    for width in (1440, 1180, 1000, 800):
         page.set_viewport_size({"width": width, "height": 900})
         assert_actions_in_view(page)
+    shot(page, "dashboard-800.png")
     page.set_viewport_size({"width": 1440, "height": 900})
     shot(page, "dashboard-details.png")
     assert watch.errors == []
