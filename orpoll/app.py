@@ -250,7 +250,7 @@ def _resume(coro: Coroutine[Any, Any, Any], waited: Any) -> Generator[Any, Any, 
 
 def load_env_keys(scheduler: KeyScheduler, text: str) -> int:
     """Add OPENROUTER_API_KEYS to the pool; logs rejected entries; returns how many were added."""
-    entries, problems, notes, _ = parse_key_text(text)
+    entries, problems, notes, *_ = parse_key_text(text)
     for problem in problems:
         log.warning("OPENROUTER_API_KEYS: %s", problem)
     for note in notes:

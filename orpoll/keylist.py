@@ -15,7 +15,6 @@ from .keys import MAX_WEIGHT
 KEY_PREFIX = "sk-or-"
 MAX_KEY_LENGTH = 512
 LINE_SPLIT = re.compile(r"\r\n|\r|\n")
-ENTRY_SPLIT = re.compile(r",")
 # `OPENROUTER_API_KEYS=...` or `export OPENROUTER_API_KEYS=...` (a key cannot match: `-`).
 NAME_PREFIX = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
 QUOTES = "\"'`"
@@ -26,6 +25,7 @@ class KeyList(NamedTuple):
     problems: list[str]  # one per rejected entry: why, where, and the entry's last 4 characters
     notes: list[str]  # what was stripped (one per kind)
     rejected_lines: list[int]  # 1-based lines holding a rejected entry (to keep in an input box)
+    seen: int  # entries read: accepted, repeated and rejected
 
 
 def shown(text: str) -> str:
@@ -60,6 +60,7 @@ class Parser:
         self.problems: list[str] = []
         self.rejected: list[int] = []
         self.stripped: dict[str, int] = {}  # note -> how many times
+        self.seen = 0
 
     def unwrap(self, text: str) -> str:
         """Strip a ``NAME=`` prefix, then one pair of surrounding quotes, noting each."""
@@ -84,6 +85,7 @@ class Parser:
             self.rejected.append(lineno)
 
     def entry(self, lineno: int, raw: str) -> None:
+        self.seen += 1
         key, weight = self.unwrap(raw), 1
         if ":" in key:
             key, _, w = key.rpartition(":")
@@ -99,11 +101,12 @@ class Parser:
 
     def run(self) -> KeyList:
         for lineno, line in enumerate(self.lines, 1):
-            for raw in ENTRY_SPLIT.split(self.unwrap(line)):
+            for raw in self.unwrap(line).split(","):
                 if raw.strip():
                     self.entry(lineno, raw)
         notes = [f"{what} ({n}x)" if n > 1 else what for what, n in self.stripped.items()]
-        return KeyList(list(self.entries.items()), self.problems, notes, self.rejected)
+        entries = list(self.entries.items())
+        return KeyList(entries, self.problems, notes, self.rejected, self.seen)
 
 
 def parse_key_text(text: str) -> KeyList:

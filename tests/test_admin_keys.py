@@ -143,11 +143,15 @@ async def test_add_key_strips_quotes_and_a_name_prefix_with_a_note(admin, app):
 
 async def test_add_keys_returns_the_rejected_lines_and_notes(admin, app):
     text = "sk-or-v1-bulk-0001\nhello-not-a-key\n'sk-or-v1-bulk-0002'\nx, sk-or-v1-bulk-0003"
+    text += "\nOPENROUTER_API_KEYS=\nsk-or-v1-bulk-0001"
     data = await admin.json("POST", "/admin/add-keys", {"key_data": text})
-    assert (data["added_count"], data["invalid_count"]) == (3, 2)
+    assert (data["added_count"], data["duplicate_count"], data["invalid_count"]) == (3, 1, 2)
     assert data["rejected_lines"] == [2, 4]
     assert [m.split(":")[0] for m in data["error_messages"]] == ["line 2", "line 4"]
-    assert data["notes"] == ["removed surrounding quotes"]
+    assert data["notes"] == [
+        "removed surrounding quotes",
+        "removed the prefix OPENROUTER_API_KEYS=",
+    ]
     assert {"sk-or-v1-bulk-0001", "sk-or-v1-bulk-0002", "sk-or-v1-bulk-0003"} <= set(stored(app))
 
 

@@ -104,7 +104,7 @@ class AddKeyHandler(KeysHandler):
 
     async def post(self) -> None:
         body = self.json_body()
-        entries, problems, notes, _ = parse_key_text(
+        entries, problems, notes, *_ = parse_key_text(
             text_field(body, "openrouter_api_key", limit=600)
         )
         if problems or len(entries) != 1:
@@ -122,10 +122,6 @@ class AddKeyHandler(KeysHandler):
         )
 
 
-def entry_count(text: str) -> int:
-    return sum(1 for raw in re.split(r"[,\n\r]+", text) if raw.strip())
-
-
 class AddKeysHandler(KeysHandler):
     """POST ``{"key_data": "k1:2\\nk2, k3"}`` (newline or comma separated): counts and messages
     (duplicates count keys already pooled and repeats within the input), and the numbers of the
@@ -136,9 +132,10 @@ class AddKeysHandler(KeysHandler):
         body = self.json_body()
         name = next((n for n in ("key_data", "keys", "openrouter_api_keys_str") if n in body), "")
         text = text_field(body, name or "key_data", limit=64 * 1024 * 1024)
-        entries, problems, notes, rejected_lines = parse_key_text(text)
-        added = await self.add_entries(entries, label_of(body))
-        duplicates = entry_count(text) - len(problems) - len(added)
+        parsed = parse_key_text(text)
+        problems = parsed.problems
+        added = await self.add_entries(parsed.entries, label_of(body))
+        duplicates = parsed.seen - len(problems) - len(added)
         log.info(
             "admin batch add: %d added, %d duplicate, %d invalid",
             len(added),
@@ -151,8 +148,8 @@ class AddKeysHandler(KeysHandler):
                 "duplicate_count": duplicates,
                 "invalid_count": len(problems),
                 "error_messages": problems,
-                "rejected_lines": rejected_lines,
-                "notes": notes,
+                "rejected_lines": parsed.rejected_lines,
+                "notes": parsed.notes,
                 "added": [ks.id for ks in added],
             }
         )
@@ -209,7 +206,7 @@ class ReloadKeysHandler(KeysHandler):
                 param=FIELD,
                 code="missing_field",
             )
-        entries, problems, notes, _ = parse_key_text(text_field(body, FIELD, limit=64 << 20))
+        entries, problems, notes, *_ = parse_key_text(text_field(body, FIELD, limit=64 << 20))
         if problems:
             raise errors.BadRequest(
                 f"nothing changed: {len(problems)} invalid entries ({problems[0]})",
