@@ -28,9 +28,22 @@ class KeyList(NamedTuple):
     seen: int  # entries read: accepted, repeated and rejected
 
 
+def visible(text: str) -> str:
+    return "".join(c if "!" <= c <= "~" else "?" for c in text)
+
+
 def shown(text: str) -> str:
     """The last 4 characters, as a message may show them (never more of a key)."""
-    return "..." + "".join(c if "!" <= c <= "~" else "?" for c in text[-4:])
+    return "..." + visible(text[-4:])
+
+
+def weight_of(text: str) -> int | None:
+    """A weight 1..MAX_WEIGHT, or None. ASCII digits only: ``int()`` takes other Unicode digits
+    and refuses more than 4300 of them."""
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(MAX_WEIGHT))):
+        return None
+    weight = int(text)
+    return weight if 1 <= weight <= MAX_WEIGHT else None
 
 
 def key_problem(key: str) -> str:
@@ -90,10 +103,12 @@ class Parser:
         if ":" in key:
             key, _, w = key.rpartition(":")
             key, w = key.strip(), w.strip()
-            if not w.isdigit() or not 1 <= int(w) <= MAX_WEIGHT:
-                why = f"invalid weight {w[:12]!r} (give key:weight, weight 1..{MAX_WEIGHT})"
+            weight = weight_of(w)
+            if weight is None:
+                why = (
+                    f'invalid weight "{visible(w[:12])}" (give key:weight, weight 1..{MAX_WEIGHT})'
+                )
                 return self.reject(lineno, key, why)
-            weight = int(w)
         why = key_problem(key)
         if why:
             return self.reject(lineno, key, why)

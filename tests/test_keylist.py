@@ -26,6 +26,8 @@ GOOD = "sk-or-v1-0123456789abcdef"
         ("sk-or-", "nothing after sk-or-"),
         (GOOD + ":0", "weight"),
         (GOOD + ":x", "weight"),
+        pytest.param(GOOD + ":\u00b2", "weight", id="unicode-digit"),  # int() refuses it
+        pytest.param(GOOD + ":" + "1" * 5000, "weight", id="5000-digits"),  # int() refuses them
     ],
 )
 def test_non_keys_are_rejected_with_the_reason_and_the_suffix(text, why):
