@@ -61,7 +61,7 @@
   function sweepText(sweep, now) {
     const results = Object.entries(sweep.results || {}).sort((a, b) => b[1] - a[1])
       .map(([name, n]) => n + " " + name.replace(/_/g, " "));
-    return "Checked " + sweep.probed + " keys " + ago(now - sweep.at) + " in " +
+    return "Checked " + sweep.probed + (sweep.probed === 1 ? " key " : " keys ") + ago(now - sweep.at) + " in " +
       Number(sweep.seconds).toFixed(1) + " s" + (results.length ? ": " + results.join(", ") : "");
   }
 
@@ -123,7 +123,8 @@
       cell("Last used", "nowrap", k.last_used ? ago(now - k.last_used) : "never"),
       cell("Probe", "probe", ...probeCell(k, now)),
       cell("Usage", "usage", ...usageCell(k.credit)),
-      cell("Account", "account mono small", k.group || "—"),
+      el("td", { className: "account mono small", title: k.group },
+        el("span", { className: "cell-label" }, "Account"), k.group || "—"),
       cell("", "actions", actions(k)));
   }
 
