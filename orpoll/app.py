@@ -22,7 +22,7 @@ from .config import Settings, overlay_settings
 from .handlers import admin, admin_keys, admin_settings, api
 from .handlers.base import NotFoundHandler
 from .health import HealthChecker
-from .keylist import parse_keys
+from .keylist import parse_key_text, parse_keys
 from .keys import CooldownPolicy, key_id, mask
 from .logs import log_request
 from .scheduler import KeyScheduler
@@ -260,9 +260,11 @@ def _resume(coro: Coroutine[Any, Any, Any], waited: Any) -> Generator[Any, Any, 
 
 def load_env_keys(scheduler: KeyScheduler, text: str) -> int:
     """Add OPENROUTER_API_KEYS to the pool; logs rejected entries; returns how many were added."""
-    entries, problems = parse_keys(text)
+    entries, problems, notes, *_ = parse_key_text(text)
     for problem in problems:
         log.warning("OPENROUTER_API_KEYS: %s", problem)
+    for note in notes:
+        log.info("OPENROUTER_API_KEYS: %s", note)
     added = sum(1 for key, weight in entries if scheduler.add(key, weight) is not None)
     if entries:
         log.info(

@@ -116,6 +116,10 @@ def key_row(ks: KeyState, now: float) -> dict[str, Any]:
         "successes": ks.successes,
         "errors": ks.errors,
         "success_rate": round(ks.successes / ks.requests, 4) if ks.requests else None,
+        "inflight": ks.inflight,
+        "oldest_inflight_age": (
+            round(now - ks.oldest_inflight, 1) if ks.inflight and ks.oldest_inflight else None
+        ),
         "credit": credit or None,
         "probe": info.get("probe"),
         "added_at": ks.added_at,

@@ -1,11 +1,13 @@
-/* Dashboard: the key table (server-side paging, filter, sort), bulk add, delete, weights. */
+/* Dashboard: the key table (server-side paging, filter, sort; cards on a phone), key actions,
+   health checks, the upstream banner, bulk add, delete, weights. */
 "use strict";
 
 (() => {
   const { api, el, toast, duration, ago } = orpoll;
   const $ = (id) => document.getElementById(id);
   const tbody = document.querySelector("#keys tbody");
-  const view = { page: 1, totalPages: 1, skew: 0, loading: false, selected: new Set() };
+  const view = { page: 1, totalPages: 1, skew: 0, loading: false, again: false,
+    selected: new Set(), checking: new Set(), sweeping: false };
   const STATUS_TEXT = { available: "Available", cooling: "Cooling", disabled: "Disabled", paused: "Paused" };
 
   function query() {
@@ -16,20 +18,51 @@
     return "/admin/key-status?" + params;
   }
 
+  /** Fetch and show the current page; a call during a fetch runs once more after it. */
   async function load() {
-    if (view.loading) return;
+    if (view.loading) { view.again = true; return; }
     view.loading = true;
     try {
       const data = await api("GET", query());
       view.skew = data.now - Date.now() / 1000;
       view.totalPages = data.total_pages;
-      if (view.page > data.total_pages) { view.page = data.total_pages; view.loading = false; return load(); }
-      render(data);
+      if (view.page > data.total_pages) { view.page = data.total_pages; view.again = true; }
+      else render(data);
     } catch (e) {
       toast("Could not load keys: " + e.message, "error");
     } finally {
       view.loading = false;
+      if (view.again) { view.again = false; load(); }
     }
+  }
+
+  const SHOWN_IN_CARDS = new Set(["requests_last_hour", "errors_last_hour"]);
+  const humanize = (name) => (name.charAt(0).toUpperCase() + name.slice(1)).replace(/_/g, " ");
+
+  /** Every request counter the server reports (new ones appear without a change here). */
+  function renderTraffic(requests) {
+    const parts = Object.entries(requests || {})
+      .filter(([name, value]) => !SHOWN_IN_CARDS.has(name) && typeof value === "number")
+      .map(([name, value]) => humanize(name) + " " + value.toLocaleString());
+    $("traffic").textContent = parts.join(" · ");
+  }
+
+  function renderUpstream(up, now) {
+    const banner = $("upstream-banner");
+    banner.hidden = !(up && up.down);
+    if (banner.hidden) return;
+    const since = up.since ? " since " + new Date(up.since * 1000).toLocaleTimeString() +
+      " (" + duration(now - up.since) + ")" : "";
+    banner.textContent = "OpenRouter is unreachable" + (up.reason ? ": " + up.reason : "") + since +
+      ". Clients are told to retry in " + up.retry_after + " s; no key is blamed for it.";
+  }
+
+  /** "Checked 4 keys just now in 1.2 s: 3 ok, 1 invalid" from a sweep summary. */
+  function sweepText(sweep, now) {
+    const results = Object.entries(sweep.results || {}).sort((a, b) => b[1] - a[1])
+      .map(([name, n]) => n + " " + name.replace(/_/g, " "));
+    return "Checked " + sweep.probed + (sweep.probed === 1 ? " key " : " keys ") + ago(now - sweep.at) + " in " +
+      Number(sweep.seconds).toFixed(1) + " s" + (results.length ? ": " + results.join(", ") : "");
   }
 
   function render(data) {
@@ -41,12 +74,26 @@
     $("total").textContent = "(" + data.counts.total.toLocaleString() + ")";
     $("page-info").textContent = "Page " + data.page + " of " + data.total_pages +
       " · " + data.total_keys.toLocaleString() + " matching";
+    const now = Date.now() / 1000 + view.skew;
+    renderTraffic(data.requests);
+    renderUpstream(data.upstream, now);
+    if (!view.sweeping && data.health && data.health.at) {
+      $("check-result").textContent = sweepText(data.health, now);
+      $("check-result").hidden = false;
+    }
     $("prev").disabled = data.page <= 1;
     $("next").disabled = data.page >= data.total_pages;
     tbody.replaceChildren(...data.keys.map(row));
     $("empty").hidden = data.keys.length > 0;
     syncSelection();
   }
+
+  /** A table cell; ``label`` names the value when rows are shown as cards (phones). */
+  function cell(label, className, ...children) {
+    return el("td", { className }, label ? el("span", { className: "cell-label" }, label) : null, ...children);
+  }
+
+  const money = (v) => "$" + Number(v).toFixed(2);
 
   function row(k) {
     const now = Date.now() / 1000 + view.skew;
@@ -64,21 +111,58 @@
       ? el("span", { className: "last-error", title: k.last_error },
           k.last_status ? el("b", {}, String(k.last_status)) : null, " ", k.last_error)
       : el("span", { className: "muted" }, "—");
-    const credit = k.credit && typeof k.credit.limit_remaining === "number"
-      ? "$" + k.credit.limit_remaining.toFixed(2) : "—";
     return el("tr", { dataset: { id: k.id }, className: "status-" + k.status },
       el("td", { className: "sel" }, check),
       keyCell,
-      el("td", {}, statusCell(k, now)),
-      el("td", { className: "num" }, weight),
-      el("td", { className: "num" + (k.failures ? " warn-text" : "") }, k.failures),
-      el("td", { className: "error-cell" }, err),
-      el("td", { className: "nowrap" }, k.last_used ? ago(now - k.last_used) : "never"),
-      el("td", { className: "num" }, k.requests.toLocaleString()),
-      el("td", { className: "num" }, k.success_rate === null ? "—" : (100 * k.success_rate).toFixed(1) + "%"),
-      el("td", { className: "num" }, credit),
-      el("td", { className: "account mono small", title: k.group }, k.group || "—"),
-      el("td", { className: "actions" }, actions(k)));
+      cell("Status", "status-cell", statusCell(k, now)),
+      cell("Weight", "num", weight),
+      cell("Requests", "traffic", ...trafficCell(k)),
+      cell("In flight", "inflight", k.inflight
+        ? k.inflight + " · oldest " + duration(k.oldest_inflight_age || 0) : "—"),
+      cell("Last error", "error-cell", err),
+      cell("Last used", "nowrap", k.last_used ? ago(now - k.last_used) : "never"),
+      cell("Probe", "probe", ...probeCell(k, now)),
+      cell("Usage", "usage", ...usageCell(k.credit)),
+      el("td", { className: "account mono small", title: k.group },
+        el("span", { className: "cell-label" }, "Account"), k.group || "—"),
+      cell("", "actions", actions(k)));
+  }
+
+  /** Requests, failed requests and success share: three views of one count, never at odds. */
+  function trafficCell(k) {
+    if (!k.requests) return [el("span", { className: "muted" }, "none yet")];
+    const failed = k.errors
+      ? el("span", { className: "warn-text" }, k.errors.toLocaleString() + " failed")
+      : el("span", { className: "ok-text" }, "none failed");
+    return [el("span", { className: "line" }, k.requests.toLocaleString() + (k.requests === 1 ? " request" : " requests")),
+      el("span", { className: "line small" }, failed, " · " + (100 * k.success_rate).toFixed(1) + "% ok")];
+  }
+
+  function probeCell(k, now) {
+    if (view.checking.has(k.id)) return [el("span", { className: "muted" }, "checking…")];
+    const p = k.probe;
+    if (!p) return [el("span", { className: "muted" }, "never")];
+    const kind = p.result === "ok" || p.result === "readmitted" ? "ok-text"
+      : p.result === "inconclusive" ? "warn-text" : "error-text";
+    return [el("span", { className: "line" }, el("b", { className: kind }, p.result),
+        typeof p.latency_ms === "number" ? " · " + Math.round(p.latency_ms) + " ms" : ""),
+      el("span", { className: "line small muted" }, ago(now - p.at))];
+  }
+
+  function usageCell(c) {
+    if (!c) return [el("span", { className: "muted" }, "—")];
+    const lines = [];
+    const spend = [];
+    if (typeof c.usage_daily === "number") spend.push("today " + money(c.usage_daily));
+    if (typeof c.usage_monthly === "number") spend.push("month " + money(c.usage_monthly));
+    if (spend.length) lines.push(spend.join(" · "));
+    if (typeof c.limit === "number") {
+      lines.push("limit " + money(c.limit) +
+        (typeof c.limit_remaining === "number" ? " (" + money(c.limit_remaining) + " left)" : ""));
+    } else if ("limit" in c) lines.push("no limit");
+    if (c.is_free_tier) lines.push("free tier");
+    return lines.length ? lines.map((t) => el("span", { className: "line" }, t))
+      : [el("span", { className: "muted" }, "—")];
   }
 
   function statusCell(k, now) {
@@ -90,22 +174,51 @@
         (k.cooldown_until ? "" : ":free ") + duration(until - now)));
     }
     if (k.reason) parts.push(el("span", { className: "reason", title: k.reason }, k.reason));
+    if (k.failures) {
+      parts.push(el("span", { className: "streak warn-text" },
+        k.failures + (k.failures === 1 ? " failure" : " failures") + " in a row"));
+    }
     return el("div", { className: "status" }, ...parts);
   }
 
+  const button = (text, onclick, className) =>
+    el("button", { type: "button", className: "small" + (className ? " " + className : ""), onclick }, text);
+
   function actions(k) {
-    const toggle = k.enabled
-      ? el("button", { type: "button", className: "small", onclick: () => keyAction(k, "disable") }, "Pause")
-      : el("button", { type: "button", className: "small", onclick: () => keyAction(k, "enable") }, "Resume");
-    return el("div", { className: "btns" }, toggle,
-      el("button", { type: "button", className: "small", onclick: () => keyAction(k, "check") }, "Check"),
-      el("button", { type: "button", className: "small danger", onclick: () => deleteOne(k) }, "Delete"));
+    const btns = [];
+    if (!k.enabled) btns.push(button("Resume", () => keyAction(k, "enable")));
+    else if (k.status === "disabled") btns.push(button("Enable", () => keyAction(k, "enable"), "primary"));
+    else btns.push(button("Pause", () => keyAction(k, "disable")));
+    if (k.status === "cooling") btns.push(button("Readmit", () => keyAction(k, "readmit")));
+    const checking = view.checking.has(k.id);
+    const probe = button(checking ? "Checking…" : "Check", (e) => checkKey(k, e.target));
+    probe.disabled = checking;
+    btns.push(probe, button("Delete", () => deleteOne(k), "danger"));
+    return el("div", { className: "btns" }, ...btns);
   }
+
+  /** Probe one key now; the row shows "Checking…" until the result is in. */
+  async function checkKey(k, btn) {
+    view.checking.add(k.id);
+    btn.disabled = true;
+    btn.textContent = "Checking…";
+    try {
+      const data = await api("POST", "/admin/keys/" + encodeURIComponent(k.id) + "/check");
+      const p = data.key.probe;
+      const latency = p && typeof p.latency_ms === "number" ? " (" + Math.round(p.latency_ms) + " ms)" : "";
+      toast(k.key_suffix + ": check " + data.result + latency, data.result === "error" ? "error" : "ok");
+    } catch (e) { toast(e.message, "error"); } finally {
+      view.checking.delete(k.id);
+      load();
+    }
+  }
+
+  const DONE = { enable: "enabled", disable: "paused", readmit: "readmitted: its cooldown ended" };
 
   async function keyAction(k, action) {
     try {
-      const data = await api("POST", "/admin/keys/" + encodeURIComponent(k.id) + "/" + action);
-      toast(k.key_suffix + ": " + (data.result ? "check " + data.result : action + "d"), "ok");
+      await api("POST", "/admin/keys/" + encodeURIComponent(k.id) + "/" + action);
+      toast(k.key_suffix + ": " + DONE[action], "ok");
       load();
     } catch (e) { toast(e.message, "error"); }
   }
@@ -161,7 +274,10 @@
         " duplicate · " + r.invalid_count + " invalid";
       $("add-result").className = "result " + (r.invalid_count ? "warn-text" : "ok-text");
       $("add-errors").replaceChildren(...r.error_messages.map((m) => el("li", {}, m)));
-      if (r.added_count) $("bulk").value = "";
+      $("add-notes").replaceChildren(...(r.notes || []).map((m) => el("li", {}, "Note: " + m)));
+      // Keep the refused lines (the server names them by number, never echoing a key).
+      const lines = text.split("\n");
+      $("bulk").value = (r.rejected_lines || []).map((n) => lines[n - 1]).join("\n");
       load();
     } catch (e) {
       $("add-result").textContent = e.message;
@@ -195,12 +311,24 @@
     syncSelection();
   });
   $("check-all").addEventListener("click", async () => {
+    const out = $("check-result");
     $("check-all").disabled = true;
+    view.sweeping = true;
+    out.textContent = "Checking every enabled key…";
+    out.className = "result small";
+    out.hidden = false;
     try {
       const r = await api("POST", "/admin/check-keys");
+      out.textContent = sweepText(r, Date.now() / 1000 + view.skew);
       toast("Checked " + r.probed + " keys", "ok");
+    } catch (e) {
+      out.textContent = "Check failed: " + e.message;
+      out.className = "result small error-text";
+    } finally {
+      $("check-all").disabled = false;
+      view.sweeping = false;
       load();
-    } catch (e) { toast(e.message, "error"); } finally { $("check-all").disabled = false; }
+    }
   });
 
   setInterval(tick, 1000);

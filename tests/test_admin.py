@@ -119,12 +119,12 @@ async def test_next_must_be_a_local_path(client):
 
 async def test_cross_origin_json_is_refused(admin, base_url):
     evil = {"Origin": "http://evil.example"}
-    resp = await admin.post("/admin/add-key", {"openrouter_api_key": "sk-x-1234"}, headers=evil)
+    resp = await admin.post("/admin/add-key", {"openrouter_api_key": "sk-or-x-1234"}, headers=evil)
     assert assert_openai_error(resp, 403)["code"] == "bad_origin"
     resp = await admin.delete("/admin/delete-key/aaaa1111", headers={"Origin": "null"})
     assert_openai_error(resp, 403)
     same = {"Origin": base_url}
-    resp = await admin.post("/admin/add-key", {"openrouter_api_key": "sk-x-1234"}, headers=same)
+    resp = await admin.post("/admin/add-key", {"openrouter_api_key": "sk-or-x-1234"}, headers=same)
     assert resp.code == 200
 
 

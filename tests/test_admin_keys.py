@@ -4,6 +4,7 @@ suffix), reload, per-key actions, durability before the answer, restarts and 10k
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import time
 
@@ -113,6 +114,60 @@ async def test_add_keys_reports_added_duplicate_and_invalid(admin, app):
     assert app.scheduler.get(key_id("sk-or-v1-batch-0002")) is not None
 
 
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("x", '"...x" is not accepted: keys start with sk-or-'),
+        ("hello-not-a-key", '"...-key" is not accepted: keys start with sk-or-'),
+        ('"sk-or-v1-half-quoted', "contains a quote"),
+        ("sk-or-v1-two words", "contains a space"),
+    ],
+)
+async def test_add_key_rejects_what_is_not_a_key_and_says_why(admin, app, value, why):
+    resp = await admin.post("/admin/add-key", {"openrouter_api_key": value})
+    err = assert_openai_error(resp, 400)
+    assert err["code"] == "invalid_key_format" and why in err["message"]
+    assert len(app.scheduler) == 3
+
+
+async def test_add_key_strips_quotes_and_a_name_prefix_with_a_note(admin, app):
+    for pasted, key in [
+        ('"sk-or-v1-quoted-0001"', "sk-or-v1-quoted-0001"),
+        ("OPENROUTER_API_KEYS=sk-or-v1-named-0002", "sk-or-v1-named-0002"),
+    ]:
+        data = await admin.json("POST", "/admin/add-key", {"openrouter_api_key": pasted})
+        assert data["key"]["id"] == key_id(key) and data["notes"], data
+        assert key in stored(app)
+    assert any("OPENROUTER_API_KEYS=" in n for n in data["notes"])
+
+
+async def test_add_keys_returns_the_rejected_lines_and_notes(admin, app):
+    text = "sk-or-v1-bulk-0001\nhello-not-a-key\n'sk-or-v1-bulk-0002'\nx, sk-or-v1-bulk-0003"
+    text += "\nOPENROUTER_API_KEYS=\nsk-or-v1-bulk-0001"
+    data = await admin.json("POST", "/admin/add-keys", {"key_data": text})
+    assert (data["added_count"], data["duplicate_count"], data["invalid_count"]) == (3, 1, 2)
+    assert data["rejected_lines"] == [2, 4]
+    assert [m.split(":")[0] for m in data["error_messages"]] == ["line 2", "line 4"]
+    assert data["notes"] == [
+        "removed surrounding quotes",
+        "removed the prefix OPENROUTER_API_KEYS=",
+    ]
+    assert {"sk-or-v1-bulk-0001", "sk-or-v1-bulk-0002", "sk-or-v1-bulk-0003"} <= set(stored(app))
+
+
+async def test_env_keys_are_validated_at_start_up(env, tmp_path):
+    text = 'OPENROUTER_API_KEYS="sk-or-v1-env-0001,hello-not-a-key,x"'
+    config = load_settings({**env, "DATA_DIR": str(tmp_path / "e"), "OPENROUTER_API_KEYS": text})
+    with (
+        ExpectLog("orpoll", r'.*"...-key" is not accepted: keys start with sk-or-'),
+        ExpectLog("orpoll", r".*removed the prefix OPENROUTER_API_KEYS=", level=logging.INFO),
+        ExpectLog("orpoll", r".*removed surrounding quotes", level=logging.INFO),
+    ):
+        app = make_app(config)
+    assert [ks.key for ks in app.scheduler] == ["sk-or-v1-env-0001"]
+    app.upstream.close()
+
+
 # ---- delete -----------------------------------------------------------------------------------
 
 
@@ -178,6 +233,24 @@ async def test_reload_with_an_invalid_entry_changes_nothing(admin, app):
     assert len(app.scheduler) == 3 and len(stored(app)) == 3
 
 
+async def test_reload_without_the_field_is_400_and_keeps_the_pool(admin, app):
+    resp = await admin.post("/admin/reload-keys", {"openrouter_api_keys": "x"})
+    err = assert_openai_error(resp, 400)
+    assert err["param"] == "openrouter_api_keys_str" and "openrouter_api_keys_str" in err["message"]
+    assert len(app.scheduler) == 3 and len(stored(app)) == 3
+
+
+async def test_reload_to_an_empty_pool_needs_allow_empty(admin, app):
+    for text in ("", " , \n"):
+        resp = await admin.post("/admin/reload-keys", {"openrouter_api_keys_str": text})
+        err = assert_openai_error(resp, 400)
+        assert err["code"] == "would_empty_pool" and "allow_empty" in err["message"]
+        assert len(app.scheduler) == 3 and len(stored(app)) == 3
+    body = {"openrouter_api_keys_str": "", "allow_empty": True}
+    data = await admin.json("POST", "/admin/reload-keys", body)
+    assert data["removed_count"] == 3 and len(app.scheduler) == 0 and stored(app) == {}
+
+
 # ---- per key ------------------------------------------------------------------------------------
 
 
@@ -214,6 +287,27 @@ async def test_check_now_probes_one_key_and_check_keys_sweeps(admin, app, fake):
     sweep = await admin.json("POST", "/admin/check-keys")
     assert sweep["probed"] == 3  # ... yet "check all" probes every enabled key again
     assert fake.key_probes[B] == 2 and sweep["results"]["invalid"] == 1
+
+
+async def test_readmit_ends_a_cooldown_now(admin, app):
+    ks = app.scheduler.get(key_id(C))
+    app.scheduler.cool(ks, time.time() + 3600, "rate limited", "key_rate_limit")
+    ks.failures = 4
+    data = await admin.json("POST", f"/admin/keys/{ks.id}/readmit")
+    assert data["key"]["status"] == "available" and ks.state == "available"
+    assert app.scheduler.pick() is not None and app.scheduler.counts()["cooling"] == 0
+
+
+async def test_key_status_shows_in_flight_requests_and_the_upstream(admin, app):
+    ks = app.scheduler.get(key_id(A))
+    ks.inflight, ks.oldest_inflight = 2, time.time() - 30
+    data = await admin.json("GET", "/admin/key-status")
+    row = next(k for k in data["keys"] if k["id"] == ks.id)
+    assert row["inflight"] == 2 and 29 <= row["oldest_inflight_age"] < 60
+    idle = next(k for k in data["keys"] if k["id"] == key_id(B))
+    assert idle["inflight"] == 0 and idle["oldest_inflight_age"] is None
+    assert data["upstream"] == app.scheduler.upstream.state()
+    assert "health" in data
 
 
 # ---- restarts ---------------------------------------------------------------------------------

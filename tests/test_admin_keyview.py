@@ -84,3 +84,17 @@ def test_reload_plan_keeps_known_keys():
     apply_reload(s, remove, add, weights)
     assert {ks.key for ks in s} == {"sk-kept-0001", "sk-new-0003"}
     assert kept.weight == 4 and kept.requests == 9
+
+
+def test_rows_show_in_flight_requests_and_the_oldest_age():
+    s = KeyScheduler(clock=lambda: NOW)
+    busy, idle, odd = (
+        s.add("sk-or-v1-busy-0001"),
+        s.add("sk-or-v1-idle-0002"),
+        s.add("sk-or-v1-x-3"),
+    )
+    busy.inflight, busy.oldest_inflight = 2, NOW - 12.345
+    odd.inflight = 1  # no start time on record: no age rather than one of 56 years
+    assert (key_row(busy, NOW)["inflight"], key_row(busy, NOW)["oldest_inflight_age"]) == (2, 12.3)
+    assert key_row(idle, NOW)["inflight"] == 0 and key_row(idle, NOW)["oldest_inflight_age"] is None
+    assert key_row(odd, NOW)["oldest_inflight_age"] is None

@@ -1,4 +1,4 @@
-"""KeyScheduler and parse_keys: pure unit tests with a fake clock and a seeded rng (no sleeping)."""
+"""KeyScheduler: pure unit tests with a fake clock and a seeded rng (no sleeping)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections import Counter
 
 import pytest
 
-from orpoll.keylist import parse_keys
 from orpoll.keys import INCIDENT_COOLDOWN, CooldownPolicy, Outcome, Verdict, key_id
 from orpoll.scheduler import KeyScheduler
 
@@ -50,37 +49,6 @@ def drain(sched: KeyScheduler, model: str | None = None) -> list[str]:
     while (ks := sched.pick(tried, model)) is not None:
         tried.append(ks.id)
     return tried
-
-
-# ---- parse_keys -----------------------------------------------------------------------------
-
-
-def test_parse_keys_splits_on_commas_and_newlines_and_trims():
-    entries, errors = parse_keys(" sk-a ,sk-b\nsk-c\r\n\n, ,sk-d:7\n")
-    assert entries == [("sk-a", 1), ("sk-b", 1), ("sk-c", 1), ("sk-d", 7)]
-    assert errors == []
-
-
-def test_parse_keys_reports_invalid_weight_without_the_key():
-    secret = "sk-or-v1-secretsecret9999"
-    entries, errors = parse_keys(f"sk-ok:2,{secret}:abc,sk-zero:0,sk-neg:-1,sk-big:99999999")
-    assert entries == [("sk-ok", 2)]
-    assert len(errors) == 4
-    assert "invalid weight" in errors[0] and "9999" in errors[0]
-    assert all(secret not in e for e in errors)
-
-
-def test_parse_keys_collapses_duplicates_first_weight_wins():
-    entries, errors = parse_keys("sk-a:2,sk-b,sk-a:5\nsk-a")
-    assert entries == [("sk-a", 2), ("sk-b", 1)]
-    assert errors == []
-
-
-def test_parse_keys_rejects_invalid_keys():
-    entries, errors = parse_keys("sk good,sk-ok,sk-\x01ctl," + "x" * 600)
-    assert entries == [("sk-ok", 1)]
-    assert len(errors) == 3
-    assert all("not a valid key" in e for e in errors)
 
 
 def test_key_id_is_stable_and_display_is_masked(sched):

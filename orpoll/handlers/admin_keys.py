@@ -14,7 +14,7 @@ import urllib.parse
 from typing import Any
 
 from .. import errors
-from ..keylist import parse_keys
+from ..keylist import parse_key_text
 from ..keys import MAX_WEIGHT, KeyState, key_id
 from ..keyview import STATUSES, apply_reload, key_row, page_of, reload_plan, resolve, resolve_many
 from .admin import AdminApiHandler, text_field
@@ -84,6 +84,8 @@ class KeyStatusHandler(KeysHandler):
                 "total_pages": max(1, math.ceil(total / limit)),
                 "counts": self.scheduler.counts(),
                 "requests": self.application.traffic.summary(),
+                "upstream": self.scheduler.upstream.state(),
+                "health": self.application.health.last_sweep,
                 "now": now,
             }
         )
@@ -102,7 +104,9 @@ class AddKeyHandler(KeysHandler):
 
     async def post(self) -> None:
         body = self.json_body()
-        entries, problems = parse_keys(text_field(body, "openrouter_api_key", limit=600))
+        entries, problems, notes, *_ = parse_key_text(
+            text_field(body, "openrouter_api_key", limit=600)
+        )
         if problems or len(entries) != 1:
             message = problems[0] if problems else "give exactly one key as key[:weight]"
             raise errors.BadRequest(message, param="openrouter_api_key", code="invalid_key_format")
@@ -113,24 +117,25 @@ class AddKeyHandler(KeysHandler):
             raise errors.Conflict("that key is already in the pool", code="key_already_exists")
         ks = added[0]
         log.info("admin added key %s", ks.id)
-        self.write_json({"message": f"key {ks.masked} added", "key": key_row(ks, self.now())})
-
-
-def entry_count(text: str) -> int:
-    return sum(1 for raw in re.split(r"[,\n\r]+", text) if raw.strip())
+        self.write_json(
+            {"message": f"key {ks.masked} added", "notes": notes, "key": key_row(ks, self.now())}
+        )
 
 
 class AddKeysHandler(KeysHandler):
     """POST ``{"key_data": "k1:2\\nk2, k3"}`` (newline or comma separated): counts and messages
-    (duplicates count keys already pooled and repeats within the input)."""
+    (duplicates count keys already pooled and repeats within the input), and the numbers of the
+    lines holding a rejected entry, so that a form can keep those lines (never the text: a line
+    may hold a full key)."""
 
     async def post(self) -> None:
         body = self.json_body()
         name = next((n for n in ("key_data", "keys", "openrouter_api_keys_str") if n in body), "")
         text = text_field(body, name or "key_data", limit=64 * 1024 * 1024)
-        entries, problems = parse_keys(text)
-        added = await self.add_entries(entries, label_of(body))
-        duplicates = entry_count(text) - len(problems) - len(added)
+        parsed = parse_key_text(text)
+        problems = parsed.problems
+        added = await self.add_entries(parsed.entries, label_of(body))
+        duplicates = parsed.seen - len(problems) - len(added)
         log.info(
             "admin batch add: %d added, %d duplicate, %d invalid",
             len(added),
@@ -143,6 +148,8 @@ class AddKeysHandler(KeysHandler):
                 "duplicate_count": duplicates,
                 "invalid_count": len(problems),
                 "error_messages": problems,
+                "rejected_lines": parsed.rejected_lines,
+                "notes": parsed.notes,
                 "added": [ks.id for ks in added],
             }
         )
@@ -182,19 +189,37 @@ class DeleteKeysBatchHandler(KeysHandler):
         )
 
 
+FIELD = "openrouter_api_keys_str"
+
+
 class ReloadKeysHandler(KeysHandler):
     """POST ``{"openrouter_api_keys_str": "..."}``: the pool becomes exactly this list, in one
-    transaction. Kept keys keep their state and counters; any invalid entry changes nothing."""
+    transaction. Kept keys keep their state and counters; any invalid entry changes nothing.
+    A list that would empty the pool needs ``"allow_empty": true`` (a misspelled request must not
+    delete every key)."""
 
     async def post(self) -> None:
         body = self.json_body()
-        entries, problems = parse_keys(text_field(body, "openrouter_api_keys_str", limit=64 << 20))
+        if FIELD not in body:
+            raise errors.BadRequest(
+                f"missing field {FIELD}: give the whole key list (nothing changed)",
+                param=FIELD,
+                code="missing_field",
+            )
+        entries, problems, notes, *_ = parse_key_text(text_field(body, FIELD, limit=64 << 20))
         if problems:
             raise errors.BadRequest(
                 f"nothing changed: {len(problems)} invalid entries ({problems[0]})",
-                param="openrouter_api_keys_str",
+                param=FIELD,
                 code="invalid_key_format",
                 metadata={"error_messages": problems},
+            )
+        if not entries and len(self.scheduler) and body.get("allow_empty") is not True:
+            raise errors.BadRequest(
+                f"nothing changed: the list holds no key, so the reload would delete all "
+                f'{len(self.scheduler)} keys; send "allow_empty": true to do that',
+                param=FIELD,
+                code="would_empty_pool",
             )
         remove, add, kept = reload_plan(self.scheduler, entries, self.now())
         store = self.application.store
@@ -214,14 +239,15 @@ class ReloadKeysHandler(KeysHandler):
                 "kept_count": len(kept),
                 "invalid_count": 0,
                 "error_messages": [],
+                "notes": notes,
                 "total": len(self.scheduler),
             }
         )
 
 
 class KeyActionHandler(KeysHandler):
-    """POST /admin/keys/<id>/{weight,label,enable,disable,check}; answers with the key's row
-    (``check`` adds the probe's ``result``)."""
+    """POST /admin/keys/<id>/{weight,label,enable,disable,readmit,check}; answers with the key's
+    row (``check`` adds the probe's ``result``)."""
 
     async def post(self, ref: str, action: str) -> None:
         ks = resolve(self.scheduler, urllib.parse.unquote(ref))
@@ -257,6 +283,12 @@ class KeyActionHandler(KeysHandler):
         self.scheduler.set_enabled(ks, False)
         return {}
 
+    async def do_readmit(self, ks: KeyState) -> dict[str, Any]:
+        # Ends a cooldown now. The state is runtime state, saved by the write-behind like any
+        # scheduler change; a key that fails again simply cools again.
+        self.scheduler.readmit(ks)
+        return {}
+
     async def do_check(self, ks: KeyState) -> dict[str, Any]:
         return {"result": await self.application.health.probe(ks)}
 
@@ -289,5 +321,5 @@ routes = [
     (r"/admin/delete-keys-batch", DeleteKeysBatchHandler),
     (r"/admin/reload-keys", ReloadKeysHandler),
     (r"/admin/check-keys", CheckKeysHandler),
-    (r"/admin/keys/([^/]+)/(weight|label|enable|disable|check)", KeyActionHandler),
+    (r"/admin/keys/([^/]+)/(weight|label|enable|disable|readmit|check)", KeyActionHandler),
 ]
