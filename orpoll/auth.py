@@ -152,7 +152,12 @@ class AdminPassword:
 
 class LoginThrottle:
     """Failed logins per client address; past ``max_failures`` the address waits
-    ``base * 2 ** (extra failures)`` seconds (capped) before it may try again."""
+    ``base * 2 ** (extra failures)`` seconds (capped) before it may try again.
+
+    A try counts as a failure from the moment it is admitted (``reserve``), before its
+    password check (scrypt in a thread) ends: otherwise any number of concurrent tries would
+    all be admitted while the first check still ran. A right password clears the count.
+    """
 
     def __init__(
         self,
@@ -173,6 +178,14 @@ class LoginThrottle:
             return 0.0
         wait = last + min(self.base * 2**over, self.cap) - self.clock()
         return max(wait, 0.0)
+
+    def reserve(self, addr: str) -> tuple[float, int]:
+        """Admit a try from ``addr``: ``(0, failures so far including this one)``, counted as
+        a failure until ``succeeded``; or ``(seconds to wait, count)`` and nothing counted."""
+        wait = self.retry_after(addr)
+        if wait:
+            return wait, self.failures[addr][0]
+        return 0.0, self.failed(addr)
 
     def failed(self, addr: str) -> int:
         now = self.clock()

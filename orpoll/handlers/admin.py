@@ -92,8 +92,9 @@ class AdminHandler(BaseHandler):
         address must wait). Failures are logged without the attempted password."""
         addr = self.request.remote_ip or ""
         throttle = self.application.login_throttle
-        wait = math.ceil(throttle.retry_after(addr))
+        wait, count = throttle.reserve(addr)
         if wait:
+            wait = math.ceil(wait)
             raise errors.RateLimited(
                 f"too many failed logins; try again in {wait} s",
                 code="login_throttled",
@@ -102,7 +103,7 @@ class AdminHandler(BaseHandler):
         if await self.application.password.verify(password):
             throttle.succeeded(addr)
             return True
-        log.warning("wrong admin password from %s (%d in a row)", addr, throttle.failed(addr))
+        log.warning("wrong admin password from %s (%d in a row)", addr, count)
         return False
 
     def json_body(self) -> dict[str, Any]:
