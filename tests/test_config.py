@@ -163,6 +163,13 @@ def test_every_original_log_level_is_accepted(level):
         ("LOG_FORMAT", "xml"),
         ("KEY_MAX_CONSECUTIVE_FAILURES", "0"),
         ("UPSTREAM_CA_BUNDLE", "/nonexistent/ca.pem"),
+        ("HEALTH_CHECK_INTERVAL_SECONDS", "1e300"),
+        ("CONNECT_TIMEOUT_SECONDS", "inf"),
+        ("SESSION_LIFETIME_SECONDS", "nan"),
+        ("RETRY_WITH_NEW_KEY_COUNT", "2.5"),
+        ("PORT", "1e3"),
+        ("PUBLIC_URL", "orpoll.example.com"),
+        ("PUBLIC_URL", "ftp://orpoll.example.com"),
     ],
 )
 def test_malformed_values_name_the_variable(env, value):
