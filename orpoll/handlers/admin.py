@@ -167,6 +167,14 @@ class AdminHandler(BaseHandler):
             raise errors.BadRequest("body is nested too deeply", code="invalid_json") from None
         if not isinstance(body, dict):
             raise errors.BadRequest("body must be a JSON object", code="invalid_json")
+        try:
+            # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder (hashing,
+            # SQLite, a log line) accepts; refuse it here, once for every field.
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise errors.BadRequest(
+                "body holds a lone UTF-16 surrogate (\\ud800-\\udfff)", code="invalid_json"
+            ) from None
         return body
 
     def render_template(self, name: str, **ns: Any) -> None:
