@@ -74,14 +74,16 @@ class Settings:
     trust_proxy_headers: bool = _opt(
         False,
         "TRUST_PROXY_HEADERS",
-        "take the client address and scheme from X-Forwarded-For/X-Real-Ip/X-Forwarded-Proto "
-        "(only behind a reverse proxy that sets them)",
+        "take the client address and scheme from X-Forwarded-For/X-Real-Ip/X-Forwarded-Proto, "
+        "and accept X-Forwarded-Host in the admin's origin check (only behind a reverse proxy "
+        "that sets them)",
     )
     public_url: str = _opt(
         "",
         "PUBLIC_URL",
         "the URL browsers use to reach orpoll (https://orpoll.example.com), when it differs "
-        "from the Host the server sees: the admin's origin check accepts it",
+        "from the Host the server sees: the admin's origin check accepts it, and an https:// "
+        "one marks the admin cookie Secure",
         url=True,
     )
     log_level: str = _opt(
