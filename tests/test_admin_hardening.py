@@ -282,3 +282,32 @@ async def test_admin_pages_redirects_and_errors_carry_the_security_headers(admin
         resp = await c.get(path)
         assert_security_headers(resp)
     assert (await admin.get("/admin/dashboard")).headers["Referrer-Policy"] == "same-origin"
+
+
+async def test_a_browser_refused_by_the_origin_check_gets_a_page_saying_what_to_set(client):
+    page = await client.get("/admin/login")
+    token = re.search(rb'name="_xsrf" value="([^"]+)"', page.body).group(1).decode()
+    body = urllib.parse.urlencode({"password": PASSWORD, "_xsrf": token})
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Accept": "text/html,*/*;q=0.8",
+        "Origin": "https://orpoll.example",
+    }
+    resp = await client.request("POST", "/admin/login", raw=body, headers=headers)
+    assert resp.code == 403 and resp.headers["Content-Type"].startswith("text/html")
+    html = resp.body.decode()
+    assert '<code id="origin">https://orpoll.example</code>' in html
+    assert f'<code id="host">{client.base.removeprefix("http://")}</code>' in html
+    assert "PUBLIC_URL=https://orpoll.example" in html
+    assert_security_headers(resp)
+    # The same refusal without Accept: text/html (a script) stays JSON.
+    del headers["Accept"]
+    resp = await client.request("POST", "/admin/login", raw=body, headers=headers)
+    assert assert_openai_error(resp, 403)["code"] == "bad_origin"
+
+
+async def test_public_url_https_marks_the_cookie_secure(env, serve):
+    app = make_app(load_settings({**env, "PUBLIC_URL": "https://orpoll.example"}))
+    resp = await AdminClient(serve(app)).login()
+    cookie = next(h for h in resp.headers.get_list("Set-Cookie") if "orpoll_session=" in h)
+    assert "Secure" in cookie
