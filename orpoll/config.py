@@ -381,9 +381,6 @@ def parse_value(f: dataclasses.Field, raw: Any) -> Any:
     value = str(raw).strip() if isinstance(raw, str | int | float) else raw
     if not isinstance(value, str):
         raise ConfigError(f"{env}={raw!r}: expected a string")
-    if meta["editable"] and not value.isprintable():
-        # These go into upstream request headers: a CR, LF or NUL would forge or break one.
-        raise ConfigError(f"{env}={raw!r}: control characters are not allowed")
     if meta.get("file") and value and not os.path.isfile(value):
         raise ConfigError(f"{env}={raw!r}: no such file")
     if meta.get("url") and value:

@@ -110,14 +110,6 @@ async def test_absurd_numbers_as_strings_are_refused_too(admin, app):
     assert app.store.load_settings() == {}
 
 
-async def test_header_settings_refuse_control_characters(admin, app):
-    for name in ("HTTP_REFERER", "X_TITLE", "DEFAULT_MODEL"):
-        for raw in ("a\r\nX-Evil: 1", "a\x00b", "tab\there"):
-            resp = await admin.post("/admin/settings", {name: raw})
-            assert assert_openai_error(resp, 400)["param"] == name, (name, raw)
-    assert app.store.load_settings() == {}
-
-
 async def test_a_stored_value_out_of_bounds_never_bricks_start_up(env, app, caplog):
     app.store.save_settings(
         {
