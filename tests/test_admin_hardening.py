@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import re
 import urllib.parse
@@ -303,3 +304,12 @@ async def test_public_url_https_marks_the_cookie_secure(env, serve):
     resp = await AdminClient(serve(app)).login()
     cookie = next(h for h in resp.headers.get_list("Set-Cookie") if "orpoll_session=" in h)
     assert "Secure" in cookie
+
+
+async def test_a_static_file_logs_one_access_line_and_no_error(client, caplog):
+    caplog.set_level(logging.INFO)
+    resp = await client.get("/static/admin.js", headers={"X-Request-Id": "static-probe-1"})
+    assert resp.code == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (await client.get("/static/admin.js%00.css")).code == 404
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
