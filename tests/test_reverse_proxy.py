@@ -7,11 +7,11 @@ Skipped when nginx is not installed, except in CI (``CI`` set), where that is a 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -20,7 +20,15 @@ import pytest
 
 from orpoll.app import make_app
 from orpoll.config import load_settings
-from tests.admin_helpers import PASSWORD, ROOT, AdminClient, free_port
+from tests.admin_helpers import (
+    PASSWORD,
+    ROOT,
+    AdminClient,
+    FakeUpstream,
+    OrpollProcess,
+    child_env,
+    free_port,
+)
 
 NGINX = shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 if NGINX is None and not os.environ.get("CI"):
@@ -47,10 +55,11 @@ class Nginx:
         self.port, self.prefix = port, prefix
         location = location.replace("127.0.0.1:8000", f"127.0.0.1:{backend_port}")
         user = "user root;" if os.geteuid() == 0 else ""  # workers then read our temp dirs
-        temps = "\n".join(
-            f"    {kind}_temp_path {prefix}/{kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
+        temps = []
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            os.makedirs(f"{prefix}/{kind}")
+            temps.append(f"    {kind}_temp_path {prefix}/{kind};")
+        temps = "\n".join(temps)
         conf = f"""
 {user}
 daemon off;
@@ -81,17 +90,16 @@ http {{
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def wait_ready(self, client: AdminClient) -> None:
+    def wait_listening(self) -> None:
         deadline = time.monotonic() + 20
         while True:
             assert self.proc.poll() is None, self.proc.stderr.read().decode()
             try:
-                if (await client.get("/healthz")).code == 200:
-                    return
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
             except OSError:
-                pass  # not listening yet
-            assert time.monotonic() < deadline, self.log()
-            await asyncio.sleep(0.05)
+                assert time.monotonic() < deadline, self.log()
+                time.sleep(0.05)
 
     def log(self) -> str:
         with open(f"{self.prefix}/error.log", encoding="utf-8", errors="replace") as f:
@@ -120,13 +128,9 @@ def behind(env, serve, tmp_path):
         extra = {name: value.format(proxy=proxy_url) for name, value in extra.items()}
         app = make_app(load_settings({**env, **extra}))
         port = int(serve(app).rsplit(":", 1)[1])
-        prefix = tmp_path / f"nginx-{len(started)}"
-        prefix.mkdir()
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (prefix / kind).mkdir()
-        proxy = Nginx(str(prefix), nginx_port, location, port)
+        proxy = Nginx(str(tmp_path / f"nginx-{len(started)}"), nginx_port, location, port)
         started.append(proxy)
-        await proxy.wait_ready(AdminClient(proxy.url))
+        proxy.wait_listening()
         return proxy, app
 
     yield _behind
@@ -203,3 +207,49 @@ async def test_readme_block_logs_in_and_streams_unbuffered(behind, keys, fake):
     # The first chunk was in the client's hands while the upstream was still silent: nginx
     # passed it on at once instead of buffering the answer.
     assert arrivals[0] < fake.last_chunk_at - 1.0, (arrivals, fake.last_chunk_at)
+
+
+# ---- a real browser ----------------------------------------------------------------------------
+
+
+def test_chromium_is_told_what_to_set_then_logs_in_through_the_readme_block(tmp_path):
+    """Debian's chromium (Playwright) through nginx to ``python run.py``: the browser's own
+    Origin and form post, not a client imitating them."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_browser import ARGS, CHROMIUM
+
+    if not shutil.which(CHROMIUM):
+        pytest.skip("chromium is not installed")
+    upstream = FakeUpstream()
+    env = child_env(upstream, str(tmp_path / "data"), ADMIN_PASSWORD=PASSWORD)
+    orpoll = OrpollProcess({**env, "TRUST_PROXY_HEADERS": "true"}, str(tmp_path / "orpoll.log"))
+    proxies: list[Nginx] = []
+    try:
+        orpoll.wait_ready()
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            for location in (PLAIN, readme_location()):
+                proxy = Nginx(
+                    str(tmp_path / f"nginx-{len(proxies)}"), free_port(), location, orpoll.port
+                )
+                proxies.append(proxy)
+                proxy.wait_listening()
+                page = browser.new_page()
+                page.goto(proxy.url + "/admin/login")
+                page.fill("#password", PASSWORD)
+                page.click("button[type=submit]")
+                if location == PLAIN:
+                    explained = page.locator("#origin-error")
+                    sync_api.expect(explained).to_contain_text("PUBLIC_URL=" + proxy.url)
+                    sync_api.expect(page.locator("#origin")).to_have_text(proxy.url)
+                    sync_api.expect(page.locator("#host")).to_have_text(f"127.0.0.1:{orpoll.port}")
+                else:
+                    sync_api.expect(page).to_have_url(proxy.url + "/admin/dashboard")
+                    sync_api.expect(page.locator("#keys")).to_be_visible()
+                page.close()
+            browser.close()
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        orpoll.stop()
+        upstream.stop()
