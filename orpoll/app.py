@@ -21,6 +21,7 @@ from .catalog import ModelCatalog
 from .config import Settings, overlay_settings
 from .handlers import admin, admin_keys, admin_settings, api
 from .handlers.base import NotFoundHandler
+from .handlers.static import StaticHandler
 from .health import HealthChecker
 from .keylist import parse_key_text, parse_keys
 from .keys import CooldownPolicy, key_id, mask
@@ -124,6 +125,7 @@ class OrpollApp(tornado.web.Application):
             "default_handler_class": NotFoundHandler,
             "log_function": log_request,
             "static_path": os.path.join(ROOT, "static"),
+            "static_handler_class": StaticHandler,
             "template_path": os.path.join(ROOT, "templates"),
             "cookie_secret": config.session_secret_key or ensure_secret(config.data_dir),
             # Forms need the _xsrf token; AdminHandler lets JSON requests through on an Origin

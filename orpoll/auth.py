@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import time
 import urllib.parse
@@ -152,7 +153,12 @@ class AdminPassword:
 
 class LoginThrottle:
     """Failed logins per client address; past ``max_failures`` the address waits
-    ``base * 2 ** (extra failures)`` seconds (capped) before it may try again."""
+    ``base * 2 ** (extra failures)`` seconds (capped) before it may try again.
+
+    A try counts as a failure from the moment it is admitted (``reserve``), before its
+    password check (scrypt in a thread) ends: otherwise any number of concurrent tries would
+    all be admitted while the first check still ran. A right password clears the count.
+    """
 
     def __init__(
         self,
@@ -173,6 +179,14 @@ class LoginThrottle:
             return 0.0
         wait = last + min(self.base * 2**over, self.cap) - self.clock()
         return max(wait, 0.0)
+
+    def reserve(self, addr: str) -> tuple[float, int]:
+        """Admit a try from ``addr``: ``(0, failures so far including this one)``, counted as
+        a failure until ``succeeded``; or ``(seconds to wait, count)`` and nothing counted."""
+        wait = self.retry_after(addr)
+        if wait:
+            return wait, self.failures[addr][0]
+        return 0.0, self.failed(addr)
 
     def failed(self, addr: str) -> int:
         now = self.clock()
@@ -276,17 +290,25 @@ def cookie_options(secure: bool, **kwargs: Any) -> dict[str, Any]:
     return {"httponly": True, "samesite": "Strict", "secure": secure, **kwargs}
 
 
-def origin_ok(headers: Mapping[str, str], host: str) -> bool:
-    """True unless an ``Origin`` header names another host than the request's."""
-    origin = headers.get("Origin")
+def origin_ok(origin: str | None, hosts: tuple[str, ...]) -> bool:
+    """True unless ``origin`` (the ``Origin`` header) names a host other than ``hosts``."""
     if origin is None:
         return True
-    netloc = urllib.parse.urlsplit(origin).netloc
-    return bool(netloc) and netloc in (host, headers.get("X-Forwarded-Host", host))
+    try:
+        netloc = urllib.parse.urlsplit(origin).netloc
+    except ValueError:  # "http://[" and the like
+        return False
+    return bool(netloc) and netloc.lower() in hosts
+
+
+# A path on this site, as a browser sends it: printable ASCII without spaces or backslashes,
+# not "//" (another host). Browsers drop tabs and newlines from a Location, so "/\t/host"
+# would lead to //host; a CR or LF cannot go into a header at all.
+LOCAL_PATH = re.compile(r"/(?![/\\])[!-\[\]-~]*")
 
 
 def local_path(target: str | None, default: str) -> str:
-    """``target`` if it is a path on this site (for ``next=``), else ``default``."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
-    return target
+    """``target`` if it is a plain path on this site (for ``next=``), else ``default``."""
+    if target and LOCAL_PATH.fullmatch(target):
+        return target
+    return default

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +40,7 @@ BOOLS = {
 }
 # Variables of the Go original that mean nothing here; accepted silently.
 IGNORED_ENV = ("GIN_MODE",)
+DAY = 86400
 log = logging.getLogger("orpoll")
 
 
@@ -47,6 +50,8 @@ class ConfigError(ValueError):
 
 def _opt(default: Any, env: str, help: str, *, editable: bool = False, secret: bool = False, **kw):
     meta = {"env": env, "help": help, "editable": editable, "secret": secret, **kw}
+    if type(default) in (int, float):
+        meta.setdefault("min", 0)
     return field(default=default, metadata=meta)
 
 
@@ -69,14 +74,17 @@ class Settings:
     trust_proxy_headers: bool = _opt(
         False,
         "TRUST_PROXY_HEADERS",
-        "take the client address and scheme from X-Forwarded-For/X-Real-Ip/X-Forwarded-Proto "
-        "(only behind a reverse proxy that sets them)",
+        "take the client address and scheme from X-Forwarded-For/X-Real-Ip/X-Forwarded-Proto, "
+        "and accept X-Forwarded-Host in the admin's origin check (only behind a reverse proxy "
+        "that sets them)",
     )
     public_url: str = _opt(
         "",
         "PUBLIC_URL",
         "the URL browsers use to reach orpoll (https://orpoll.example.com), when it differs "
-        "from the Host the server sees: the admin's origin check accepts it",
+        "from the Host the server sees: the admin's origin check accepts it, and an https:// "
+        "one marks the admin cookie Secure",
+        url=True,
     )
     log_level: str = _opt(
         "info", "LOG_LEVEL", "trace, debug, info, warn, error, fatal or panic", choices=LOG_LEVELS
@@ -100,6 +108,7 @@ class Settings:
         "REQUEST_TIMEOUT_SECONDS",
         "longest wait for the upstream's first byte, or silence between chunks (0 = none)",
         editable=True,
+        max=DAY,
     )
     first_byte_timeout: float = _opt(
         30.0,
@@ -115,9 +124,15 @@ class Settings:
         "pass OpenRouter's keep-alive comments on once a stream's first token is this late "
         "(until then they are held back so an early error can still fail over)",
         editable=True,
+        max=3600,
     )
     connect_timeout: float = _opt(
-        10.0, "CONNECT_TIMEOUT_SECONDS", "longest wait to connect to the upstream", editable=True
+        10.0,
+        "CONNECT_TIMEOUT_SECONDS",
+        "longest wait to connect to the upstream",
+        editable=True,
+        min=0.1,  # curl reads 0 as its own default of 300 s, not as "no limit"
+        max=600,
     )
     upstream_ca_bundle: str = _opt(
         "",
@@ -134,16 +149,25 @@ class Settings:
         "turns out not to is logged as an error, and HTTP/1.1 used)",
     )
     key_cooldown: float = _opt(
-        600.0, "KEY_FAILURE_COOLDOWN_SECONDS", "base cooldown of a failing key", editable=True
+        600.0,
+        "KEY_FAILURE_COOLDOWN_SECONDS",
+        "base cooldown of a failing key",
+        editable=True,
+        max=30 * DAY,
     )
     key_max_cooldown: float = _opt(
-        3600.0, "KEY_MAX_COOLDOWN_SECONDS", "cap on a growing cooldown", editable=True
+        3600.0,
+        "KEY_MAX_COOLDOWN_SECONDS",
+        "cap on a growing cooldown",
+        editable=True,
+        max=30 * DAY,
     )
     key_credit_cooldown: float = _opt(
         3600.0,
         "KEY_CREDIT_COOLDOWN_SECONDS",
         "cooldown of a key that is out of credit (until a health check shows credit)",
         editable=True,
+        max=30 * DAY,
     )
     key_max_failures: int = _opt(
         3,
@@ -151,6 +175,7 @@ class Settings:
         "transient failures in a row before a key cools down",
         editable=True,
         min=1,
+        max=1000,
     )
     retry_count: int = _opt(
         3,
@@ -165,6 +190,7 @@ class Settings:
         "RETRY_BACKOFF_SECONDS",
         "pause before retrying after a transient error (x attempt)",
         editable=True,
+        max=60,
     )
     health_interval: float = _opt(
         300.0,
@@ -172,6 +198,7 @@ class Settings:
         "seconds between health-check sweeps",
         editable=True,
         min=1,
+        max=7 * DAY,
     )
     health_rotation: float = _opt(
         1800.0,
@@ -179,9 +206,15 @@ class Settings:
         "every healthy key is probed at least this often (credit and usage figures)",
         editable=True,
         min=1,
+        max=30 * DAY,
     )
     health_concurrency: int = _opt(
-        8, "HEALTH_CHECK_CONCURRENCY", "health probes in flight at once", editable=True, min=1
+        8,
+        "HEALTH_CHECK_CONCURRENCY",
+        "health probes in flight at once",
+        editable=True,
+        min=1,
+        max=1000,
     )
     http_referer: str = _opt("", "HTTP_REFERER", "HTTP-Referer sent upstream", editable=True)
     x_title: str = _opt("", "X_TITLE", "X-Title sent upstream", editable=True)
@@ -197,19 +230,28 @@ class Settings:
         "", "OPENROUTER_KEY_INFO_URL", "upstream /key URL (default: derived from the API URL)"
     )
     models_cache: float = _opt(
-        300.0, "MODELS_CACHE_SECONDS", "how long /v1/models is cached", editable=True
+        300.0, "MODELS_CACHE_SECONDS", "how long /v1/models is cached", editable=True, max=DAY
     )
     max_body_bytes: int = _opt(
-        32 * 1024 * 1024, "MAX_REQUEST_BODY_BYTES", "largest accepted request body", min=1024
+        32 * 1024 * 1024,
+        "MAX_REQUEST_BODY_BYTES",
+        "largest accepted request body",
+        min=1024,
+        max=1 << 30,
     )
     max_backlog_bytes: int = _opt(
         16 * 1024 * 1024,
         "MAX_STREAM_BACKLOG_BYTES",
         "unsent bytes a slow client may hold back before it is dropped",
         min=65536,
+        max=1 << 30,
     )
     upstream_max_connections: int = _opt(
-        10000, "UPSTREAM_MAX_CONNECTIONS", "concurrent upstream transfers (the rest queue)", min=1
+        10000,
+        "UPSTREAM_MAX_CONNECTIONS",
+        "concurrent upstream transfers (the rest queue)",
+        min=1,
+        max=1_000_000,
     )
     max_concurrent_requests: int = _opt(
         0,
@@ -275,6 +317,7 @@ class Settings:
         "admin session lifetime (sliding)",
         editable=True,
         min=60,
+        max=365 * DAY,
     )
     cookie_secure: bool = _opt(
         False, "COOKIE_SECURE", "mark the admin cookie Secure (also automatic under https)"
@@ -291,6 +334,7 @@ class Settings:
         "failed admin logins per address before throttling",
         editable=True,
         min=1,
+        max=1000,
     )
 
     @property
@@ -332,23 +376,54 @@ def parse_value(f: dataclasses.Field, raw: Any) -> Any:
         if text not in BOOLS:
             raise ConfigError(f"{env}={raw!r}: expected true or false")
         return BOOLS[text]
-    try:
-        value = kind(raw.strip() if isinstance(raw, str) else raw)
-    except (TypeError, ValueError):
-        expected = "an integer" if kind is int else "a number"
-        raise ConfigError(f"{env}={raw!r}: expected {expected}") from None
-    if kind is str and meta.get("file") and value and not os.path.isfile(value):
+    if kind in (int, float):
+        return parse_number(f, kind, raw)
+    value = str(raw).strip() if isinstance(raw, str | int | float) else raw
+    if not isinstance(value, str):
+        raise ConfigError(f"{env}={raw!r}: expected a string")
+    if meta.get("file") and value and not os.path.isfile(value):
         raise ConfigError(f"{env}={raw!r}: no such file")
-    if kind is str and "choices" in meta:
+    if meta.get("url") and value:
+        check_url(env, value)
+    if "choices" in meta:
         value = value.lower()
         if value not in meta["choices"]:
             raise ConfigError(f"{env}={raw!r}: expected one of {', '.join(meta['choices'])}")
-    if kind in (int, float):
-        if value != value or value < meta.get("min", 0):
-            raise ConfigError(f"{env}={raw!r}: must be >= {meta.get('min', 0)}")
-        if "max" in meta and value > meta["max"]:
-            raise ConfigError(f"{env}={raw!r}: must be <= {meta['max']}")
     return value
+
+
+def parse_number(f: dataclasses.Field, kind: type, raw: Any) -> int | float:
+    """A finite number within the field's ``min`` and ``max``: a stored or edited value can
+    never be one that breaks a timer, a cookie's expiry or a timeout (1e300, inf, NaN)."""
+    env, low, high = f.metadata["env"], f.metadata["min"], f.metadata["max"]
+    expected = "an integer" if kind is int else "a number"
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise ConfigError(f"{env}={raw!r}: expected {expected}")
+    number = raw
+    try:
+        if isinstance(raw, str):  # an integer setting takes digits only ("1e3" is refused)
+            number = int(raw.strip()) if kind is int else float(raw.strip())
+        value = float(number)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{env}={raw!r}: expected {expected}") from None
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{env}={raw!r}: must be >= {low} and <= {high}")
+    if kind is int:
+        if value != int(value):
+            raise ConfigError(f"{env}={raw!r}: expected {expected}")
+        return int(value)
+    return value
+
+
+def check_url(env: str, value: str) -> None:
+    """An http(s) URL with a host (PUBLIC_URL)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{env}={value!r}: expected a URL such as https://orpoll.example.com")
 
 
 def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
@@ -378,7 +453,7 @@ def overlay_settings(config: Settings, stored: dict[str, str]) -> Settings:
         try:
             config = replace_settings(config, {name: value})
         except ConfigError as e:
-            log.warning("ignoring a stored setting: %s", e)
+            log.error("ignoring a stored setting (the environment's value is used): %s", e)
     return config
 
 

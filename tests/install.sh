@@ -1,11 +1,12 @@
 #!/bin/sh
 # Installs what the test suite needs on a fresh Debian machine: Python packages, and Debian's
-# chromium for the browser tests (Playwright cannot download its own browser here).
+# chromium for the browser tests (Playwright cannot download its own browser here) and nginx
+# for the reverse-proxy tests.
 set -e
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-if ! command -v chromium >/dev/null 2>&1; then
+if ! command -v chromium >/dev/null 2>&1 || ! [ -x /usr/sbin/nginx ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+    apt-get install -y -qq chromium fonts-dejavu-core nginx >/dev/null
 fi

@@ -20,6 +20,7 @@ from tests.admin_helpers import (
     SyncAdmin,
     child_env,
     free_port,
+    post_chat,
 )
 from tests.conftest import KEYS
 
@@ -163,3 +164,26 @@ def test_encrypted_store_needs_its_key_to_start(upstream, spawn, data_dir):
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("orpoll: storage error:") and "ENCRYPTION_KEY" in last
         assert "Traceback" not in proc.stderr
+
+
+def test_a_stored_setting_out_of_bounds_is_logged_and_start_up_goes_on(upstream, spawn, data_dir):
+    """A value stored by an older release (or by hand) that is no longer acceptable: each
+    start logs it as an error and uses the environment's value; the process serves."""
+    from orpoll.store import Store
+
+    store = Store.open(data_dir)
+    store.save_settings(
+        {"HEALTH_CHECK_INTERVAL_SECONDS": "1e+300", "SESSION_LIFETIME_SECONDS": "inf"}
+    )
+    store.close()
+    env = child_env(upstream, data_dir, ADMIN_PASSWORD=PASSWORD, OPENROUTER_API_KEYS=KEYS[0])
+    proc = spawn(env)
+    admin = SyncAdmin(proc.url)
+    admin.login()
+    effective = admin.ok("GET", "/admin/settings")["settings"]
+    assert effective["HEALTH_CHECK_INTERVAL_SECONDS"] == 3600.0  # child_env's value
+    assert effective["SESSION_LIFETIME_SECONDS"] == 7 * 86400.0
+    assert post_chat(proc.url) == 200
+    log = proc.log()
+    assert "ignoring a stored setting" in log and "HEALTH_CHECK_INTERVAL_SECONDS" in log
+    assert "Traceback" not in log

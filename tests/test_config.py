@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -163,6 +164,13 @@ def test_every_original_log_level_is_accepted(level):
         ("LOG_FORMAT", "xml"),
         ("KEY_MAX_CONSECUTIVE_FAILURES", "0"),
         ("UPSTREAM_CA_BUNDLE", "/nonexistent/ca.pem"),
+        ("HEALTH_CHECK_INTERVAL_SECONDS", "1e300"),
+        ("CONNECT_TIMEOUT_SECONDS", "inf"),
+        ("SESSION_LIFETIME_SECONDS", "nan"),
+        ("RETRY_WITH_NEW_KEY_COUNT", "2.5"),
+        ("PORT", "1e3"),
+        ("PUBLIC_URL", "orpoll.example.com"),
+        ("PUBLIC_URL", "ftp://orpoll.example.com"),
     ],
 )
 def test_malformed_values_name_the_variable(env, value):
@@ -233,3 +241,13 @@ def test_dotenv_never_overrides_the_real_environment(server_env, start, tmp_path
     assert status == 200
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", dotenv_port), timeout=0.5).close()
+
+
+def test_readme_configuration_table_lists_every_setting_with_its_help():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for f in dataclasses.fields(Settings):
+        env, meta = f.metadata["env"], f.metadata
+        row = re.search(rf"^\| `{env}` \| `[^`]*` \| (.*) \|$", readme, re.M)
+        assert row, env
+        assert row.group(1).removesuffix(" *(editable at run time)*") == meta["help"], env

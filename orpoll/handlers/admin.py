@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import urllib.parse
 from typing import Any
 
 import tornado.web
@@ -22,6 +23,14 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+# On every admin page, admin error and static file: no framing (clickjacking), no MIME sniffing
+# (a served file is never run as another type), and no admin URL leaks to other sites.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 LOGIN_MESSAGES = {"logged_out": "You are signed out."}
 
 
@@ -43,29 +52,67 @@ class AdminHandler(BaseHandler):
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.set_header("Content-Security-Policy", CSP)
-        self.set_header("X-Frame-Options", "DENY")
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "same-origin")
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
 
     @property
     def secure(self) -> bool:
-        return self.config.cookie_secure or self.request.protocol == "https"
+        config = self.config
+        return (
+            config.cookie_secure
+            or self.request.protocol == "https"
+            or config.public_url.startswith("https:")
+        )
 
     def set_cookie(self, name: str, value: str | bytes, **kwargs: Any) -> None:
         # Every admin cookie (the session's and Tornado's _xsrf) passes through here.
         super().set_cookie(name, value, **cookie_options(self.secure, **kwargs))
 
+    def origin_hosts(self) -> tuple[str, ...]:
+        """The hosts an ``Origin`` may name: the request's Host, PUBLIC_URL's, and the
+        X-Forwarded-Host only behind a trusted proxy (anyone can send that header)."""
+        hosts = [self.request.host.lower()]
+        if self.config.public_url:
+            hosts.append(urllib.parse.urlsplit(self.config.public_url).netloc.lower())
+        forwarded = self.request.headers.get("X-Forwarded-Host")
+        if forwarded and self.config.trust_proxy_headers:
+            hosts.append(forwarded.split(",")[0].strip().lower())
+        return tuple(hosts)
+
     def check_xsrf_cookie(self) -> None:
         # Runs before prepare() (tornado/web.py: _execute); must not rely on it.
-        if not origin_ok(self.request.headers, self.request.host):
-            raise errors.Forbidden("cross-origin request refused", code="bad_origin")
+        origin = self.request.headers.get("Origin")
+        if not origin_ok(origin, self.origin_hosts()):
+            raise errors.Forbidden(
+                f"cross-origin request refused: Origin {origin} is not this server "
+                f"(Host {self.request.host}); behind a reverse proxy, set PUBLIC_URL to the "
+                "URL browsers use, or forward the Host header",
+                code="bad_origin",
+            )
         headers = self.request.headers
         bodiless = not self.request.body and "Content-Type" not in headers
         sent_token = "X-Xsrftoken" in headers or "X-Csrftoken" in headers
         if (is_json(self.request) or bodiless) and not sent_token:
             return
         super().check_xsrf_cookie()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # A browser whose form post failed the origin check (typically behind a proxy that
+        # does not forward Host) gets a page that says what to set, not a raw JSON error.
+        exc = kwargs.get("exc_info", (None, None))[1]
+        if getattr(exc, "code", None) == "bad_origin" and self.wants_html():
+            return self.render_template(
+                "origin_error.html",
+                origin=self.request.headers.get("Origin", ""),
+                host=self.request.host,
+                forwarded_host=self.request.headers.get("X-Forwarded-Host", ""),
+                trusted=self.config.trust_proxy_headers,
+                public_url=self.config.public_url,
+            )
+        super().write_error(status_code, **kwargs)
+
+    def wants_html(self) -> bool:
+        return not is_json(self.request) and "text/html" in self.request.headers.get("Accept", "")
 
     def get_current_user(self) -> Session | None:
         days = self.config.session_lifetime / 86400 + 1
@@ -92,8 +139,9 @@ class AdminHandler(BaseHandler):
         address must wait). Failures are logged without the attempted password."""
         addr = self.request.remote_ip or ""
         throttle = self.application.login_throttle
-        wait = math.ceil(throttle.retry_after(addr))
+        wait, count = throttle.reserve(addr)
         if wait:
+            wait = math.ceil(wait)
             raise errors.RateLimited(
                 f"too many failed logins; try again in {wait} s",
                 code="login_throttled",
@@ -102,7 +150,7 @@ class AdminHandler(BaseHandler):
         if await self.application.password.verify(password):
             throttle.succeeded(addr)
             return True
-        log.warning("wrong admin password from %s (%d in a row)", addr, throttle.failed(addr))
+        log.warning("wrong admin password from %s (%d in a row)", addr, count)
         return False
 
     def json_body(self) -> dict[str, Any]:
@@ -115,8 +163,18 @@ class AdminHandler(BaseHandler):
             body = json.loads(self.request.body or b"{}")
         except ValueError as e:
             raise errors.BadRequest(f"body is not valid JSON: {e}", code="invalid_json") from None
+        except RecursionError:  # the json module recurses once per level of nesting
+            raise errors.BadRequest("body is nested too deeply", code="invalid_json") from None
         if not isinstance(body, dict):
             raise errors.BadRequest("body must be a JSON object", code="invalid_json")
+        try:
+            # A "\ud800" escape decodes to a lone surrogate, which no UTF-8 encoder (hashing,
+            # SQLite, a log line) accepts; refuse it here, once for every field.
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise errors.BadRequest(
+                "body holds a lone UTF-16 surrogate (\\ud800-\\udfff)", code="invalid_json"
+            ) from None
         return body
 
     def render_template(self, name: str, **ns: Any) -> None:
