@@ -119,7 +119,8 @@ class Relay:
             self.scheduler.report(ks, outcome)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
-                    "attempt key=%s verdict=%s status=%s",
+                    "%s attempt key=%s verdict=%s status=%s",
+                    sink.request_id,
                     ks.id,
                     outcome.verdict.value,
                     outcome.status,
