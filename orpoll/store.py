@@ -199,9 +199,17 @@ class Store:
 
     @classmethod
     def open(cls, data_dir: str, *, encryption_key: str = "") -> Store:
-        """The store of ``data_dir`` (created with mode 0700 if missing)."""
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        return cls(os.path.join(data_dir, DB_NAME), encryption_key=encryption_key)
+        """The store of ``data_dir`` (created with mode 0700 if missing); StoreError when the
+        directory cannot be written, as a bind mount owned by another user."""
+        try:
+            os.makedirs(data_dir, mode=0o700, exist_ok=True)
+            return cls(os.path.join(data_dir, DB_NAME), encryption_key=encryption_key)
+        except OSError as e:
+            raise StoreError(
+                f"cannot use DATA_DIR {data_dir}: {e.strerror}; it must be a directory "
+                f"writable by uid {os.getuid()}, the user orpoll runs as (in Docker: chown the "
+                "host directory to that uid, or run the container with --user)"
+            ) from None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store method on the store's worker thread; the loop stays free."""

@@ -85,3 +85,24 @@ def test_the_readme_run_command_works_in_a_clean_venv(upstream, tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
         log.close()
+
+
+def test_an_unusable_data_dir_fails_with_one_clear_line(upstream, tmp_path):
+    """A DATA_DIR orpoll cannot write (as a root-owned bind mount is for the image's user;
+    here a path through a regular file, which stops root too): exit 2 and one line naming
+    the directory and what to do, not a traceback."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    env = child_env(upstream, str(blocker / "data"), OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run.py")],
+        env={**env, "PORT": str(free_port())},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "storage error" in line]
+    assert f"cannot use DATA_DIR {blocker / 'data'}" in line and "writable by uid" in line
