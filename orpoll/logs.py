@@ -97,7 +97,7 @@ class LoopLogHandler(logging.Handler):
     def _write_pending(self) -> None:
         self.scheduled = False
         if self.dropped and self.size < self.MAX_PENDING // 2:
-            note = f"{self.dropped} log lines dropped: the log reader was too slow\n"
+            note = f"{plural(self.dropped, 'log line')} dropped: the log reader was too slow\n"
             self.pending.append(note.encode())
             self.dropped = 0
         data = self._take()
@@ -252,6 +252,11 @@ class JsonFormatter(TextFormatter):
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(second))
         return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 key``, ``2 keys``: a count for a log line (regular plurals only)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def setup_logging(config: Settings) -> None:

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tornado.ioloop import PeriodicCallback
 
 from .keys import KeyState
+from .logs import plural
 from .scheduler import KeyScheduler
 
 log = logging.getLogger("orpoll.store")
@@ -266,7 +267,9 @@ class Store:
             return
         clear = self.db.execute("SELECT id, secret FROM keys WHERE sealed=0").fetchall()
         if clear:
-            log.info("encrypting %d stored keys at rest (ENCRYPTION_KEY is set)", len(clear))
+            log.info(
+                "encrypting %s at rest (ENCRYPTION_KEY is set)", plural(len(clear), "stored key")
+            )
             rows = [(self.sealer.seal(secret, kid), kid) for kid, secret in clear]
             with self._tx() as db:
                 db.executemany("UPDATE keys SET secret=?, sealed=1 WHERE id=?", rows)
@@ -443,7 +446,8 @@ class WriteBehind:
         try:
             await self.store.run(self.store.save_state, rows, counts)
         except Exception:
-            log.exception("saving the state of %d keys failed; will retry", len(rows) + len(counts))
+            n = len(rows) + len(counts)
+            log.exception("saving the state of %s failed; will retry", plural(n, "key"))
             self.scheduler.dirty.update(row[-1] for row in rows)
             self.scheduler.touched.update(row[-1] for row in counts)
             return 0

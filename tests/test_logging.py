@@ -16,7 +16,10 @@ import urllib.request
 
 import pytest
 
+from orpoll.app import load_env_keys, note_env_keys
 from orpoll.keys import key_id
+from orpoll.logs import plural
+from orpoll.scheduler import KeyScheduler
 from tests.conftest import KEYS, assert_openai_error
 
 A, B, C = KEYS
@@ -314,3 +317,62 @@ async def test_debug_attempt_lines_carry_the_request_id(fake, api, in_order, cap
     assert len(attempts) == 2, attempts
     assert all(line.startswith("req-dbg-7 attempt key=") for line in attempts), attempts
     assert attempts[0].endswith("status=502") and attempts[1].endswith("verdict=ok status=200")
+
+
+# ---- wording: plurals, no Python reprs ---------------------------------------------------------
+
+REPR = re.compile(r"'[^' ]*'|\bNone\b|\bTrue\b|\bFalse\b|[{}]|\(\d+, |\[\]|\b1 \w+s\b")
+
+
+def assert_plain(messages: list[str]) -> None:
+    """No Python repr (quotes, None, booleans, dicts, tuples) and no "1 keys"."""
+    bad = [m for m in messages if REPR.search(m)]
+    assert bad == [], bad
+
+
+def test_counts_read_as_english(caplog):
+    caplog.set_level(logging.DEBUG)
+    one = logging.getLogger("orpoll.test")
+    for n in (0, 1, 2):
+        one.info("%s, %s", plural(n, "key"), plural(n, "idle upstream pool"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "0 keys, 0 idle upstream pools",
+        "1 key, 1 idle upstream pool",
+        "2 keys, 2 idle upstream pools",
+    ]
+
+
+async def test_startup_and_health_lines_count_keys_plainly(app, fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    sched = KeyScheduler(app.scheduler.policy)
+    load_env_keys(sched, A)
+    load_env_keys(sched, f"{B},{C}")
+    note_env_keys(sched, f"{A},sk-or-v1-test-dddd4444")
+    await app.health.check_once(everything=True)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("orpoll")]
+    assert f"loaded 1 key (...{A[-4:]})" in messages
+    assert f"loaded 2 keys (...{B[-4:]}, ...{C[-4:]})" in messages
+    assert any(
+        m.startswith("OPENROUTER_API_KEYS lists 1 key not in the store, ignored") for m in messages
+    )
+    sweep = [m for m in messages if m.startswith("health sweep:")]
+    assert len(sweep) == 1 and re.fullmatch(
+        r"health sweep: 3 keys probed in [\d.]+s: \w+ 3", sweep[0]
+    )
+    assert_plain(messages)
+
+
+async def test_request_lines_have_no_python_reprs(app, fake, api, caplog):
+    caplog.set_level(logging.DEBUG)
+    scripts = every_verdict()
+    for script in scripts:
+        fake.script(A, script, {"chunks": 2})
+        for stream in (False, True):
+            await api(CHAT, {"model": PAID, "messages": MSG, "stream": stream})
+        app.scheduler.readmit(app.scheduler.get(key_id(A)))
+    await api(CHAT, body=b"{nope")
+    await api(CHAT, {"messages": MSG})
+    await api("/nope")
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("orpoll")]
+    assert sum(1 for r in caplog.records if r.name == "orpoll.access") == 2 * len(scripts) + 3
+    assert_plain(messages)
