@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import tornado.web
 
 from .config import Settings
@@ -50,6 +51,7 @@ class LoopLogHandler(logging.Handler):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduled = False
         self.waiting = False  # add_writer armed: the fd was full
+        self.structured = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -59,10 +61,10 @@ class LoopLogHandler(logging.Handler):
             return
         self._queue(line)
 
-    @property
-    def structured(self) -> bool:
-        """Whether lines carry fields (LOG_FORMAT=json): only then are they built."""
-        return type(self.formatter) is JsonFormatter
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        # Whether lines carry fields (LOG_FORMAT=json): only then does the access log build them.
+        self.structured = type(fmt) is JsonFormatter
 
     def line(self, levelno: int, name: str, message: str) -> None:
         """Log a finished ``message`` without a LogRecord (see ``direct_sink``): the access
@@ -234,7 +236,7 @@ class JsonFormatter(TextFormatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return orjson.dumps(out, default=str).decode()
 
     def line(
         self, created: float, levelno: int, name: str, message: str, fields: dict | None = None
@@ -244,7 +246,7 @@ class JsonFormatter(TextFormatter):
         out = {"time": self._time(created), "level": level, "logger": name, "message": message}
         if fields:
             out.update(fields)
-        return json.dumps(out, ensure_ascii=False)
+        return orjson.dumps(out, default=str).decode()
 
     def _time(self, created: float) -> str:
         second = int(created)
