@@ -198,6 +198,8 @@ def direct_sink(logger: logging.Logger) -> LoopLogHandler | None:
 class TextFormatter(logging.Formatter):
     """``2026-01-02 03:04:05,678 I name: message``, the date formatted once a second."""
 
+    stamp_format = "%Y-%m-%d %H:%M:%S,"  # then the milliseconds
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname).1s %(name)s: %(message)s")
         self._second = -1
@@ -214,8 +216,8 @@ class TextFormatter(logging.Formatter):
         second = int(created)
         if second != self._second:
             self._second = second
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._stamp},{int((created - second) * 1000):03d}"
+            self._stamp = time.strftime(self.stamp_format, self.converter(second))
+        return f"{self._stamp}{int((created - second) * 1000):03d}"
 
 
 class JsonFormatter(TextFormatter):
@@ -223,6 +225,7 @@ class JsonFormatter(TextFormatter):
     (``2026-01-02T03:04:05.678Z``); an access line adds its fields (``access_fields``)."""
 
     converter = time.gmtime
+    stamp_format = "%Y-%m-%dT%H:%M:%S."
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -249,11 +252,7 @@ class JsonFormatter(TextFormatter):
         return orjson.dumps(out, default=str).decode()
 
     def _time(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(second))
-        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+        return super()._time(created) + "Z"
 
 
 def plural(n: int, noun: str) -> str:
