@@ -25,7 +25,7 @@ from .handlers.static import StaticHandler
 from .health import HealthChecker
 from .keylist import parse_key_text, parse_keys
 from .keys import CooldownPolicy, key_id, mask
-from .logs import log_request
+from .logs import log_request, plural
 from .scheduler import KeyScheduler
 from .store import Store, WriteBehind, ensure_secret, load_pool
 from .upstream import OpenRouterClient
@@ -270,8 +270,8 @@ def load_env_keys(scheduler: KeyScheduler, text: str) -> int:
     added = sum(1 for key, weight in entries if scheduler.add(key, weight) is not None)
     if entries:
         log.info(
-            "loaded %d keys (%s)",
-            added,
+            "loaded %s (%s)",
+            plural(added, "key"),
             ", ".join(mask(k) for k, _ in entries[:3]) + (", ..." if len(entries) > 3 else ""),
         )
     return added
@@ -283,9 +283,9 @@ def note_env_keys(scheduler: KeyScheduler, text: str) -> None:
     missing = sum(1 for key, _ in entries if key_id(key) not in scheduler.keys)
     if missing:
         log.warning(
-            "OPENROUTER_API_KEYS lists %d keys that are not in the store; they are ignored "
+            "OPENROUTER_API_KEYS lists %s not in the store, ignored "
             "(the store seeded from it once; add keys in the admin or POST /admin/add-keys)",
-            missing,
+            plural(missing, "key"),
         )
 
 

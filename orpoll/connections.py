@@ -21,6 +21,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from .classify import LOCAL_ERRNOS
 from .headers import HTTP1Connection
 from .heap import BURST_MMAP_THRESHOLD
+from .logs import plural
 
 log = logging.getLogger("orpoll")
 # Bytes read from a client socket at a time. Tornado's default, 64 KB, is a zeroed bytearray
@@ -233,13 +234,12 @@ class Server(tornado.httpserver.HTTPServer):
             if now - state["warned"] >= 10.0:
                 log.warning(
                     "cannot accept connections (%s; fd limit %d): pausing accept() for %g s; "
-                    "new clients wait in the listen queue (%d pauses, %d idle keep-alive "
-                    "connections closed so far)",
+                    "new clients wait in the listen queue (%s, %s closed so far)",
                     e.strerror,
                     resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                     self.ACCEPT_PAUSE,
-                    state["refused"],
-                    state["closed"],
+                    plural(state["refused"], "pause"),
+                    plural(state["closed"], "idle keep-alive connection"),
                 )
                 state["warned"] = now
 

@@ -18,6 +18,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .config import Settings
 from .keys import KeyState, Verdict
+from .logs import plural
 from .scheduler import KeyScheduler
 from .upstream import OpenRouterClient
 
@@ -128,10 +129,10 @@ class HealthChecker:
         }
         if keys:
             log.info(
-                "health sweep: %d keys probed in %.1fs: %s",
-                len(keys),
+                "health sweep: %s probed in %.1fs: %s",
+                plural(len(keys), "key"),
                 self.last_sweep["seconds"],
-                results,
+                ", ".join(f"{name} {n}" for name, n in sorted(results.items())),
             )
         return self.last_sweep
 

@@ -129,7 +129,8 @@ class Relay:
             sched.report(ks, outcome, once.begun)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
-                    "attempt key=%s verdict=%s status=%s",
+                    "%s attempt key=%s verdict=%s status=%s",
+                    sink.request_id,
                     ks.id,
                     outcome.verdict.value,
                     outcome.status,

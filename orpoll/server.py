@@ -17,7 +17,7 @@ from . import __version__
 from .app import make_app
 from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
 from .connections import Server
-from .logs import setup_logging
+from .logs import plural, setup_logging
 from .store import StoreError
 
 log = logging.getLogger("orpoll")
@@ -104,11 +104,11 @@ async def serve(config: Settings) -> None:
     server.listen(config.port, config.host, backlog=LISTEN_BACKLOG)
     n = len(app.scheduler)
     log.info(
-        "orpoll %s listening on http://%s:%d (%d keys, fd limit %d, %s loop, ready in %.2fs)",
+        "orpoll %s listening on http://%s:%d (%s, fd limit %d, %s loop, ready in %.2fs)",
         __version__,
         config.host,
         config.port,
-        n,
+        plural(n, "key"),
         fds,
         type(asyncio.get_running_loop()).__module__.partition(".")[0],
         time.monotonic() - started,
@@ -161,6 +161,6 @@ async def serve(config: Settings) -> None:
     while app.inflight and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     if app.inflight:
-        log.warning("%d requests still in flight; closing them", app.inflight)
+        log.warning("%s still in flight; closing them", plural(app.inflight, "request"))
     await server.close_all_connections()
     await app.shutdown()

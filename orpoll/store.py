@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tornado.ioloop import PeriodicCallback
 
 from .keys import KeyState
+from .logs import plural
 from .scheduler import KeyScheduler
 
 log = logging.getLogger("orpoll.store")
@@ -66,6 +67,13 @@ CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, created REAL NOT NULL, expires REAL NOT NULL, addr TEXT NOT NULL);
 """
+# The schema's history: MIGRATIONS[n] takes a database from version n to n + 1 (SQLite's
+# ``user_version``), each in one transaction with the version it reaches. Version 1 is the
+# schema of the first release; its statements are idempotent, so a database made before
+# versions were recorded (user_version 0, tables present) is simply stamped 1. A change to the
+# schema is a new entry at the end (ALTER TABLE, a new table, a data fix), never an edit.
+MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+SCHEMA_VERSION = len(MIGRATIONS)
 INSERT = (
     f"INSERT OR IGNORE INTO keys (id, secret, sealed, weight, label, enabled, added_at, "
     f"{', '.join(COLUMNS)}, info) VALUES ({', '.join('?' * (len(COLUMNS) + 8))})"
@@ -142,16 +150,67 @@ class Store:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.execute("PRAGMA secure_delete=ON")  # deleted keys are overwritten, not left over
-        self.db.executescript(SCHEMA)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="orpoll-store")
-        self.sealer = self._sealer(encryption_key) if encryption_key else None
-        self._check_sealed()
+        try:
+            self.migrate()
+            self.sealer = self._sealer(encryption_key) if encryption_key else None
+            self._check_sealed()
+        except BaseException:
+            self.close()
+            raise
+
+    def migrate(self, migrations: tuple[str, ...] = MIGRATIONS) -> int:
+        """Bring the schema to the newest version; returns the version the file had.
+
+        Before migrating a database that has a version already, the file is copied to
+        ``<name>.v<version>.bak`` (mode 0600), so a failed or unwanted upgrade can be undone.
+        A database newer than this release is refused (StoreError): an older release must not
+        write into a schema it does not know.
+        """
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(migrations):
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this release's "
+                f"{len(migrations)}: run the newer orpoll, or restore the backup made before "
+                "it upgraded the database"
+            )
+        if 0 < version < len(migrations) and self.path != ":memory:":
+            self.backup(f"{self.path}.v{version}.bak")
+        for n in range(version, len(migrations)):
+            if n:
+                log.info("upgrading %s: schema version %d to %d", self.path, n, n + 1)
+            try:
+                self.db.executescript(
+                    f"BEGIN IMMEDIATE;\n{migrations[n]}\nPRAGMA user_version = {n + 1};\nCOMMIT;"
+                )
+            except BaseException:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise
+        return version
+
+    def backup(self, path: str) -> None:
+        """A consistent copy of the database at ``path`` (mode 0600), made while it is in use."""
+        private_file(path)
+        copy = sqlite3.connect(path)
+        try:
+            self.db.backup(copy)
+        finally:
+            copy.close()
 
     @classmethod
     def open(cls, data_dir: str, *, encryption_key: str = "") -> Store:
-        """The store of ``data_dir`` (created with mode 0700 if missing)."""
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        return cls(os.path.join(data_dir, DB_NAME), encryption_key=encryption_key)
+        """The store of ``data_dir`` (created with mode 0700 if missing); StoreError when the
+        directory cannot be written, as a bind mount owned by another user."""
+        try:
+            os.makedirs(data_dir, mode=0o700, exist_ok=True)
+            return cls(os.path.join(data_dir, DB_NAME), encryption_key=encryption_key)
+        except OSError as e:
+            raise StoreError(
+                f"cannot use DATA_DIR {data_dir}: {e.strerror}; it must be a directory "
+                f"writable by uid {os.getuid()}, the user orpoll runs as (in Docker: chown the "
+                "host directory to that uid, or run the container with --user)"
+            ) from None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store method on the store's worker thread; the loop stays free."""
@@ -208,7 +267,9 @@ class Store:
             return
         clear = self.db.execute("SELECT id, secret FROM keys WHERE sealed=0").fetchall()
         if clear:
-            log.info("encrypting %d stored keys at rest (ENCRYPTION_KEY is set)", len(clear))
+            log.info(
+                "encrypting %s at rest (ENCRYPTION_KEY is set)", plural(len(clear), "stored key")
+            )
             rows = [(self.sealer.seal(secret, kid), kid) for kid, secret in clear]
             with self._tx() as db:
                 db.executemany("UPDATE keys SET secret=?, sealed=1 WHERE id=?", rows)
@@ -385,7 +446,8 @@ class WriteBehind:
         try:
             await self.store.run(self.store.save_state, rows, counts)
         except Exception:
-            log.exception("saving the state of %d keys failed; will retry", len(rows) + len(counts))
+            n = len(rows) + len(counts)
+            log.exception("saving the state of %s failed; will retry", plural(n, "key"))
             self.scheduler.dirty.update(row[-1] for row in rows)
             self.scheduler.touched.update(row[-1] for row in counts)
             return 0

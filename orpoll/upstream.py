@@ -21,6 +21,7 @@ from tornado.ioloop import PeriodicCallback
 from . import heap
 from .config import Settings
 from .curlpool import H2c, LazyCurlClient
+from .logs import plural
 from .transfer import BODY_LIMIT, Transfer
 
 SHARD_TRANSFERS = 256  # transfers per curl multi (CurlPool)
@@ -107,7 +108,7 @@ class CurlPool:
             heap.burst(False)
         if idle:
             heap.release_heap()
-            log.info("closed %d idle upstream pools after a burst", len(idle))
+            log.info("closed %s after a burst", plural(len(idle), "idle upstream pool"))
         return len(idle)
 
     def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:

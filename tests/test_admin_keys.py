@@ -336,7 +336,7 @@ async def test_everything_acknowledged_survives_a_restart(admin, app, env, serve
 
 async def test_env_keys_seed_only_an_empty_store(app, env, serve):
     changed = {**env, "OPENROUTER_API_KEYS": f"{A},sk-or-v1-later-0001"}
-    with ExpectLog("orpoll", "OPENROUTER_API_KEYS lists 1 keys that are not in the store"):
+    with ExpectLog("orpoll", "OPENROUTER_API_KEYS lists 1 key not in the store"):
         again = make_app(load_settings(changed))
     assert {ks.key for ks in again.scheduler} == set(KEYS)
     again.upstream.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,7 +16,10 @@ import urllib.request
 
 import pytest
 
+from orpoll.app import load_env_keys, note_env_keys
 from orpoll.keys import key_id
+from orpoll.logs import plural
+from orpoll.scheduler import KeyScheduler
 from tests.conftest import KEYS, assert_openai_error
 
 A, B, C = KEYS
@@ -139,7 +144,7 @@ async def test_access_line_per_request(app, fake, api, in_order, caplog):
     line = lines[0]
     ids = [key_id(A), key_id(B)]
     assert line.startswith("req-42 200 POST /v1/chat/completions")
-    assert f"model={PAID}" in line and "stream=True" in line
+    assert f"model={PAID}" in line and "stream=true" in line
     assert f"keys={ids[0]}:transient:502,{ids[1]}:ok:200" in line
     ttfb = float(line.split("ttfb=")[1].split("ms")[0])
     total = float(line.split("total=")[1].split("ms")[0])
@@ -156,7 +161,7 @@ async def test_access_line_for_errors_and_other_routes(app, fake, api, caplog):
     await api("/nope")
     lines = access_lines(caplog)
     assert len(lines) == 4
-    assert " 400 POST /v1/chat/completions model=openai/gpt-4o stream=False keys=" in lines[0]
+    assert " 400 POST /v1/chat/completions model=openai/gpt-4o stream=false keys=" in lines[0]
     assert ":request:400" in lines[0]
     assert " 400 POST /v1/chat/completions" in lines[1] and "keys=-" in lines[1]
     assert " 200 GET /healthz " in lines[2]
@@ -248,9 +253,126 @@ def test_log_format_json_writes_json_lines(tmp_path, fmt):
     lines = [line for line in stderr.splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["time"]) for r in records)
+    stamp = datetime.datetime.strptime(records[-1]["time"], "%Y-%m-%dT%H:%M:%S.%f%z")
+    assert abs(stamp.timestamp() - time.time()) < 60  # UTC, not local time marked Z
     access = [r for r in records if r["logger"] == "orpoll.access"]
     assert len(access) == 2
-    assert " 200 GET /healthz " in access[0]["message"]
-    assert access[1]["message"].startswith("json-req-1 502 POST /v1/chat/completions")
-    assert ":upstream:502" in access[1]["message"] and access[1]["level"] == "warning"
+    health, chat = access
+    assert " 200 GET /healthz " in health["message"]
+    assert health["request_id"] and health["status"] == 200 and health["path"] == "/healthz"
+    assert health["model"] is None and health["keys"] is None and health["ttfb_ms"] is None
+    assert chat["message"].startswith("json-req-1 502 POST /v1/chat/completions")
+    assert chat["level"] == "warning"
+    (tried,) = chat.pop("keys")
+    assert tried["id"] == key_id("sk-or-v1-json-test-key-9999") and tried["status"] == 502
+    assert tried["verdict"] in ("transient", "upstream")
+    assert isinstance(chat.pop("total_ms"), float) and chat.pop("error")
+    assert {k: chat[k] for k in ("request_id", "status", "method", "path")} == {
+        "request_id": "json-req-1",
+        "status": 502,
+        "method": "POST",
+        "path": "/v1/chat/completions",
+    }
+    assert chat["model"] == PAID and chat["stream"] is False and chat["ttfb_ms"] is None
+    assert chat["client"] == "127.0.0.1"
     assert "sk-or-v1-json-test-key-9999" not in stderr
+
+
+# ---- one line per event ------------------------------------------------------------------------
+
+
+async def test_refusals_and_unknown_routes_log_one_line_each(app, api, caplog):
+    """401, 403 and 404 answers are the access line alone: no second warning from Tornado."""
+    caplog.set_level(logging.DEBUG)
+    cross = {"Origin": "http://evil.example", "Content-Type": "application/json"}
+    statuses = [
+        (await api("/nope")).code,
+        (await api("/admin/key-status")).code,
+        (await api("/admin/logout", body=b"{}", headers=cross)).code,
+    ]
+    assert statuses == [404, 401, 403]
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tornado")] == []
+    lines = access_lines(caplog)
+    assert [line.split()[1] for line in lines] == ["404", "401", "403"]
+    assert 'error="unknown route: GET /nope"' in lines[0]
+    assert "error=" in lines[1] and 'error="cross-origin request refused"' in lines[2]
+
+
+async def test_a_static_file_logs_one_access_line_and_no_traceback(api, caplog):
+    caplog.set_level(logging.DEBUG)
+    resp = await api("/static/admin.js")
+    assert resp.code == 200 and resp.body
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    lines = access_lines(caplog)
+    assert len(lines) == 1 and " 200 GET /static/admin.js " in lines[0], lines
+
+
+async def test_debug_attempt_lines_carry_the_request_id(fake, api, in_order, caplog):
+    caplog.set_level(logging.DEBUG, logger="orpoll")
+    fake.script(A, err(502, "Provider returned error"))
+    headers = {"X-Request-Id": "req-dbg-7"}
+    assert (await api(CHAT, {"model": PAID, "messages": MSG}, headers=headers)).code == 200
+    attempts = [r.getMessage() for r in caplog.records if "attempt key=" in r.getMessage()]
+    assert len(attempts) == 2, attempts
+    assert all(line.startswith("req-dbg-7 attempt key=") for line in attempts), attempts
+    assert attempts[0].endswith("status=502") and attempts[1].endswith("verdict=ok status=200")
+
+
+# ---- wording: plurals, no Python reprs ---------------------------------------------------------
+
+REPR = re.compile(r"'[^' ]*'|\bNone\b|\bTrue\b|\bFalse\b|[{}]|\(\d+, |\[\]|\b1 \w+s\b")
+
+
+def assert_plain(messages: list[str]) -> None:
+    """No Python repr (quotes, None, booleans, dicts, tuples) and no "1 keys"."""
+    bad = [m for m in messages if REPR.search(m)]
+    assert bad == [], bad
+
+
+def test_counts_read_as_english(caplog):
+    caplog.set_level(logging.DEBUG)
+    one = logging.getLogger("orpoll.test")
+    for n in (0, 1, 2):
+        one.info("%s, %s", plural(n, "key"), plural(n, "idle upstream pool"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "0 keys, 0 idle upstream pools",
+        "1 key, 1 idle upstream pool",
+        "2 keys, 2 idle upstream pools",
+    ]
+
+
+async def test_startup_and_health_lines_count_keys_plainly(app, fake, caplog):
+    caplog.set_level(logging.DEBUG)
+    sched = KeyScheduler(app.scheduler.policy)
+    load_env_keys(sched, A)
+    load_env_keys(sched, f"{B},{C}")
+    note_env_keys(sched, f"{A},sk-or-v1-test-dddd4444")
+    await app.health.check_once(everything=True)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("orpoll")]
+    assert f"loaded 1 key (...{A[-4:]})" in messages
+    assert f"loaded 2 keys (...{B[-4:]}, ...{C[-4:]})" in messages
+    assert any(
+        m.startswith("OPENROUTER_API_KEYS lists 1 key not in the store, ignored") for m in messages
+    )
+    sweep = [m for m in messages if m.startswith("health sweep:")]
+    assert len(sweep) == 1 and re.fullmatch(
+        r"health sweep: 3 keys probed in [\d.]+s: \w+ 3", sweep[0]
+    )
+    assert_plain(messages)
+
+
+async def test_request_lines_have_no_python_reprs(app, fake, api, caplog):
+    caplog.set_level(logging.DEBUG)
+    scripts = every_verdict()
+    for script in scripts:
+        fake.script(A, script, {"chunks": 2})
+        for stream in (False, True):
+            await api(CHAT, {"model": PAID, "messages": MSG, "stream": stream})
+        app.scheduler.readmit(app.scheduler.get(key_id(A)))
+    await api(CHAT, body=b"{nope")
+    await api(CHAT, {"messages": MSG})
+    await api("/nope")
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("orpoll")]
+    assert sum(1 for r in caplog.records if r.name == "orpoll.access") == 2 * len(scripts) + 3
+    assert_plain(messages)

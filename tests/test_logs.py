@@ -4,6 +4,7 @@ the proxy (orpoll.logs.LoopLogHandler)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import select
@@ -183,3 +184,19 @@ def test_the_server_runs_with_stderr_closed(upstream, tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def test_a_direct_json_line_with_fields_reads_as_the_same_record():
+    formatter = JsonFormatter()
+    fields = {"request_id": "r-1", "status": 200, "keys": [{"id": "k", "verdict": "ok"}]}
+    record = logging.LogRecord("orpoll.access", logging.INFO, __file__, 1, "%s", ("r-1",), None)
+    record.created, record.msecs, record.access = 1764150000.5, 500.0, fields
+    line = formatter.line(1764150000.5, logging.INFO, "orpoll.access", "r-1", fields)
+    assert line == formatter.format(record)
+    assert json.loads(line) == {
+        "time": "2025-11-26T09:40:00.500Z",
+        "level": "info",
+        "logger": "orpoll.access",
+        "message": "r-1",
+        **fields,
+    }

@@ -14,6 +14,7 @@ import tornado.web
 
 from .. import __version__, errors
 from ..auth import SESSION_COOKIE, Session, cookie_options, local_path, origin_ok, weak_password
+from ..logs import plural
 from .base import BaseHandler
 
 log = logging.getLogger("orpoll.admin")
@@ -287,7 +288,9 @@ class PasswordHandler(AdminApiHandler):
         revoked = await self.application.sessions.revoke_all()
         await self.start_session()
         log.warning(
-            "admin password changed from %s; %d sessions ended", self.request.remote_ip, revoked
+            "admin password changed from %s; %s ended",
+            self.request.remote_ip,
+            plural(revoked, "session"),
         )
         self.write_json(
             {

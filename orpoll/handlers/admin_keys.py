@@ -17,6 +17,7 @@ from .. import errors
 from ..keylist import parse_key_text
 from ..keys import MAX_WEIGHT, KeyState, key_id
 from ..keyview import STATUSES, apply_reload, key_row, page_of, reload_plan, resolve, resolve_many
+from ..logs import plural
 from .admin import AdminApiHandler, text_field
 
 log = logging.getLogger("orpoll.admin")
@@ -52,7 +53,8 @@ class KeysHandler(AdminApiHandler):
         await store.run(store.delete_keys, [ks.id for ks in keys])
         for ks in keys:
             self.scheduler.remove(ks.id)
-        log.info("admin deleted %d keys (%s)", len(keys), ", ".join(k.id for k in keys[:5]))
+        ids = ", ".join(k.id for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+        log.info("admin deleted %s (%s)", plural(len(keys), "key"), ids)
 
 
 class KeyStatusHandler(KeysHandler):

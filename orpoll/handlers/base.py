@@ -50,6 +50,24 @@ class BaseHandler(tornado.web.RequestHandler):
             self._request_id = given if ok else self.application.next_request_id()
         return self._request_id
 
+    error_note: str | None = None  # why the request was refused, for its access line
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        """A refusal (any HTTPError) goes into the request's one access line (``error=``)
+        instead of a second line from Tornado; anything else is logged with its traceback."""
+        if isinstance(value, errors.ApiError):
+            self.error_note = value.message
+        elif isinstance(value, tornado.web.HTTPError):
+            msg = value.log_message
+            self.error_note = msg % value.args if msg and value.args else msg
+        else:  # Tornado's own line adds a repr of the request
+            log.error(
+                "uncaught exception in %s (request %s)",
+                self._request_summary(),
+                self.request_id,
+                exc_info=(typ, value, tb),
+            )
+
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -82,16 +100,6 @@ class BaseHandler(tornado.web.RequestHandler):
 
 class ApiHandler(BaseHandler):
     """/v1 handlers: bearer check against APP_API_KEY; no cookies, so no XSRF."""
-
-    error_note: str | None = None  # an ApiError's message, for the access line
-
-    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
-        """An ApiError goes into the request's one access line (``error=``) instead of a
-        second line from Tornado; anything else is logged as Tornado does."""
-        if isinstance(value, errors.ApiError):
-            self.error_note = value.message
-            return
-        super().log_exception(typ, value, tb)
 
     def check_xsrf_cookie(self) -> None:
         # Bearer-token API: no cookie carries authority here, so there is nothing to forge.
