@@ -70,17 +70,15 @@ class InFlight:
         if stuck:
             self._stuck.add(ks.id)
             log.warning(
-                "key %s %s %r: stuck (no answer for %.1fs, %d attempts in flight): no new "
+                "%s: stuck (no answer for %.1fs, %d attempts in flight): no new "
                 "requests until it answers",
-                ks.id,
-                ks.masked,
-                ks.label,
+                ks.who,
                 now - ks.oldest_inflight,
                 ks.inflight,
             )
         else:
             self._stuck.discard(ks.id)
-            log.info("key %s %s %r: answering again", ks.id, ks.masked, ks.label)
+            log.info("%s: answering again", ks.who)
 
     # ---- attempts in flight -----------------------------------------------------------------
 

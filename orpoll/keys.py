@@ -130,6 +130,11 @@ class KeyState:
     def masked(self) -> str:
         return mask(self.key)
 
+    @property
+    def who(self) -> str:
+        """The key as log lines name it: id, suffix and label, never the key."""
+        return f"key {self.id} {self.masked}" + (f" ({self.label})" if self.label else "")
+
     def status_at(self, now: float) -> str:
         """available | cooling | disabled | paused, as shown to operators."""
         if not self.enabled:

@@ -230,7 +230,7 @@ class KeyScheduler(InFlight):
                 ks.free_until = 0.0
                 self._sync(ks, old)
                 self.dirty.add(ks.id)
-                log.info("key %s %s %r: available for :free models", ks.id, ks.masked, ks.label)
+                log.info("%s: available for :free models", ks.who)
 
     def _set_state(
         self, ks: KeyState, state: str, *, until: float = 0.0, reason: str = "", kind: str = ""
@@ -247,14 +247,12 @@ class KeyScheduler(InFlight):
     def _log_change(self, ks: KeyState, state: str, until: float, reason: str, kind: str) -> None:
         """One line per change of a key's state: id, suffix, label, verdict and cooldown."""
         if state == "available":
-            log.info("key %s %s %r: available", ks.id, ks.masked, ks.label)
+            log.info("%s: available", ks.who)
             return
         cooldown = f"{until - self.clock():.0f}s" if until else "until proven"
         log.warning(
-            "key %s %s %r: %s (verdict %s, cooldown %s): %s",
-            ks.id,
-            ks.masked,
-            ks.label,
+            "%s: %s (verdict %s, cooldown %s): %s",
+            ks.who,
             state,
             kind or "-",
             cooldown,

@@ -66,7 +66,7 @@ async def test_a_stream_broken_after_its_200_counts_as_failed(fake, app, api, in
     assert counts["requests_total"] == 2 and counts["errors_total"] == 1
     assert counts["rejected_total"] == 1 and counts["rejected_last_hour"] == 1
     access = [r for r in caplog.records if r.name == "orpoll.access"]
-    broke = next(r for r in access if "stream=True" in r.getMessage())
+    broke = next(r for r in access if "stream=true" in r.getMessage())
     assert broke.levelname == "WARNING" and "failed=stream-broke" in broke.getMessage()
 
 
