@@ -1,6 +1,6 @@
 """ModelCatalog: /v1/models in OpenAI's list shape, cached, with concurrent misses coalesced.
 
-(Not in STYLE.md's module map: a cache with its own refresh rules is one responsibility that
+(A module of its own: a cache with its own refresh rules is one responsibility that
 belongs to neither the client nor the handlers.)
 """
 

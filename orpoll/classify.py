@@ -1,7 +1,8 @@
-"""Classification: one Verdict for a failed upstream attempt, from its status, headers and body.
+"""Classification: one Verdict for a failed upstream attempt, from its status, headers and body
+(OpenRouter's error statuses: https://openrouter.ai/docs/api/reference/errors-and-debugging).
 
-Follows shared/openrouter-facts.md. Pure functions; upstream.py sends, this module judges.
-(Split from upstream.py, which STYLE.md names for it, to keep both under ~400 lines.)
+Pure functions; upstream.py sends, this module judges. (Split from upstream.py to keep both
+modules under ~400 lines.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tornado.curl_httpclient import CurlError
 
 from .keys import Outcome, Verdict
+from .transfer import CURLE_SETUP_FAILED
 
 if TYPE_CHECKING:
     from .transfer import Transfer
@@ -185,10 +187,21 @@ def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
 # connections.Server pauses accept() on the same errors.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 CURLE_OUT_OF_MEMORY = 27
+CURLE_OPERATION_TIMEDOUT = 28
+# curl would not send the request at all, for its own bytes: a URL with a space, a control or
+# a non-ASCII character, a header value an option refuses. Nothing reached the upstream, and
+# the same request would fail the same way with any key.
+CURLE_URL_MALFORMAT = 3
+REQUEST_REFUSED = frozenset({CURLE_URL_MALFORMAT, CURLE_SETUP_FAILED})
 
 
 def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outcome:
-    """A transfer that failed below HTTP (connect error, timeout, dropped connection)."""
+    """A transfer that failed below HTTP (connect error, timeout, dropped connection).
+
+    Only a failure after the upstream began to answer can be a key's (TRANSIENT, as a 5xx);
+    one that left nothing upstream, or that no answer ever began, is the request's (LOCAL) or
+    the upstream's (UPSTREAM). Timeouts stay TRANSIENT.
+    """
     os_errno = transfer.os_errno if transfer is not None else 0
     if os_errno in LOCAL_ERRNOS or err.errno == CURLE_OUT_OF_MEMORY:
         reason = os.strerror(os_errno) if os_errno else "out of memory"
@@ -199,6 +212,13 @@ def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outc
             retry_at=time.time() + 1,
             code="proxy_overloaded",
         )
+    if err.errno in REQUEST_REFUSED:
+        return Outcome(
+            Verdict.LOCAL,
+            400,
+            f"the request cannot be sent upstream ({err.message})",
+            code="invalid_request_path" if err.errno == CURLE_URL_MALFORMAT else "invalid_request",
+        )
     if transfer is not None and transfer.timed_out:
         return Outcome(
             Verdict.TRANSIENT,
@@ -206,9 +226,10 @@ def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outc
             f"upstream sent nothing for {transfer.stall:g} s",
             code="upstream_timeout",
         )
-    return Outcome(
-        Verdict.TRANSIENT,
-        502,
-        f"upstream connection failed: {err.message}",
-        code="upstream_unreachable",
-    )
+    if err.errno == CURLE_OPERATION_TIMEDOUT:
+        verdict, code = Verdict.TRANSIENT, "upstream_unreachable"
+    elif transfer is not None and (transfer.status or transfer.headers):
+        verdict, code = Verdict.TRANSIENT, "upstream_disconnected"  # the answer began
+    else:
+        verdict, code = Verdict.UPSTREAM, "upstream_unreachable"
+    return Outcome(verdict, 502, f"upstream connection failed: {err.message}", code=code)

@@ -1,13 +1,17 @@
-"""orpoll.classify.classify: one verdict per row of issue 2's table and the facts file's summary."""
+"""orpoll.classify: one verdict per kind of failed upstream attempt, from HTTP status and body
+or from a failure below HTTP."""
 
 from __future__ import annotations
 
 import json
 
+import pycurl
 import pytest
+from tornado.curl_httpclient import CurlError
 
-from orpoll.classify import classify, next_utc_midnight
+from orpoll.classify import classify, classify_transport, next_utc_midnight
 from orpoll.keys import Verdict
+from orpoll.transfer import CURLE_SETUP_FAILED, Transfer
 
 NOW = 1_768_300_000.0  # 2026-01-13T10:26:40Z
 MIDNIGHT_MS = 1_768_348_800_000  # 2026-01-14T00:00Z, as OpenRouter sends X-RateLimit-Reset
@@ -260,3 +264,64 @@ def test_classify_never_raises_on_garbage():
         for status in (400, 401, 402, 403, 404, 429, 500):
             out = verdict(status, raw)
             assert out.status == status and out.message
+
+
+# ---- failures below HTTP (classify_transport) ---------------------------------------------------
+
+
+def transfer(status: int = 0, headers: tuple[bytes, ...] = (), **state) -> Transfer:
+    """A finished transfer as curl leaves it: ``status`` 0 and no header when nothing came back."""
+    t = Transfer()
+    t.status, t.headers = status, list(headers)
+    for name, value in state.items():
+        setattr(t, name, value)
+    return t
+
+
+@pytest.mark.parametrize(
+    "errno_,message",
+    [
+        (pycurl.E_URL_MALFORMAT, "URL rejected: Bad path"),
+        (CURLE_SETUP_FAILED, "request setup failed: embedded null byte"),
+    ],
+    ids=["url-malformat", "setup-failed"],
+)
+def test_a_request_curl_refuses_to_send_is_the_requests_fault(errno_, message):
+    out = classify_transport(CurlError(errno_, message), transfer())
+    assert out.verdict is Verdict.LOCAL and not out.try_another_key
+    assert out.status == 400 and out.code in ("invalid_request_path", "invalid_request")
+    assert "cannot be sent" in out.message
+
+
+@pytest.mark.parametrize(
+    "errno_",
+    [
+        pycurl.E_COULDNT_CONNECT,
+        pycurl.E_COULDNT_RESOLVE_HOST,
+        pycurl.E_SSL_CONNECT_ERROR,
+        pycurl.E_PEER_FAILED_VERIFICATION,
+        pycurl.E_GOT_NOTHING,
+        pycurl.E_RECV_ERROR,
+        pycurl.E_SEND_ERROR,
+    ],
+    ids=["refused", "dns", "tls-handshake", "tls-verify", "empty-reply", "reset", "send"],
+)
+def test_no_answer_at_all_is_the_upstreams_state_not_the_keys(errno_):
+    out = classify_transport(CurlError(errno_, "boom"), transfer())
+    assert out.verdict is Verdict.UPSTREAM and out.try_another_key
+    assert out.status in (502, 503) and out.code == "upstream_unreachable"
+
+
+def test_a_drop_after_the_answer_began_stays_transient():
+    began = transfer(200, (b"Content-Type: text/event-stream\r\n",))
+    out = classify_transport(CurlError(pycurl.E_RECV_ERROR, "Connection reset by peer"), began)
+    assert out.verdict is Verdict.TRANSIENT and out.status == 502
+    assert out.code == "upstream_disconnected"
+
+
+def test_a_timeout_stays_transient():
+    out = classify_transport(CurlError(pycurl.E_OPERATION_TIMEDOUT, "timed out"), transfer())
+    assert out.verdict is Verdict.TRANSIENT and out.code == "upstream_unreachable"
+    stalled = transfer(200, stall=5.0, timed_out=True)
+    out = classify_transport(CurlError(42, "aborted by orpoll"), stalled)
+    assert out.verdict is Verdict.TRANSIENT and out.status == 504
