@@ -13,16 +13,41 @@ DONE = b"data: [DONE]\n\n"
 _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
-def split_complete(buf: bytes) -> tuple[bytes, bytes]:
-    """Split ``buf`` into (complete events, unfinished tail) at the last event boundary."""
+def _boundary_end(buf: bytes | bytearray, start: int) -> int:
+    """Where the last event boundary that lies within ``buf[start:]`` ends; -1 if none."""
     end = -1
     for sep in _BOUNDARIES:
-        i = buf.rfind(sep)
+        i = buf.rfind(sep, start)
         if i >= 0 and i + len(sep) > end:
             end = i + len(sep)
+    return end
+
+
+def feed(buf: bytearray, chunk: bytes) -> bytes:
+    """Add ``chunk`` to the unfinished events in ``buf``; take out and return the complete
+    events that ends (b"" if none), leaving the unfinished tail in ``buf``.
+
+    Only the new bytes are searched, plus the 3 before them where a ``\r\n\r\n`` may begin:
+    ``buf`` never holds a whole boundary between calls. So one large event costs time linear
+    in its size, not a copy and a search of all of it per chunk.
+    """
+    if not buf:
+        end = _boundary_end(chunk, 0)
+        if end < 0:
+            buf += chunk
+            return b""
+        if end < len(chunk):
+            buf += memoryview(chunk)[end:]
+        return chunk[:end]
+    start = len(buf) - 3 if len(buf) > 3 else 0
+    buf += chunk
+    end = _boundary_end(buf, start)
     if end < 0:
-        return b"", buf
-    return buf[:end], buf[end:]
+        return b""
+    with memoryview(buf) as view:
+        complete = view[:end].tobytes()
+    del buf[:end]  # cheap: CPython moves a bytearray's start, it does not copy the rest
+    return complete
 
 
 def events(block: bytes) -> list[bytes]:
