@@ -81,7 +81,7 @@ class ModelCatalog:
             if status != 200:
                 raise ValueError(f"HTTP {status}{_reason(data)}")
             body = json.dumps(openai_list(data)).encode()
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             if self.body is not None:
                 log.warning("model list refresh failed (%s); serving the cached copy", e)
                 return self.body

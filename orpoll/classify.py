@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import errno
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,13 +26,17 @@ if TYPE_CHECKING:
     from .transfer import Transfer
 
 FREE_PER_MIN_COOLDOWN = 60.0
+# OpenRouter's errors nest a few levels (metadata.headers, previous_errors[]); far deeper is
+# not an error body anyone can use.
+MAX_ERROR_DEPTH = 32
+MAX_WAIT = 31 * 86400.0  # the furthest reset time believed (seconds from now)
 
 
 def parse_error(body: bytes | str) -> dict[str, Any]:
     """The ``error`` object of an upstream body ({} when there is none)."""
     try:
         obj = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(obj, dict):
         return {}
@@ -48,29 +53,55 @@ def _reset_time(value: Any, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     if v > 1e11:
-        return v / 1000.0
+        return _bounded(v / 1000.0, now)
     if v > 1e9:
-        return v
-    return now + v if v >= 0 else None
+        return _bounded(v, now)
+    return _bounded(now + v, now) if v >= 0 else None
 
 
 def _retry_after(value: Any, now: float) -> float | None:
     try:
-        return now + max(0.0, float(value))
+        return _bounded(now + max(0.0, float(value)), now)
     except (TypeError, ValueError):
         return None
 
 
-def _iso_time(value: Any) -> float | None:
+def _iso_time(value: Any, now: float) -> float | None:
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
         return None
+    return _bounded(at, now)
+
+
+def _bounded(at: float, now: float) -> float | None:
+    """A time the upstream named, if it is a real one: none that is not finite (``inf``,
+    ``nan``), and none further off than MAX_WAIT (the longest OpenRouter reset is a month's)."""
+    if not math.isfinite(at):
+        return None
+    return min(at, now + MAX_WAIT)
 
 
 def next_utc_midnight(now: float) -> float:
     day = time.gmtime(now)
     return calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)) + 86400.0
+
+
+def _shallow(obj: Any, depth: int) -> bool:
+    """True if ``obj`` nests dicts and lists no more than ``depth`` levels (no recursion)."""
+    level: list[Any] = [obj]
+    while level:
+        if depth < 0:
+            return False
+        depth -= 1
+        inner: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(item.values())
+            elif isinstance(item, list):
+                inner.extend(item)
+        level = inner
+    return True
 
 
 def _status_of(code: Any, default: int) -> int:
@@ -96,6 +127,11 @@ def classify(
     """
     now = time.time() if now is None else now
     err = error if error is not None else parse_error(body)
+    if not _shallow(err, MAX_ERROR_DEPTH):
+        # Its metadata reaches the client, the logs and code that walks it recursively.
+        code = err.get("code")
+        code = code if isinstance(code, (int, str)) else None
+        err = {"message": "upstream error nested too deeply to read", "code": code}
     if status == 200:
         status = _status_of(err.get("code"), 502)
     meta = err.get("metadata") if isinstance(err.get("metadata"), dict) else {}
@@ -137,7 +173,7 @@ def classify(
             )
             or "budget of" in text
         ):
-            return out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at")))
+            return out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at"), now))
         if "region_restricted" in text or "is banned" in text:
             return out(Verdict.PROVIDER)  # account-specific: another key may be allowed
         return out(Verdict.REQUEST)  # moderation, guardrail, permissions

@@ -69,6 +69,7 @@ def error_of(payload: bytes) -> dict[str, Any] | None:
     """The top-level ``error`` of a JSON payload, or of a choice that finished with "error".
 
     Returns None when the payload carries no error (cheap substring test before any parse).
+    Never raises: JSON nested past the parser's depth is an error (502) of its own.
     """
     if b'"error"' not in payload:
         return None
@@ -76,6 +77,8 @@ def error_of(payload: bytes) -> dict[str, Any] | None:
         obj = json.loads(payload)
     except ValueError:
         return None
+    except RecursionError:  # nested deeper than the parser goes: no answer to pass on
+        return {"message": "upstream answer is JSON nested too deeply to read", "code": 502}
     if not isinstance(obj, dict):
         return None
     err = obj.get("error")

@@ -203,7 +203,7 @@ class OpenRouterClient:
             )
         try:
             data = json.loads(resp.body) if resp.body else None
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         return resp.code, data, time.monotonic() - start
 

@@ -13,6 +13,7 @@
   (each chunk's content is n bytes of "x"),
   ``"raw": [b"...", ...]`` (exactly these pieces, flushed one by one, ``interval`` apart)
 - ``{"hang": True}``: never answer; ``{"inband_error": {...}}``: HTTP 200 with an error body;
+  ``{"body": b"..."}``: HTTP 200 with exactly these bytes;
   ``{"choice_error": {...}}``: HTTP 200, partial content and ``finish_reason: "error"``
 - ``"silence": s`` (streams): stop sending for ``s`` seconds after the first chunk
 
@@ -184,6 +185,9 @@ class ChatHandler(FakeHandler):
             await asyncio.sleep(b["first_delay"])
         if b.get("inband_error"):
             return self.send_json({"error": b["inband_error"]})
+        if "body" in b:
+            self.set_header("Content-Type", "application/json")
+            return self.finish(b["body"])
         if b.get("choice_error"):
             body = completion(model, "partial answ")
             body["choices"][0]["finish_reason"] = "error"

@@ -4,13 +4,17 @@ or from a failure below HTTP."""
 from __future__ import annotations
 
 import json
+import math
 
 import pycurl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tornado.curl_httpclient import CurlError
 
+from orpoll import sse
 from orpoll.classify import classify, classify_transport, next_utc_midnight
-from orpoll.keys import Verdict
+from orpoll.keys import Outcome, Verdict
 from orpoll.transfer import CURLE_SETUP_FAILED, Transfer
 
 NOW = 1_768_300_000.0  # 2026-01-13T10:26:40Z
@@ -325,3 +329,89 @@ def test_a_timeout_stays_transient():
     stalled = transfer(200, stall=5.0, timed_out=True)
     out = classify_transport(CurlError(42, "aborted by orpoll"), stalled)
     assert out.verdict is Verdict.TRANSIENT and out.status == 504
+
+
+# ---- bodies no parser or walker may choke on -----------------------------------------------------
+
+
+def deep(depth: int) -> bytes:
+    return b'{"error": {"code": 429, "metadata": {"raw": ' + b"[" * depth + b"]" * depth + b"}}}"
+
+
+@pytest.mark.parametrize("depth", [100_000, 900, 40])
+def test_deeply_nested_bodies_never_raise(depth):
+    for status in (200, 400, 429, 502):
+        out = verdict(status, deep(depth))
+        assert isinstance(out.verdict, Verdict) and out.status >= 400
+        json.dumps([out.message, out.code, out.metadata])  # what the relay and logs handle
+    err = sse.error_of(deep(depth))
+    assert err is not None
+    out = verdict(200, deep(depth), error=err)
+    assert out.try_another_key  # a 200 nobody can read is a failed attempt
+
+
+def test_an_error_nested_past_the_limit_keeps_no_metadata():
+    err = {"code": 429, "metadata": {"raw": json.loads(b"[" * 200 + b"]" * 200)}}
+    out = verdict(200, b"", error=err)
+    assert out.metadata is None and "nested too deeply" in out.message
+    assert out.verdict is Verdict.KEY_RATE_LIMIT  # the code is still read
+
+
+# ---- any upstream answer: classification never raises ------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_error = st.fixed_dictionaries(
+    {},
+    optional={
+        "code": st.one_of(st.integers(), st.text(max_size=8), st.none()),
+        "message": st.one_of(st.text(max_size=60), st.integers(), st.none()),
+        "metadata": st.one_of(
+            _json,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "error_type": st.sampled_from(["authentication", "payment_required", "x"]),
+                    "limit_source": st.sampled_from(["openrouter_key_limit", "openrouter_credits"]),
+                    "provider_name": st.text(max_size=8),
+                    "headers": st.dictionaries(st.sampled_from(["X-RateLimit-Reset"]), _json),
+                    "resets_at": st.one_of(st.text(max_size=30), st.integers()),
+                    "raw": _json,
+                },
+            ),
+        ),
+    },
+)
+_body = st.one_of(
+    st.binary(max_size=200),
+    _json.map(lambda v: json.dumps(v).encode()),
+    _error.map(lambda e: json.dumps({"error": e}).encode()),
+)
+_headers = st.dictionaries(
+    st.sampled_from(["retry-after", "x-ratelimit-reset"]),
+    st.one_of(
+        st.text(max_size=20),
+        st.integers().map(str),
+        st.floats().map(str),
+        st.sampled_from(["inf", "-inf", "nan", "1e999", "Infinity", "1e12"]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(status=st.integers(100, 999), raw=_body, headers=_headers, inband=st.booleans())
+def test_classify_any_answer_gives_a_valid_outcome(status, raw, headers, inband):
+    error = sse.error_of(raw) if inband else None
+    out = classify(status, raw, lambda name: headers.get(name.lower()), now=NOW, error=error)
+    assert isinstance(out, Outcome) and isinstance(out.verdict, Verdict)
+    assert out.verdict not in (Verdict.OK, Verdict.LOCAL, Verdict.UPSTREAM)
+    assert isinstance(out.message, str) and out.message
+    assert 400 <= out.status <= 599 or out.status == status
+    assert out.retry_at is None or math.isfinite(out.retry_at)
+    assert out.scope in ("all", "free")
+    json.dumps([out.message, out.code, out.metadata])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import socket
 import struct
 
@@ -86,3 +87,40 @@ async def test_a_connection_ended_before_any_answer_cools_no_key(app, api, hangu
         assert e["code"] == "upstream_unreachable"
         assert resp.headers["X-Orpoll-Attempts"] == "3"
     assert all(ks.state == "available" for ks in app.scheduler)
+
+
+def nested(depth: int) -> bytes:
+    """A JSON body that mentions "error" and nests ``depth`` arrays deep."""
+    return b'{"error": {"message": "x", "metadata": ' + b"[" * depth + b"]" * depth + b"}}"
+
+
+@pytest.mark.parametrize("depth", [100_000, 990, 960, 930, 700, 450])
+async def test_a_200_of_deeply_nested_json_fails_over(app, fake, api, in_order, depth):
+    a, b = list(app.scheduler)[:2]
+    fake.script(a.key, {"body": nested(depth)})
+    resp = await api(CHAT, BODY)
+    assert resp.code == 200, resp.body
+    assert resp.headers["X-Orpoll-Attempts"] == "2"
+    assert json.loads(resp.body)["choices"][0]["message"]["content"] == f"answer from {b.key[-4:]}"
+
+
+@pytest.mark.parametrize("depth", [100_000, 990, 960, 930, 700, 450])
+async def test_a_stream_whose_first_event_is_deeply_nested_fails_over(
+    app, fake, api, in_order, depth
+):
+    a, b = list(app.scheduler)[:2]
+    fake.script(a.key, {"raw": [b"data: " + nested(depth) + b"\n\n"]})
+    resp = await api(CHAT, {**BODY, "stream": True})
+    assert resp.code == 200, resp.body
+    assert resp.headers["X-Orpoll-Attempts"] == "2"
+    assert b"[[[" not in resp.body and resp.body.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e999", "99999999999999999999"])
+async def test_an_absurd_retry_after_is_not_believed(app, fake, api, value):
+    error = {"code": 503, "message": "overloaded"}
+    for ks in app.scheduler:
+        fake.script(ks.key, {"status": 503, "error": error, "headers": {"Retry-After": value}})
+    resp = await api(CHAT, BODY)
+    assert_openai_error(resp, 503)
+    assert 1 <= int(resp.headers["Retry-After"]) <= 31 * 86400
