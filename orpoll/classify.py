@@ -139,8 +139,7 @@ def classify(
     raw = meta.get("raw")
     if raw and "provider returned error" in message.lower():
         message = f"{message}: {str(raw)[:300]}"
-    text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body))[:8192]
-    text = (text + " " + json.dumps(err)[:8192]).lower()
+    text = _words(err, meta, body)
     etype = str(meta.get("error_type") or err.get("error_type") or "")
     source = str(meta.get("limit_source") or "")
 
@@ -152,7 +151,9 @@ def classify(
     if status == 401 or etype == "authentication":
         return out(Verdict.KEY_INVALID)
     if status == 402 or etype == "payment_required":
-        if "can only afford" in text or "fewer max_tokens" in text:
+        # This request's size against what is left: another key may afford it. The second:
+        # this request alone outweighs the whole in-flight budget.
+        if "can only afford" in text or "fewer max_tokens" in text or "weight_exceeds" in text:
             return out(Verdict.KEY_LOW_CREDIT)
         if source == "openrouter_in_flight_budget":
             return out(Verdict.KEY_RATE_LIMIT, retry_at=_retry_after(headers("Retry-After"), now))
@@ -182,10 +183,35 @@ def classify(
             return out(Verdict.PROVIDER)  # account privacy settings: another account may work
         return out(Verdict.REQUEST)
     if status == 429:
+        if not err and not headers("X-RateLimit-Reset"):
+            # No error of OpenRouter's: something in front of it (a CDN) limits this proxy's
+            # address, and every key would get the same.
+            return out(Verdict.PROVIDER, retry_at=_retry_after(headers("Retry-After"), now))
         return _classify_429(out, text, meta, headers, now)
     if status in (400, 413, 422) or 400 <= status < 500 and status != 408:
         return out(Verdict.REQUEST)
     return out(Verdict.TRANSIENT, retry_at=_retry_after(headers("Retry-After"), now))
+
+
+def _words(err: dict[str, Any], meta: dict[str, Any], body: bytes | str) -> str:
+    """The text verdicts match on, lowercased: OpenRouter's message, the provider's raw error
+    and the typed codes. Other fields are never read: they can echo what the client sent
+    (model names in ``requested_models``, flagged input), and a client must not be able to
+    write its way into a key's cooldown. A body that holds no error object counts whole."""
+    if not err:
+        text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
+        return str(text)[:8192].lower()
+    availability = err.get("availability")
+    parts = (
+        err.get("message"),
+        err.get("error_type"),
+        meta.get("raw"),
+        meta.get("error_type"),
+        meta.get("limit_source"),
+        meta.get("reason"),
+        availability.get("code") if isinstance(availability, dict) else None,
+    )
+    return " ".join(str(p)[:8192] for p in parts if p).lower()
 
 
 def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
@@ -193,7 +219,7 @@ def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
     if (
         "rate-limited upstream" in text
         or "capacity_exhausted" in text
-        or meta.get("provider_name")
+        or (meta.get("provider_name") or meta.get("provider_code") is not None)
         and "free-models-per" not in text
     ):
         return out(Verdict.PROVIDER, retry_at=retry_after)

@@ -59,13 +59,18 @@ def chunk(i: int, model: str, content: str | None = None, **extra: Any) -> bytes
     delta = {"content": content if content is not None else f"tok{i} "}
     if i == 0:
         delta["role"] = "assistant"
+    return stream_event(model, [{"index": 0, "delta": delta, "finish_reason": None}], **extra)
+
+
+def stream_event(model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    """One ``data:`` event of a stream: a chat.completion.chunk with these choices."""
     body = {
         "id": GENERATION_ID,
         "object": "chat.completion.chunk",
         "created": 1,
         "model": model,
         "provider": "Fake",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        "choices": choices,
         **extra,
     }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
@@ -103,16 +108,7 @@ def usage(completion_tokens: int, **extra: Any) -> dict[str, Any]:
 def usage_chunk(n: int, model: str, **extra: Any) -> bytes:
     """The last event of a stream of ``n`` chunks before ``[DONE]``: empty ``choices`` and the
     usage of the whole answer (OpenRouter sends it exactly once, there)."""
-    body = {
-        "id": GENERATION_ID,
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": model,
-        "provider": "Fake",
-        "choices": [],
-        "usage": usage(n, **extra),
-    }
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return stream_event(model, [], usage=usage(n, **extra))
 
 
 def completion(model: str, content: str, **extra: Any) -> dict[str, Any]:

@@ -415,3 +415,58 @@ def test_classify_any_answer_gives_a_valid_outcome(status, raw, headers, inband)
     assert out.retry_at is None or math.isfinite(out.retry_at)
     assert out.scope in ("all", "free")
     json.dumps([out.message, out.code, out.metadata])
+
+
+# ---- nothing but OpenRouter's own words blames a key ---------------------------------------------
+
+
+def test_429_with_a_provider_code_is_the_providers():
+    raw = body(429, "Rate limit exceeded", error_type="rate_limit_exceeded", provider_code="429")
+    out = verdict(429, raw)
+    assert out.verdict is Verdict.PROVIDER and out.try_another_key
+
+
+@pytest.mark.parametrize(
+    "raw", [b"<html><title>429 Too Many Requests</title></html>", b"", b"rate limited"]
+)
+def test_429_without_an_openrouter_error_is_not_the_keys(raw):
+    """A 429 with no error body of OpenRouter's comes from in front of it (a CDN limiting this
+    proxy's address): every key would get the same."""
+    out = verdict(429, raw, hdrs(Retry_After="7"))
+    assert out.verdict is Verdict.PROVIDER and out.retry_at == NOW + 7
+
+
+def test_402_weight_exceeds_budget_is_the_requests_size_not_a_cooldown():
+    raw = body(
+        402,
+        "Request exceeds the in-flight budget",
+        limit_source="openrouter_in_flight_budget",
+        reason="weight_exceeds_budget",
+    )
+    assert verdict(402, raw, hdrs(Retry_After="5")).verdict is Verdict.KEY_LOW_CREDIT
+
+
+def echoing(status: int, message: str, models: list[str], **metadata) -> bytes:
+    err = {"code": status, "message": message, "metadata": metadata}
+    err["availability"] = {"code": "capacity", "requested_models": models}
+    return json.dumps({"error": err}).encode()
+
+
+@pytest.mark.parametrize(
+    "status,raw,expected",
+    [
+        (
+            429,
+            echoing(429, "Provider returned error", ["x/free-models-per-day"], provider_name="P"),
+            Verdict.PROVIDER,
+        ),
+        (403, echoing(403, "Forbidden", ["x/key-limit exceeded", "Key limit exceeded"]), None),
+        (403, echoing(403, "Forbidden", ["a/b"], note="Key limit exceeded"), None),
+    ],
+    ids=["429-model-name", "403-model-name", "403-other-field"],
+)
+def test_text_the_client_chose_never_blames_a_key(status, raw, expected):
+    """Model names the client sent (echoed in ``requested_models``) and fields other than
+    OpenRouter's message, raw provider error and typed codes are not read for key verdicts."""
+    out = verdict(status, raw)
+    assert out.verdict is (expected or Verdict.REQUEST)

@@ -252,5 +252,5 @@ def test_log_format_json_writes_json_lines(tmp_path, fmt):
     assert len(access) == 2
     assert " 200 GET /healthz " in access[0]["message"]
     assert access[1]["message"].startswith("json-req-1 502 POST /v1/chat/completions")
-    assert ":transient:502" in access[1]["message"] and access[1]["level"] == "warning"
+    assert ":upstream:502" in access[1]["message"] and access[1]["level"] == "warning"
     assert "sk-or-v1-json-test-key-9999" not in stderr
