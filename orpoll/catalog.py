@@ -1,6 +1,6 @@
 """ModelCatalog: /v1/models in OpenAI's list shape, cached, with concurrent misses coalesced.
 
-(Not in STYLE.md's module map: a cache with its own refresh rules is one responsibility that
+(A module of its own: a cache with its own refresh rules is one responsibility that
 belongs to neither the client nor the handlers.)
 """
 
@@ -81,7 +81,7 @@ class ModelCatalog:
             if status != 200:
                 raise ValueError(f"HTTP {status}{_reason(data)}")
             body = json.dumps(openai_list(data)).encode()
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             if self.body is not None:
                 log.warning("model list refresh failed (%s); serving the cached copy", e)
                 return self.body

@@ -1,7 +1,8 @@
-"""Classification: one Verdict for a failed upstream attempt, from its status, headers and body.
+"""Classification: one Verdict for a failed upstream attempt, from its status, headers and body
+(OpenRouter's error statuses: https://openrouter.ai/docs/api/reference/errors-and-debugging).
 
-Follows shared/openrouter-facts.md. Pure functions; upstream.py sends, this module judges.
-(Split from upstream.py, which STYLE.md names for it, to keep both under ~400 lines.)
+Pure functions; upstream.py sends, this module judges. (Split from upstream.py to keep both
+modules under ~400 lines.)
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import calendar
 import errno
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,18 +20,23 @@ from typing import TYPE_CHECKING, Any
 from tornado.curl_httpclient import CurlError
 
 from .keys import Outcome, Verdict
+from .transfer import CURLE_SETUP_FAILED
 
 if TYPE_CHECKING:
     from .transfer import Transfer
 
 FREE_PER_MIN_COOLDOWN = 60.0
+# OpenRouter's errors nest a few levels (metadata.headers, previous_errors[]); far deeper is
+# not an error body anyone can use.
+MAX_ERROR_DEPTH = 32
+MAX_WAIT = 31 * 86400.0  # the furthest reset time believed (seconds from now)
 
 
 def parse_error(body: bytes | str) -> dict[str, Any]:
     """The ``error`` object of an upstream body ({} when there is none)."""
     try:
         obj = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(obj, dict):
         return {}
@@ -46,29 +53,55 @@ def _reset_time(value: Any, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     if v > 1e11:
-        return v / 1000.0
+        return _bounded(v / 1000.0, now)
     if v > 1e9:
-        return v
-    return now + v if v >= 0 else None
+        return _bounded(v, now)
+    return _bounded(now + v, now) if v >= 0 else None
 
 
 def _retry_after(value: Any, now: float) -> float | None:
     try:
-        return now + max(0.0, float(value))
+        return _bounded(now + max(0.0, float(value)), now)
     except (TypeError, ValueError):
         return None
 
 
-def _iso_time(value: Any) -> float | None:
+def _iso_time(value: Any, now: float) -> float | None:
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        at = datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
         return None
+    return _bounded(at, now)
+
+
+def _bounded(at: float, now: float) -> float | None:
+    """A time the upstream named, if it is a real one: none that is not finite (``inf``,
+    ``nan``), and none further off than MAX_WAIT (the longest OpenRouter reset is a month's)."""
+    if not math.isfinite(at):
+        return None
+    return min(at, now + MAX_WAIT)
 
 
 def next_utc_midnight(now: float) -> float:
     day = time.gmtime(now)
     return calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)) + 86400.0
+
+
+def _shallow(obj: Any, depth: int) -> bool:
+    """True if ``obj`` nests dicts and lists no more than ``depth`` levels (no recursion)."""
+    level: list[Any] = [obj]
+    while level:
+        if depth < 0:
+            return False
+        depth -= 1
+        inner: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(item.values())
+            elif isinstance(item, list):
+                inner.extend(item)
+        level = inner
+    return True
 
 
 def _status_of(code: Any, default: int) -> int:
@@ -94,6 +127,11 @@ def classify(
     """
     now = time.time() if now is None else now
     err = error if error is not None else parse_error(body)
+    if not _shallow(err, MAX_ERROR_DEPTH):
+        # Its metadata reaches the client, the logs and code that walks it recursively.
+        code = err.get("code")
+        code = code if isinstance(code, (int, str)) else None
+        err = {"message": "upstream error nested too deeply to read", "code": code}
     if status == 200:
         status = _status_of(err.get("code"), 502)
     meta = err.get("metadata") if isinstance(err.get("metadata"), dict) else {}
@@ -101,8 +139,7 @@ def classify(
     raw = meta.get("raw")
     if raw and "provider returned error" in message.lower():
         message = f"{message}: {str(raw)[:300]}"
-    text = (body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body))[:8192]
-    text = (text + " " + json.dumps(err)[:8192]).lower()
+    text = _words(err, meta, body)
     etype = str(meta.get("error_type") or err.get("error_type") or "")
     source = str(meta.get("limit_source") or "")
 
@@ -114,7 +151,9 @@ def classify(
     if status == 401 or etype == "authentication":
         return out(Verdict.KEY_INVALID)
     if status == 402 or etype == "payment_required":
-        if "can only afford" in text or "fewer max_tokens" in text:
+        # This request's size against what is left: another key may afford it. The second:
+        # this request alone outweighs the whole in-flight budget.
+        if "can only afford" in text or "fewer max_tokens" in text or "weight_exceeds" in text:
             return out(Verdict.KEY_LOW_CREDIT)
         if source == "openrouter_in_flight_budget":
             return out(Verdict.KEY_RATE_LIMIT, retry_at=_retry_after(headers("Retry-After"), now))
@@ -135,7 +174,7 @@ def classify(
             )
             or "budget of" in text
         ):
-            return out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at")))
+            return out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at"), now))
         if "region_restricted" in text or "is banned" in text:
             return out(Verdict.PROVIDER)  # account-specific: another key may be allowed
         return out(Verdict.REQUEST)  # moderation, guardrail, permissions
@@ -144,10 +183,35 @@ def classify(
             return out(Verdict.PROVIDER)  # account privacy settings: another account may work
         return out(Verdict.REQUEST)
     if status == 429:
+        if not err and not headers("X-RateLimit-Reset"):
+            # No error of OpenRouter's: something in front of it (a CDN) limits this proxy's
+            # address, and every key would get the same.
+            return out(Verdict.PROVIDER, retry_at=_retry_after(headers("Retry-After"), now))
         return _classify_429(out, text, meta, headers, now)
     if status in (400, 413, 422) or 400 <= status < 500 and status != 408:
         return out(Verdict.REQUEST)
     return out(Verdict.TRANSIENT, retry_at=_retry_after(headers("Retry-After"), now))
+
+
+def _words(err: dict[str, Any], meta: dict[str, Any], body: bytes | str) -> str:
+    """The text verdicts match on, lowercased: OpenRouter's message, the provider's raw error
+    and the typed codes. Other fields are never read: they can echo what the client sent
+    (model names in ``requested_models``, flagged input), and a client must not be able to
+    write its way into a key's cooldown. A body that holds no error object counts whole."""
+    if not err:
+        text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
+        return str(text)[:8192].lower()
+    availability = err.get("availability")
+    parts = (
+        err.get("message"),
+        err.get("error_type"),
+        meta.get("raw"),
+        meta.get("error_type"),
+        meta.get("limit_source"),
+        meta.get("reason"),
+        availability.get("code") if isinstance(availability, dict) else None,
+    )
+    return " ".join(str(p)[:8192] for p in parts if p).lower()
 
 
 def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
@@ -155,7 +219,7 @@ def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
     if (
         "rate-limited upstream" in text
         or "capacity_exhausted" in text
-        or meta.get("provider_name")
+        or (meta.get("provider_name") or meta.get("provider_code") is not None)
         and "free-models-per" not in text
     ):
         return out(Verdict.PROVIDER, retry_at=retry_after)
@@ -185,10 +249,21 @@ def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
 # connections.Server pauses accept() on the same errors.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 CURLE_OUT_OF_MEMORY = 27
+CURLE_OPERATION_TIMEDOUT = 28
+# curl would not send the request at all, for its own bytes: a URL with a space, a control or
+# a non-ASCII character, a header value an option refuses. Nothing reached the upstream, and
+# the same request would fail the same way with any key.
+CURLE_URL_MALFORMAT = 3
+REQUEST_REFUSED = frozenset({CURLE_URL_MALFORMAT, CURLE_SETUP_FAILED})
 
 
 def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outcome:
-    """A transfer that failed below HTTP (connect error, timeout, dropped connection)."""
+    """A transfer that failed below HTTP (connect error, timeout, dropped connection).
+
+    Only a failure after the upstream began to answer can be a key's (TRANSIENT, as a 5xx);
+    one that left nothing upstream, or that no answer ever began, is the request's (LOCAL) or
+    the upstream's (UPSTREAM). Timeouts stay TRANSIENT.
+    """
     os_errno = transfer.os_errno if transfer is not None else 0
     if os_errno in LOCAL_ERRNOS or err.errno == CURLE_OUT_OF_MEMORY:
         reason = os.strerror(os_errno) if os_errno else "out of memory"
@@ -199,6 +274,13 @@ def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outc
             retry_at=time.time() + 1,
             code="proxy_overloaded",
         )
+    if err.errno in REQUEST_REFUSED:
+        return Outcome(
+            Verdict.LOCAL,
+            400,
+            f"the request cannot be sent upstream ({err.message})",
+            code="invalid_request_path" if err.errno == CURLE_URL_MALFORMAT else "invalid_request",
+        )
     if transfer is not None and transfer.timed_out:
         return Outcome(
             Verdict.TRANSIENT,
@@ -206,9 +288,10 @@ def classify_transport(err: CurlError, transfer: Transfer | None = None) -> Outc
             f"upstream sent nothing for {transfer.stall:g} s",
             code="upstream_timeout",
         )
-    return Outcome(
-        Verdict.TRANSIENT,
-        502,
-        f"upstream connection failed: {err.message}",
-        code="upstream_unreachable",
-    )
+    if err.errno == CURLE_OPERATION_TIMEDOUT:
+        verdict, code = Verdict.TRANSIENT, "upstream_unreachable"
+    elif transfer is not None and (transfer.status or transfer.headers):
+        verdict, code = Verdict.TRANSIENT, "upstream_disconnected"  # the answer began
+    else:
+        verdict, code = Verdict.UPSTREAM, "upstream_unreachable"
+    return Outcome(verdict, 502, f"upstream connection failed: {err.message}", code=code)

@@ -1,6 +1,6 @@
 """``LazyCurlClient``: the curl handles and the multi that upstream transfers run on.
 
-Split from upstream.py for size (STYLE.md keeps modules under ~400 lines), as ``Transfer`` is
+Split from upstream.py to keep modules under ~400 lines, as ``Transfer`` is
 (transfer.py); the three are the only modules importing pycurl. upstream.CurlPool runs
 transfers on several of these clients.
 """
@@ -20,7 +20,7 @@ from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPRequest
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from .transfer import BODY_LIMIT, Transfer
+from .transfer import BODY_LIMIT, CURLE_SETUP_FAILED, Transfer
 
 log = logging.getLogger("orpoll.upstream")
 
@@ -143,7 +143,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
                 curl.info = None
                 curl.reset()
                 free.append(curl)
-                transfer.error = CurlError(599, f"request setup failed: {e}")
+                transfer.error = CurlError(CURLE_SETUP_FAILED, f"request setup failed: {e}")
                 self._resolve(transfer)
                 continue
             self._started(curl, transfer)

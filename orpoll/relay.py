@@ -337,8 +337,13 @@ class _Attempt:
             if sum(map(len, self.error_body)) < ERROR_BODY_LIMIT:
                 self.error_body.append(chunk)
             return
-        if self.pending or not chunk.endswith(b"\n\n"):
-            complete, self.pending = sse.split_complete(self.pending + chunk)
+        pending = self.pending
+        if pending or not chunk.endswith(b"\n\n"):
+            if type(pending) is bytes:  # the first chunk that ends inside an event
+                self.pending = pending = bytearray()
+            complete = sse.feed(pending, chunk)
+            if len(pending) > self.upstream.config.max_sse_event_bytes:
+                return self._event_too_large()
             if not complete:
                 return
         else:  # the common case: the chunk ends on an event boundary
@@ -351,6 +356,21 @@ class _Attempt:
             self._watch_error(complete)
         self.tail = complete  # a reference: only its end is read, once, at the end
         self.sink.send(complete)
+
+    def _event_too_large(self) -> None:
+        """An event outgrew MAX_SSE_EVENT_BYTES: end the transfer (and the stream, with an error
+        event, if it was committed); not the key's fault, so another key may try."""
+        message = (
+            "an upstream stream event is larger than the proxy's limit "
+            f"({self.upstream.config.max_sse_event_bytes} bytes)"
+        )
+        self.pre_error = Outcome(Verdict.PROVIDER, 502, message, code="upstream_event_too_large")
+        self.pending = b""
+        self.transfer.abort = True
+        if self.committed:
+            self.sink.send(
+                sse.error_event(message, code="upstream_event_too_large", status=502) + sse.DONE
+            )
 
     def _first_events(self, block: bytes) -> bytes:
         """Before the first data event: drop comments, fail over on an error, else commit.
@@ -393,19 +413,20 @@ class _Attempt:
             return classify(t.status, b"".join(self.error_body), t.header)
         if self.pre_error is not None:
             return self.pre_error
+        pending = bytes(self.pending)
         if not self.committed:
-            leftover = self.pending.strip()
+            leftover = pending.strip()
             err = sse.error_of(sse.data_of(leftover) or leftover) if leftover else None
             if err is not None:
                 return classify(200, leftover, t.header, error=err)
             if leftover.startswith(b"{") and _is_json(leftover):  # a plain JSON answer
                 self._commit(200, "application/json")
-                self.sink.send(self.pending)
+                self.sink.send(pending)
                 return Outcome(Verdict.OK, 200)
             return Outcome(Verdict.TRANSIENT, 502, "upstream stream ended before any data")
-        if self.pending.strip():
-            self.sink.send(self.pending + b"\n\n")
-            self.tail = self.pending
+        if pending.strip():
+            self.sink.send(pending + b"\n\n")
+            self.tail = pending
         if not sse.ends_with_done(self.tail):
             self.sink.send(sse.DONE)
         if self.mid_error is not None:

@@ -13,16 +13,41 @@ DONE = b"data: [DONE]\n\n"
 _BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
-def split_complete(buf: bytes) -> tuple[bytes, bytes]:
-    """Split ``buf`` into (complete events, unfinished tail) at the last event boundary."""
+def _boundary_end(buf: bytes | bytearray, start: int) -> int:
+    """Where the last event boundary that lies within ``buf[start:]`` ends; -1 if none."""
     end = -1
     for sep in _BOUNDARIES:
-        i = buf.rfind(sep)
+        i = buf.rfind(sep, start)
         if i >= 0 and i + len(sep) > end:
             end = i + len(sep)
+    return end
+
+
+def feed(buf: bytearray, chunk: bytes) -> bytes:
+    """Add ``chunk`` to the unfinished events in ``buf``; take out and return the complete
+    events that ends (b"" if none), leaving the unfinished tail in ``buf``.
+
+    Only the new bytes are searched, plus the 3 before them where a ``\r\n\r\n`` may begin:
+    ``buf`` never holds a whole boundary between calls. So one large event costs time linear
+    in its size, not a copy and a search of all of it per chunk.
+    """
+    if not buf:
+        end = _boundary_end(chunk, 0)
+        if end < 0:
+            buf += chunk
+            return b""
+        if end < len(chunk):
+            buf += memoryview(chunk)[end:]
+        return chunk[:end]
+    start = len(buf) - 3 if len(buf) > 3 else 0
+    buf += chunk
+    end = _boundary_end(buf, start)
     if end < 0:
-        return b"", buf
-    return buf[:end], buf[end:]
+        return b""
+    with memoryview(buf) as view:
+        complete = view[:end].tobytes()
+    del buf[:end]  # cheap: CPython moves a bytearray's start, it does not copy the rest
+    return complete
 
 
 def events(block: bytes) -> list[bytes]:
@@ -44,6 +69,7 @@ def error_of(payload: bytes) -> dict[str, Any] | None:
     """The top-level ``error`` of a JSON payload, or of a choice that finished with "error".
 
     Returns None when the payload carries no error (cheap substring test before any parse).
+    Never raises: JSON nested past the parser's depth is an error (502) of its own.
     """
     if b'"error"' not in payload:
         return None
@@ -51,6 +77,8 @@ def error_of(payload: bytes) -> dict[str, Any] | None:
         obj = json.loads(payload)
     except ValueError:
         return None
+    except RecursionError:  # nested deeper than the parser goes: no answer to pass on
+        return {"message": "upstream answer is JSON nested too deeply to read", "code": 502}
     if not isinstance(obj, dict):
         return None
     err = obj.get("error")

@@ -1,6 +1,6 @@
 """``Transfer``: one upstream attempt, as orpoll's own request object on a curl handle.
 
-Split from curlpool.py for size (STYLE.md keeps modules under ~400 lines). With curlpool.py
+Split from curlpool.py to keep modules under ~400 lines. With curlpool.py
 and upstream.py, the only modules importing pycurl; curlpool.LazyCurlClient runs transfers.
 """
 
@@ -22,6 +22,9 @@ log = logging.getLogger("orpoll.upstream")
 _HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
 
 ERROR_BODY_LIMIT = 64 * 1024
+# The error a transfer ends with when a curl option refuses the request's own values (a NUL
+# or a non-ASCII character in its URL, say): curl's CURLE_BAD_FUNCTION_ARGUMENT.
+CURLE_SETUP_FAILED = 43
 BODY_LIMIT = 256 * 1024 * 1024  # a buffered upstream answer
 USER_AGENT = "Mozilla/5.0 (compatible; pycurl)"  # what Tornado's fetch sends
 _NO_LINES: list[bytes] = []

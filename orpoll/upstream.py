@@ -2,7 +2,7 @@
 multis they run on.
 
 With curlpool.py and transfer.py, the only modules importing pycurl. ``classify`` turns a
-failed attempt (status, headers, body) into an Outcome following shared/openrouter-facts.md.
+failed attempt (status, headers, body) into an Outcome (classify.py).
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class OpenRouterClient:
             )
         try:
             data = json.loads(resp.body) if resp.body else None
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         return resp.code, data, time.monotonic() - start
 

@@ -13,8 +13,12 @@
   (each chunk's content is n bytes of "x"),
   ``"raw": [b"...", ...]`` (exactly these pieces, flushed one by one, ``interval`` apart)
 - ``{"hang": True}``: never answer; ``{"inband_error": {...}}``: HTTP 200 with an error body;
+  ``{"body": b"..."}``: HTTP 200 with exactly these bytes;
   ``{"choice_error": {...}}``: HTTP 200, partial content and ``finish_reason: "error"``
 - ``"silence": s`` (streams): stop sending for ``s`` seconds after the first chunk
+- ``"usage": {...}``: fields of the answer's ``usage`` (``cost``, ``cached_tokens``,
+  ``reasoning_tokens``, ...); a good answer always carries usage as OpenRouter's does: in the
+  body, or for a stream in one last chunk with empty ``choices`` just before ``[DONE]``
 
 Counters: ``requests`` (per key), ``order`` (keys in request order), ``bodies``, ``headers``,
 ``paths``, ``disconnects`` and ``closed_at`` (clients that went away mid-answer, with the
@@ -32,6 +36,7 @@ from typing import Any
 import tornado.web
 from tornado.iostream import StreamClosedError
 
+GENERATION_ID = "gen-fake"  # the ``id`` of every answer, and its X-Generation-Id header
 MODELS = [
     {
         "id": "openai/gpt-4o",
@@ -54,21 +59,61 @@ def chunk(i: int, model: str, content: str | None = None, **extra: Any) -> bytes
     delta = {"content": content if content is not None else f"tok{i} "}
     if i == 0:
         delta["role"] = "assistant"
+    return stream_event(model, [{"index": 0, "delta": delta, "finish_reason": None}], **extra)
+
+
+def stream_event(model: str, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+    """One ``data:`` event of a stream: a chat.completion.chunk with these choices."""
     body = {
-        "id": "gen-fake",
+        "id": GENERATION_ID,
         "object": "chat.completion.chunk",
         "created": 1,
         "model": model,
         "provider": "Fake",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        "choices": choices,
         **extra,
     }
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-def completion(model: str, content: str) -> dict[str, Any]:
+PROMPT_TOKENS = 3
+PRICE_PROMPT, PRICE_COMPLETION = 2.5e-06, 1e-05  # USD per token (openai/gpt-4o's, above)
+
+
+def usage(completion_tokens: int, **extra: Any) -> dict[str, Any]:
+    """OpenRouter's ``usage`` object, always sent: token counts, their details and the cost
+    in USD. ``extra`` overrides top-level fields; ``cached_tokens`` and ``reasoning_tokens``
+    go into the details."""
+    cached = extra.pop("cached_tokens", 0)
+    reasoning = extra.pop("reasoning_tokens", 0)
+    prompt = extra.pop("prompt_tokens", PROMPT_TOKENS)
+    cost = prompt * PRICE_PROMPT + completion_tokens * PRICE_COMPLETION
     return {
-        "id": "gen-fake",
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+        "cost": round(cost, 12),
+        "is_byok": False,
+        "prompt_tokens_details": {
+            "cached_tokens": cached,
+            "cache_write_tokens": 0,
+            "audio_tokens": 0,
+        },
+        "completion_tokens_details": {"reasoning_tokens": reasoning, "image_tokens": 0},
+        "cost_details": {"upstream_inference_cost": None},
+        **extra,
+    }
+
+
+def usage_chunk(n: int, model: str, **extra: Any) -> bytes:
+    """The last event of a stream of ``n`` chunks before ``[DONE]``: empty ``choices`` and the
+    usage of the whole answer (OpenRouter sends it exactly once, there)."""
+    return stream_event(model, [], usage=usage(n, **extra))
+
+
+def completion(model: str, content: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": GENERATION_ID,
         "object": "chat.completion",
         "created": 1,
         "model": model,
@@ -81,7 +126,7 @@ def completion(model: str, content: str) -> dict[str, Any]:
                 "native_finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        "usage": usage(2, **extra),
     }
 
 
@@ -184,6 +229,9 @@ class ChatHandler(FakeHandler):
             await asyncio.sleep(b["first_delay"])
         if b.get("inband_error"):
             return self.send_json({"error": b["inband_error"]})
+        if "body" in b:
+            self.set_header("Content-Type", "application/json")
+            return self.finish(b["body"])
         if b.get("choice_error"):
             body = completion(model, "partial answ")
             body["choices"][0]["finish_reason"] = "error"
@@ -192,7 +240,7 @@ class ChatHandler(FakeHandler):
         if req.get("stream") is True:
             return await self.stream(req, model, b)
         content = f"answer from {self.key[-4:]}"
-        body = completion(model, content)
+        body = completion(model, content, **b.get("usage", {}))
         if b.get("tool_calls"):
             body["choices"][0]["message"]["tool_calls"] = [
                 {
@@ -212,13 +260,14 @@ class ChatHandler(FakeHandler):
             }
         elif path == "completions":
             body = {
-                "id": "gen-fake",
+                "id": GENERATION_ID,
                 "object": "text_completion",
                 "created": 1,
                 "model": model,
                 "choices": [{"index": 0, "text": content, "finish_reason": "stop"}],
+                "usage": usage(2, **b.get("usage", {})),
             }
-        self.send_json(body, headers={"X-Generation-Id": "gen-fake"})
+        self.send_json(body, headers={"X-Generation-Id": GENERATION_ID})
 
     async def stream(self, req: dict, model: str, b: dict[str, Any]) -> None:
         st = self.state
@@ -226,7 +275,7 @@ class ChatHandler(FakeHandler):
         st.peak = max(st.peak, st.active)
         st.peers.add(self.request.connection.context.address)
         self.set_header("Content-Type", "text/event-stream")
-        self.set_header("X-Generation-Id", "gen-fake")
+        self.set_header("X-Generation-Id", GENERATION_ID)
         try:
             for _ in range(b.get("comments", 0)):
                 self.write(b": OPENROUTER PROCESSING\n\n")
@@ -270,6 +319,8 @@ class ChatHandler(FakeHandler):
                     return
                 if b.get("interval"):
                     await asyncio.sleep(b["interval"])
+            if n:  # (``chunks: 0`` is a stream that ends before any data)
+                self.write(usage_chunk(n, model, **b.get("usage", {})))
             if b.get("done", True):
                 self.write(b"data: [DONE]\n\n")
             self.finish()
@@ -288,7 +339,7 @@ class ChatHandler(FakeHandler):
             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
         }
         body = {
-            "id": "gen-fake",
+            "id": GENERATION_ID,
             "object": "chat.completion.chunk",
             "created": 1,
             "model": model,

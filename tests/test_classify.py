@@ -1,13 +1,21 @@
-"""orpoll.classify.classify: one verdict per row of issue 2's table and the facts file's summary."""
+"""orpoll.classify: one verdict per kind of failed upstream attempt, from HTTP status and body
+or from a failure below HTTP."""
 
 from __future__ import annotations
 
 import json
+import math
 
+import pycurl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tornado.curl_httpclient import CurlError
 
-from orpoll.classify import classify, next_utc_midnight
-from orpoll.keys import Verdict
+from orpoll import sse
+from orpoll.classify import classify, classify_transport, next_utc_midnight
+from orpoll.keys import Outcome, Verdict
+from orpoll.transfer import CURLE_SETUP_FAILED, Transfer
 
 NOW = 1_768_300_000.0  # 2026-01-13T10:26:40Z
 MIDNIGHT_MS = 1_768_348_800_000  # 2026-01-14T00:00Z, as OpenRouter sends X-RateLimit-Reset
@@ -260,3 +268,205 @@ def test_classify_never_raises_on_garbage():
         for status in (400, 401, 402, 403, 404, 429, 500):
             out = verdict(status, raw)
             assert out.status == status and out.message
+
+
+# ---- failures below HTTP (classify_transport) ---------------------------------------------------
+
+
+def transfer(status: int = 0, headers: tuple[bytes, ...] = (), **state) -> Transfer:
+    """A finished transfer as curl leaves it: ``status`` 0 and no header when nothing came back."""
+    t = Transfer()
+    t.status, t.headers = status, list(headers)
+    for name, value in state.items():
+        setattr(t, name, value)
+    return t
+
+
+@pytest.mark.parametrize(
+    "errno_,message",
+    [
+        (pycurl.E_URL_MALFORMAT, "URL rejected: Bad path"),
+        (CURLE_SETUP_FAILED, "request setup failed: embedded null byte"),
+    ],
+    ids=["url-malformat", "setup-failed"],
+)
+def test_a_request_curl_refuses_to_send_is_the_requests_fault(errno_, message):
+    out = classify_transport(CurlError(errno_, message), transfer())
+    assert out.verdict is Verdict.LOCAL and not out.try_another_key
+    assert out.status == 400 and out.code in ("invalid_request_path", "invalid_request")
+    assert "cannot be sent" in out.message
+
+
+@pytest.mark.parametrize(
+    "errno_",
+    [
+        pycurl.E_COULDNT_CONNECT,
+        pycurl.E_COULDNT_RESOLVE_HOST,
+        pycurl.E_SSL_CONNECT_ERROR,
+        pycurl.E_PEER_FAILED_VERIFICATION,
+        pycurl.E_GOT_NOTHING,
+        pycurl.E_RECV_ERROR,
+        pycurl.E_SEND_ERROR,
+    ],
+    ids=["refused", "dns", "tls-handshake", "tls-verify", "empty-reply", "reset", "send"],
+)
+def test_no_answer_at_all_is_the_upstreams_state_not_the_keys(errno_):
+    out = classify_transport(CurlError(errno_, "boom"), transfer())
+    assert out.verdict is Verdict.UPSTREAM and out.try_another_key
+    assert out.status in (502, 503) and out.code == "upstream_unreachable"
+
+
+def test_a_drop_after_the_answer_began_stays_transient():
+    began = transfer(200, (b"Content-Type: text/event-stream\r\n",))
+    out = classify_transport(CurlError(pycurl.E_RECV_ERROR, "Connection reset by peer"), began)
+    assert out.verdict is Verdict.TRANSIENT and out.status == 502
+    assert out.code == "upstream_disconnected"
+
+
+def test_a_timeout_stays_transient():
+    out = classify_transport(CurlError(pycurl.E_OPERATION_TIMEDOUT, "timed out"), transfer())
+    assert out.verdict is Verdict.TRANSIENT and out.code == "upstream_unreachable"
+    stalled = transfer(200, stall=5.0, timed_out=True)
+    out = classify_transport(CurlError(42, "aborted by orpoll"), stalled)
+    assert out.verdict is Verdict.TRANSIENT and out.status == 504
+
+
+# ---- bodies no parser or walker may choke on -----------------------------------------------------
+
+
+def deep(depth: int) -> bytes:
+    return b'{"error": {"code": 429, "metadata": {"raw": ' + b"[" * depth + b"]" * depth + b"}}}"
+
+
+@pytest.mark.parametrize("depth", [100_000, 900, 40])
+def test_deeply_nested_bodies_never_raise(depth):
+    for status in (200, 400, 429, 502):
+        out = verdict(status, deep(depth))
+        assert isinstance(out.verdict, Verdict) and out.status >= 400
+        json.dumps([out.message, out.code, out.metadata])  # what the relay and logs handle
+    err = sse.error_of(deep(depth))
+    assert err is not None
+    out = verdict(200, deep(depth), error=err)
+    assert out.try_another_key  # a 200 nobody can read is a failed attempt
+
+
+def test_an_error_nested_past_the_limit_keeps_no_metadata():
+    err = {"code": 429, "metadata": {"raw": json.loads(b"[" * 200 + b"]" * 200)}}
+    out = verdict(200, b"", error=err)
+    assert out.metadata is None and "nested too deeply" in out.message
+    assert out.verdict is Verdict.KEY_RATE_LIMIT  # the code is still read
+
+
+# ---- any upstream answer: classification never raises ------------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_error = st.fixed_dictionaries(
+    {},
+    optional={
+        "code": st.one_of(st.integers(), st.text(max_size=8), st.none()),
+        "message": st.one_of(st.text(max_size=60), st.integers(), st.none()),
+        "metadata": st.one_of(
+            _json,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "error_type": st.sampled_from(["authentication", "payment_required", "x"]),
+                    "limit_source": st.sampled_from(["openrouter_key_limit", "openrouter_credits"]),
+                    "provider_name": st.text(max_size=8),
+                    "headers": st.dictionaries(st.sampled_from(["X-RateLimit-Reset"]), _json),
+                    "resets_at": st.one_of(st.text(max_size=30), st.integers()),
+                    "raw": _json,
+                },
+            ),
+        ),
+    },
+)
+_body = st.one_of(
+    st.binary(max_size=200),
+    _json.map(lambda v: json.dumps(v).encode()),
+    _error.map(lambda e: json.dumps({"error": e}).encode()),
+)
+_headers = st.dictionaries(
+    st.sampled_from(["retry-after", "x-ratelimit-reset"]),
+    st.one_of(
+        st.text(max_size=20),
+        st.integers().map(str),
+        st.floats().map(str),
+        st.sampled_from(["inf", "-inf", "nan", "1e999", "Infinity", "1e12"]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(status=st.integers(100, 999), raw=_body, headers=_headers, inband=st.booleans())
+def test_classify_any_answer_gives_a_valid_outcome(status, raw, headers, inband):
+    error = sse.error_of(raw) if inband else None
+    out = classify(status, raw, lambda name: headers.get(name.lower()), now=NOW, error=error)
+    assert isinstance(out, Outcome) and isinstance(out.verdict, Verdict)
+    assert out.verdict not in (Verdict.OK, Verdict.LOCAL, Verdict.UPSTREAM)
+    assert isinstance(out.message, str) and out.message
+    assert 400 <= out.status <= 599 or out.status == status
+    assert out.retry_at is None or math.isfinite(out.retry_at)
+    assert out.scope in ("all", "free")
+    json.dumps([out.message, out.code, out.metadata])
+
+
+# ---- nothing but OpenRouter's own words blames a key ---------------------------------------------
+
+
+def test_429_with_a_provider_code_is_the_providers():
+    raw = body(429, "Rate limit exceeded", error_type="rate_limit_exceeded", provider_code="429")
+    out = verdict(429, raw)
+    assert out.verdict is Verdict.PROVIDER and out.try_another_key
+
+
+@pytest.mark.parametrize(
+    "raw", [b"<html><title>429 Too Many Requests</title></html>", b"", b"rate limited"]
+)
+def test_429_without_an_openrouter_error_is_not_the_keys(raw):
+    """A 429 with no error body of OpenRouter's comes from in front of it (a CDN limiting this
+    proxy's address): every key would get the same."""
+    out = verdict(429, raw, hdrs(Retry_After="7"))
+    assert out.verdict is Verdict.PROVIDER and out.retry_at == NOW + 7
+
+
+def test_402_weight_exceeds_budget_is_the_requests_size_not_a_cooldown():
+    raw = body(
+        402,
+        "Request exceeds the in-flight budget",
+        limit_source="openrouter_in_flight_budget",
+        reason="weight_exceeds_budget",
+    )
+    assert verdict(402, raw, hdrs(Retry_After="5")).verdict is Verdict.KEY_LOW_CREDIT
+
+
+def echoing(status: int, message: str, models: list[str], **metadata) -> bytes:
+    err = {"code": status, "message": message, "metadata": metadata}
+    err["availability"] = {"code": "capacity", "requested_models": models}
+    return json.dumps({"error": err}).encode()
+
+
+@pytest.mark.parametrize(
+    "status,raw,expected",
+    [
+        (
+            429,
+            echoing(429, "Provider returned error", ["x/free-models-per-day"], provider_name="P"),
+            Verdict.PROVIDER,
+        ),
+        (403, echoing(403, "Forbidden", ["x/key-limit exceeded", "Key limit exceeded"]), None),
+        (403, echoing(403, "Forbidden", ["a/b"], note="Key limit exceeded"), None),
+    ],
+    ids=["429-model-name", "403-model-name", "403-other-field"],
+)
+def test_text_the_client_chose_never_blames_a_key(status, raw, expected):
+    """Model names the client sent (echoed in ``requested_models``) and fields other than
+    OpenRouter's message, raw provider error and typed codes are not read for key verdicts."""
+    out = verdict(status, raw)
+    assert out.verdict is (expected or Verdict.REQUEST)

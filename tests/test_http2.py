@@ -21,7 +21,7 @@ from tornado.tcpclient import TCPClient
 
 from orpoll.upstream import SHARD_TRANSFERS
 from tests.conftest import raw_chat_request
-from tests.fake_upstream import chunk
+from tests.fake_upstream import chunk, usage_chunk
 from tests.test_streaming import (
     DONE,
     MSG,
@@ -67,7 +67,8 @@ class H2Upstream:
                 if gone.done():
                     self.left_early += 1
                     return
-            await send({"type": "http.response.body", "body": DONE})
+            body = usage_chunk(self.chunks, PAID) + DONE
+            await send({"type": "http.response.body", "body": body})
         finally:
             self.active -= 1
             gone.cancel()

@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.tcpclient import TCPClient
 
 from tests.conftest import KEYS, assert_openai_error, raw_chat_request
-from tests.fake_upstream import chunk, content_of
+from tests.fake_upstream import chunk, content_of, usage_chunk
 
 A, B, C = KEYS
 PAID = "openai/gpt-4o"
@@ -28,7 +28,7 @@ def ks_of(app, key):
 
 def expected_stream(n: int, model: str = PAID) -> bytes:
     """The bytes the fake sends for a good stream of n chunks."""
-    return b"".join(chunk(i, model) for i in range(n)) + DONE
+    return b"".join(chunk(i, model) for i in range(n)) + usage_chunk(n, model) + DONE
 
 
 async def sdk_text(sdk, **kw) -> str:
@@ -293,7 +293,7 @@ async def test_first_chunk_arrives_long_before_the_last_is_sent(fake, base_url):
     assert raw.chunks[0][0] < fake.last_chunk_at - 0.9  # while the fake still had 4 to send
     data_times = []
     for t, c in raw.chunks:
-        data_times += [t] * c.count(b"data: {")
+        data_times += [t] * c.count(b'"delta"')  # the content chunks, not the usage
     assert len(data_times) == 5
     assert data_times[-1] - data_times[0] > 0.9  # spread out as sent, not batched at the end
 
@@ -475,7 +475,8 @@ async def test_a_slow_reader_gets_every_byte_in_order(fake, base_url):
         decoded += rest[:size]
         assert rest[size : size + 2] == b"\r\n"
         rest = rest[size + 2 :]
-    expected = b"".join(chunk(i, PAID, "x" * 200_000) for i in range(40)) + DONE
+    expected = b"".join(chunk(i, PAID, "x" * 200_000) for i in range(40))
+    expected += usage_chunk(40, PAID) + DONE
     assert bytes(decoded) == expected
 
 
@@ -608,3 +609,31 @@ async def test_client_connections_have_no_nagle_delay(fake, base_url):
     sock = handlers[0].request.connection.stream.socket
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     stream.close()
+
+
+# ---- usage, as OpenRouter sends it -------------------------------------------------------------
+
+
+async def test_usage_reaches_the_client_as_openrouter_sends_it(fake, sdk):
+    """Streams: once, in a last chunk with empty choices before [DONE]; answers: in the body.
+    Both with the cost in USD, cached and reasoning token details, and the generation id."""
+    fake.default = {"chunks": 3, "usage": {"cost": 0.25, "cached_tokens": 2, "reasoning_tokens": 1}}
+    stream = await sdk.chat.completions.create(model=PAID, messages=MSG, stream=True)
+    async with stream:
+        events = [ev async for ev in stream]
+    assert [bool(ev.usage) for ev in events] == [False] * 3 + [True]
+    last = events[-1]
+    assert last.choices == [] and last.id == "gen-fake"
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens, last.usage.total_tokens) == (
+        3,
+        3,
+        6,
+    )
+    assert last.usage.cost == 0.25
+    assert last.usage.prompt_tokens_details.cached_tokens == 2
+    assert last.usage.completion_tokens_details.reasoning_tokens == 1
+
+    answer = await sdk.chat.completions.create(model=PAID, messages=MSG)
+    assert answer.id == "gen-fake" and answer.usage.cost == 0.25
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + 2
+    assert answer.usage.prompt_tokens_details.cached_tokens == 2
