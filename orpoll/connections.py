@@ -227,6 +227,15 @@ class Server(tornado.httpserver.HTTPServer):
             self._sweeper.stop()
         await super().close_all_connections()
 
+    async def flush_writes(self, limit: float) -> None:
+        """Wait up to ``limit`` seconds while any connection still has bytes queued for its
+        client (the end of a stream, before the connections are closed)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and any(
+            c.stream.writing() for c in self._connections if not c.stream.closed()
+        ):
+            await asyncio.sleep(0.02)
+
     def _sweep(self) -> None:
         """Close the connections past a time limit (``_Connection.overdue``); a client that
         sent part of a request is answered 408 first."""
