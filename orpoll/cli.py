@@ -32,6 +32,7 @@ def flag_of(env: str) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python run.py",
+        usage="%(prog)s [--SETTING VALUE ...]  (--help lists them)",
         description="orpoll: one OpenAI-compatible endpoint over a pool of OpenRouter keys.",
         epilog="Each flag can be given instead as its environment variable (or in .env); a "
         "flag wins over the environment. Flags are visible to other users of the machine "
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
             flag_of(env),
             dest=env,
             metavar="VALUE",
-            help=f"{meta['help']} [env {env}, default: {default}]",
+            help=f"{meta['help']} [env {env}, default: {default}]".replace("%", "%%"),
             **extra,
         )
     return p
