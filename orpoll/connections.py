@@ -84,7 +84,9 @@ class _Connection(HTTP1ServerConnection):
         if silent is None:
             silent = now - (conn.seen_at or now)
             conn.seen_at = conn.seen_at or now
-        return 408 if silent > limits.body else None
+        if silent <= limits.body:
+            return None
+        return CLOSE if conn._response_start_line is not None else 408  # answered already
 
     def stalled(self, now: float) -> bool:
         """Never completed a request, and sent nothing for SHED_SILENT_SECONDS."""
