@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import time
 import urllib.request
 
@@ -15,8 +14,9 @@ import pytest
 from tornado.iostream import StreamClosedError
 from tornado.tcpclient import TCPClient
 
-from tests.admin_helpers import child_env, run_py, wait_healthy
+from tests.admin_helpers import child_env, wait_healthy
 from tests.conftest import raw_chat_request
+from tests.limits_helpers import run_with_fd_limit
 
 BODY = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
 
@@ -179,19 +179,8 @@ def test_out_of_descriptors_stalled_uploads_are_shed_first(upstream, tmp_path):
     """``python run.py`` under a 256-descriptor limit, and 300 clients that sent headers and
     half a body, then nothing: /healthz still answers (the stalled ones are closed to make
     room), long before the 60 s body limit."""
-    import resource
-
     env = child_env(upstream, str(tmp_path / "data"), OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111")
-
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
-    log_path = tmp_path / "orpoll.log"
-    with open(log_path, "wb") as log:
-        proc, url = run_py(
-            env, str(tmp_path), stdout=log, stderr=subprocess.STDOUT, preexec_fn=low_limit
-        )
-    port = int(url.rsplit(":", 1)[1])
+    proc, url, port, log_path = run_with_fd_limit(env, tmp_path, 256)
     half = raw_chat_request(BODY + " " * 1000)[:-600]
     stalled: list[socket.socket] = []
     try:

@@ -54,28 +54,31 @@ def read_until_closed(socks: list[socket.socket], limit: float) -> dict[socket.s
     return got
 
 
-def test_sigterm_ends_100_long_streams_with_an_error_event_and_exits_0(upstream, spawn, tmp_path):
-    upstream.state.default = {"chunks": 60, "interval": 1.0}  # 60 s streams
+def sigterm_during_streams(upstream, spawn, tmp_path, n: int, grace: int, script: dict):
+    """``n`` streams (the fake answers each per ``script``) through ``python run.py`` with
+    SHUTDOWN_GRACE_SECONDS=``grace``, SIGTERM once all are under way: (what each client got,
+    the exit code, seconds from SIGTERM to exit, the process)."""
+    upstream.state.default = script
     env = child_env(
         upstream,
         str(tmp_path / "data"),
         ADMIN_PASSWORD=PASSWORD,
         OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111,sk-or-v1-test-bbbb2222",
-        SHUTDOWN_GRACE_SECONDS="5",
+        SHUTDOWN_GRACE_SECONDS=str(grace),
     )
     proc = spawn(env)
-    socks = [socket.create_connection(("127.0.0.1", proc.port)) for _ in range(100)]
+    socks = [socket.create_connection(("127.0.0.1", proc.port)) for _ in range(n)]
     try:
         for s in socks:
             s.sendall(raw_chat_request(STREAM))
         deadline = time.monotonic() + 30
-        while upstream.state.active < 100:
+        while upstream.state.active < n:
             assert time.monotonic() < deadline, upstream.state.active
-            time.sleep(0.05)
-        time.sleep(1.5)  # a chunk or two on every stream
+            time.sleep(0.02)
+        time.sleep(0.5)  # a chunk or two on every stream
         start = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        time.sleep(0.3)
         refused = socket.socket()
         try:
             assert refused.connect_ex(("127.0.0.1", proc.port)) != 0  # no longer listening
@@ -83,13 +86,18 @@ def test_sigterm_ends_100_long_streams_with_an_error_event_and_exits_0(upstream,
             refused.close()
         got = read_until_closed(socks, 15)
         code = proc.proc.wait(15)
-        took = time.monotonic() - start
+        return list(got.values()), code, time.monotonic() - start, proc
     finally:
         for s in socks:
             s.close()
+
+
+def test_sigterm_ends_100_long_streams_with_an_error_event_and_exits_0(upstream, spawn, tmp_path):
+    script = {"chunks": 60, "interval": 1.0}  # 60 s streams
+    got, code, took, proc = sigterm_during_streams(upstream, spawn, tmp_path, 100, 5, script)
     assert code == 0, proc.log()[-3000:]
     assert took < 6, took
-    for raw in got.values():
+    for raw in got:
         head, body, complete = dechunk(raw)
         assert head.startswith(b"HTTP/1.1 200"), raw[:300]
         assert complete, raw[-300:]
@@ -104,31 +112,10 @@ def test_sigterm_ends_100_long_streams_with_an_error_event_and_exits_0(upstream,
 
 def test_sigterm_lets_short_streams_finish_and_exits_at_once(upstream, spawn, tmp_path):
     """Nothing open at the end: the process does not wait out the grace period."""
-    upstream.state.default = {"chunks": 5, "interval": 0.2}
-    env = child_env(
-        upstream,
-        str(tmp_path / "data"),
-        ADMIN_PASSWORD=PASSWORD,
-        OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111",
-        SHUTDOWN_GRACE_SECONDS="30",
-    )
-    proc = spawn(env)
-    socks = [socket.create_connection(("127.0.0.1", proc.port)) for _ in range(10)]
-    try:
-        for s in socks:
-            s.sendall(raw_chat_request(STREAM))
-        while upstream.state.active < 10:
-            time.sleep(0.02)
-        start = time.monotonic()
-        proc.proc.send_signal(signal.SIGTERM)
-        got = read_until_closed(socks, 15)
-        code = proc.proc.wait(15)
-        took = time.monotonic() - start
-    finally:
-        for s in socks:
-            s.close()
+    script = {"chunks": 8, "interval": 0.2}
+    got, code, took, _ = sigterm_during_streams(upstream, spawn, tmp_path, 10, 30, script)
     assert code == 0 and took < 10, took
-    for raw in got.values():
+    for raw in got:
         _, body, complete = dechunk(raw)
         assert complete and body.endswith(b"data: [DONE]\n\n")
         assert b"server_shutting_down" not in body
