@@ -71,7 +71,7 @@ async def test_a_stalled_small_body_is_answered_408_and_closed(port, api):
     whole = raw_chat_request(BODY)
     await stream.write(whole[: len(whole) - 20])  # headers and most of the body, then silence
     answer, took = await answer_then_close(stream)
-    assert 1.0 <= took < 5, took
+    assert 0.8 <= took < 5, took
     assert error_of(answer, 408)["code"] == "request_timeout"
     await assert_serving(api)
 
@@ -85,7 +85,7 @@ async def test_a_stalled_large_body_is_cut(port, api, app):
     )
     await stream.write(head + b"x" * 300_000)
     _, took = await answer_then_close(stream)
-    assert 1.0 <= took < 5, took
+    assert 0.8 <= took < 5, took
     await assert_serving(api)
 
 
@@ -106,14 +106,14 @@ async def test_headers_sent_too_slowly_get_408(port):
     stream = await TCPClient().connect("127.0.0.1", port)
     await stream.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
     answer, took = await answer_then_close(stream)
-    assert 1.0 <= took < 5, took
+    assert 0.8 <= took < 5, took
     assert error_of(answer, 408)["code"] == "request_timeout"
 
 
 async def test_a_connection_that_sends_nothing_is_closed_after_the_header_limit(port):
     stream = await TCPClient().connect("127.0.0.1", port)
     answer, took = await answer_then_close(stream)
-    assert answer == b"" and 1.0 <= took < 5, took
+    assert answer == b"" and 0.8 <= took < 5, took
 
 
 async def test_an_idle_keep_alive_connection_lasts_the_idle_limit(port):
@@ -122,7 +122,7 @@ async def test_an_idle_keep_alive_connection_lasts_the_idle_limit(port):
     head = await asyncio.wait_for(stream.read_until(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200")
     answer, took = await answer_then_close(stream)
-    assert 3.0 <= took < 8, took  # the idle limit (3 s), not the header limit (1 s)
+    assert 2.5 <= took < 8, took  # the idle limit (3 s), not the header limit (1 s)
 
 
 async def assert_refused(port: int, request: bytes, status: int) -> dict:
