@@ -367,11 +367,12 @@ def _check_header_bytes(stream: iostream.IOStream, delimiter: Any, size: int) ->
     """``IOStream._check_max_bytes`` for client connections: a header block over its limit is
     answered 431 (or 414, for its first line) before Tornado closes the connection. Tornado
     reads a request's header block with the only regular-expression delimiter it uses here
-    (chunk sizes of a body are read up to a bytes delimiter)."""
-    try:
-        iostream.IOStream._check_max_bytes(stream, delimiter, size)
-    except iostream.UnsatisfiableReadError:
-        if not isinstance(delimiter, bytes):
-            err = oversized(stream._read_buffer)
-            answer_and_close(stream.socket, err.status, err.message)
-        raise
+    (chunk sizes of a body are read up to a bytes delimiter). Runs at every header read: the
+    common case is Tornado's one comparison."""
+    limit = stream._read_max_bytes
+    if limit is None or size <= limit:
+        return
+    if not isinstance(delimiter, bytes):
+        err = oversized(stream._read_buffer)
+        answer_and_close(stream.socket, err.status, err.message)
+    iostream.IOStream._check_max_bytes(stream, delimiter, size)  # raises, as Tornado's
