@@ -13,7 +13,7 @@ from typing import Any
 
 import jinja2
 import tornado.web
-from tornado import httputil
+from tornado import httputil, iostream
 
 from .admission import Admission
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
@@ -218,6 +218,14 @@ class SmallBodyFirst(httputil.HTTPMessageDelegate):
     def on_connection_close(self) -> None:
         if self.held is None:
             self.inner.on_connection_close()
+            # The connection closed before the whole body came (the client left, or a time
+            # limit cut it): the handler, started on the headers, must stop waiting for it,
+            # as Tornado's own RequestHandler.on_connection_close makes it (an override may
+            # not). Its _execute then ends.
+            body = getattr(getattr(self.inner, "request", None), "_body_future", None)
+            if body is not None and not body.done():
+                body.set_exception(iostream.StreamClosedError())
+                body.exception()  # retrieved: no "exception never retrieved" warning
 
 
 def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:

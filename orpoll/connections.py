@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import resource
 import socket
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,6 +23,14 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from .classify import LOCAL_ERRNOS
 from .headers import HTTP1Connection
 from .heap import BURST_MMAP_THRESHOLD
+from .limits import (
+    MAX_HEADER_BYTES,
+    Limits,
+    RequestTooLarge,
+    answer_and_close,
+    oversized,
+    silent_for,
+)
 from .logs import plural
 
 log = logging.getLogger("orpoll")
@@ -28,6 +38,10 @@ log = logging.getLogger("orpoll")
 # per read; it stays under the heap's mmap threshold in a burst (heap.py), or each read then
 # would mmap it.
 READ_CHUNK_BYTES = BURST_MMAP_THRESHOLD - 1024
+# Out of descriptors, connections that have not completed a request and have sent nothing for
+# this long are closed first: a client still sending is spared.
+SHED_SILENT_SECONDS = 5.0
+CLOSE = 0  # what ``_Connection.overdue`` says of a connection to close without an answer
 
 
 class _Connection(HTTP1ServerConnection):
@@ -45,12 +59,45 @@ class _Connection(HTTP1ServerConnection):
     served = 0
     waiting_since = 0.0  # monotonic time it began waiting for a request's headers
 
-    def idle_for(self, now: float) -> float:
-        """Seconds it has waited for a request's headers (0 while a request runs)."""
+    def overdue(self, now: float, limits: Limits) -> int | None:
+        """Whether a time limit of the request being read has passed: None if not (or the
+        request is read and its handler runs), CLOSE to close the connection without an
+        answer (an idle keep-alive client, or one that sent nothing), or 408 to answer first.
+
+        Headers are timed from when the connection began to wait for them; on a kept-alive
+        connection, from when a sweep first saw bytes of the next request. A body is timed by
+        its silence: how long ago data last arrived (the kernel's count, or where there is
+        none, how long ago a sweep first saw the body being read)."""
         conn = self.current
-        if conn is None or conn._request_start_line is not None:
-            return 0.0
-        return now - self.waiting_since
+        if conn is None or conn._read_finished:
+            return None
+        if conn._request_start_line is None:
+            buffered = self.stream._read_buffer_size
+            if self.served and not buffered:
+                return CLOSE if now - self.waiting_since > limits.idle else None
+            since = self.waiting_since
+            if self.served:
+                since = conn.seen_at = conn.seen_at or now
+            if now - since <= limits.header:
+                return None
+            return 408 if buffered else CLOSE
+        silent = silent_for(self.stream.socket)
+        if silent is None:
+            silent = now - (conn.seen_at or now)
+            conn.seen_at = conn.seen_at or now
+        if silent <= limits.body:
+            return None
+        return CLOSE if conn._response_start_line is not None else 408  # answered already
+
+    def stalled(self, now: float) -> bool:
+        """Never completed a request, and sent nothing for SHED_SILENT_SECONDS."""
+        conn = self.current
+        if self.served or conn is None or conn._read_finished:
+            return False
+        if conn._request_start_line is None:
+            return now - self.waiting_since >= SHED_SILENT_SECONDS
+        silent = silent_for(self.stream.socket)
+        return silent is not None and silent >= SHED_SILENT_SECONDS
 
     def reusable(self) -> bool:
         """True while a keep-alive client that was served already sends nothing: the
@@ -81,6 +128,10 @@ class _Connection(HTTP1ServerConnection):
                     iostream.UnsatisfiableReadError,
                     asyncio.CancelledError,
                 ):
+                    return
+                except RequestTooLarge as e:  # a request line over its limit (headers.py)
+                    answer_and_close(self.stream.socket, e.status, e.message)
+                    self.stream.close()
                     return
                 except Exception:
                     log.error("Uncaught exception", exc_info=True)
@@ -153,45 +204,69 @@ class Server(tornado.httpserver.HTTPServer):
     ACCEPT_BATCH = 128  # connections accepted per readiness event, as Tornado's
     ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE/ENFILE
 
-    def initialize(self, *args: Any, idle_connection_timeout: float | None = None, **kw: Any):
-        """Tornado's, but ``idle_connection_timeout`` is enforced by a sweep of the open
-        connections (``_close_idle``) instead of a timer per request. Tornado arms
-        ``gen.with_timeout`` around every request's header read; that was 7% of a non-stream
-        request's CPU (A/B: 0.281 -> 0.262 ms) for a limit of minutes."""
+    def initialize(self, *args: Any, limits: Limits | None = None, **kw: Any) -> None:
+        """Tornado's, but the client time limits (``limits``; by default the app's
+        CLIENT_*_TIMEOUT_SECONDS) are enforced by a sweep of the open connections
+        (``_sweep``) instead of a timer per request. Tornado arms ``gen.with_timeout`` around
+        every request's header read; that was 7% of a non-stream request's CPU (A/B: 0.281 ->
+        0.262 ms) for a limit of seconds."""
         kw.setdefault("chunk_size", READ_CHUNK_BYTES)
-        super().initialize(*args, idle_connection_timeout=idle_connection_timeout, **kw)
-        self.idle_seconds = idle_connection_timeout or 3600.0
+        kw.setdefault("max_header_size", MAX_HEADER_BYTES)
+        super().initialize(*args, **kw)
+        self.limits = limits or limits_of(self.request_callback)
         self.conn_params.header_timeout = None
-        self._idle_sweep: PeriodicCallback | None = None
+        self._sweeper: PeriodicCallback | None = None
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
             self._handlers[sock.fileno()] = self._accept_from(sock)
-        if self._idle_sweep is None:
-            every = min(10.0, max(0.05, self.idle_seconds / 4))
-            self._idle_sweep = PeriodicCallback(self._close_idle, 1000 * every)
-            self._idle_sweep.start()
+        if self._sweeper is None:
+            self._sweeper = PeriodicCallback(self._sweep, 1000 * self.limits.sweep_every())
+            self._sweeper.start()
 
-    def stop(self) -> None:
-        if self._idle_sweep is not None:
-            self._idle_sweep.stop()
-        super().stop()
+    async def close_all_connections(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+        await super().close_all_connections()
 
-    def _close_idle(self) -> None:
-        """Close connections that waited longer than ``idle_seconds`` for a request's headers
-        (an idle keep-alive client, or one that sends its headers too slowly)."""
-        now, limit = time.monotonic(), self.idle_seconds
+    async def flush_writes(self, limit: float) -> None:
+        """Wait up to ``limit`` seconds while any connection still has bytes queued for its
+        client (the end of a stream, before the connections are closed)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and any(
+            c.stream.writing() for c in self._connections if not c.stream.closed()
+        ):
+            await asyncio.sleep(0.02)
+
+    def _sweep(self) -> None:
+        """Close the connections past a time limit (``_Connection.overdue``); a client that
+        sent part of a request is answered 408 first."""
+        now, limits = time.monotonic(), self.limits
+        cut = 0
         for conn in list(self._connections):
-            if isinstance(conn, _Connection) and conn.idle_for(now) > limit:
-                conn.stream.close()
+            if isinstance(conn, _Connection):
+                verdict = conn.overdue(now, limits)
+                if verdict is not None:
+                    if verdict:
+                        answer_and_close(
+                            conn.stream.socket, verdict, "the client sent its request too slowly"
+                        )
+                    conn.stream.close()
+                    cut += verdict == 408
+        if cut:
+            log.info("closed %d client connections that sent a request too slowly", cut)
 
-    def close_reusable(self) -> int:
-        """Close the idle keep-alive client connections; how many."""
-        idle = [c for c in self._connections if isinstance(c, _Connection) and c.reusable()]
-        for conn in idle:
+    def shed(self) -> int:
+        """Close connections to free their descriptors; how many. First those that never
+        completed a request and went silent (``_Connection.stalled``); if there are none, the
+        idle keep-alive ones (``_Connection.reusable``)."""
+        now = time.monotonic()
+        conns = [c for c in self._connections if isinstance(c, _Connection)]
+        victims = [c for c in conns if c.stalled(now)] or [c for c in conns if c.reusable()]
+        for conn in victims:
             conn.stream.close()
-        return len(idle)
+        return len(victims)
 
     def _accept_from(self, sock: socket.socket) -> Callable[[], None]:
         """Tornado's ``add_accept_handler``, except when accept() fails for want of file
@@ -226,9 +301,9 @@ class Server(tornado.httpserver.HTTPServer):
             state["refused"] += 1
             io_loop.remove_handler(sock)
             io_loop.call_later(self.ACCEPT_PAUSE, resume)
-            # Idle keep-alive clients would otherwise hold every descriptor while the clients
-            # in the listen queue wait for one: close them (they reconnect when they need to).
-            closed = self.close_reusable()
+            # Stalled and idle keep-alive clients would otherwise hold every descriptor while
+            # the clients in the listen queue wait for one: close them.
+            closed = self.shed()
             state["closed"] += closed
             now = time.monotonic()
             if now - state["warned"] >= 10.0:
@@ -239,7 +314,7 @@ class Server(tornado.httpserver.HTTPServer):
                     resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                     self.ACCEPT_PAUSE,
                     plural(state["refused"], "pause"),
-                    plural(state["closed"], "idle keep-alive connection"),
+                    plural(state["closed"], "stalled or idle connection"),
                 )
                 state["warned"] = now
 
@@ -264,6 +339,9 @@ class Server(tornado.httpserver.HTTPServer):
         stream.set_nodelay(True)
         stream.set_nodelay = _nodelay_stays  # type: ignore[method-assign]
         stream._write_futures = _LazyDeque()  # type: ignore[assignment]
+        # Weakly: the stream holding a strong reference to itself would be a reference cycle,
+        # freed only by the collector's full passes.
+        stream._check_max_bytes = functools.partial(_check_header_bytes, weakref.proxy(stream))
         stream._write_buffer._buffers = _LazyDeque()  # type: ignore[assignment]
         context = tornado.httpserver._HTTPRequestContext(
             stream, address, self.protocol, self.trusted_downstream
@@ -271,3 +349,30 @@ class Server(tornado.httpserver.HTTPServer):
         conn = _Connection(stream, self.conn_params, context)
         self._connections.add(conn)
         conn.start_serving(self)
+
+
+def limits_of(app: Any) -> Limits:
+    """The app's client time limits (Tornado's defaults' order of magnitude without one)."""
+    config = getattr(app, "config", None)
+    if config is None:
+        return Limits()
+    return Limits(
+        header=config.client_header_timeout,
+        body=config.client_body_timeout,
+        idle=config.client_idle_timeout,
+    )
+
+
+def _check_header_bytes(stream: iostream.IOStream, delimiter: Any, size: int) -> None:
+    """``IOStream._check_max_bytes`` for client connections: a header block over its limit is
+    answered 431 (or 414, for its first line) before Tornado closes the connection. Tornado
+    reads a request's header block with the only regular-expression delimiter it uses here
+    (chunk sizes of a body are read up to a bytes delimiter). Runs at every header read: the
+    common case is Tornado's one comparison."""
+    limit = stream._read_max_bytes
+    if limit is None or size <= limit:
+        return
+    if not isinstance(delimiter, bytes):
+        err = oversized(stream._read_buffer)
+        answer_and_close(stream.socket, err.status, err.message)
+    iostream.IOStream._check_max_bytes(stream, delimiter, size)  # raises, as Tornado's

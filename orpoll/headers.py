@@ -15,6 +15,8 @@ import re
 
 from tornado import http1connection, httputil
 
+from .limits import MAX_REQUEST_LINE_BYTES, line_too_long
+
 # RFC 9110: a field name is a token; a value is visible characters (obs-text included) with
 # spaces and tabs inside, the ones around it stripped. As tornado.httputil._ABNF.
 _TCHAR = r"!#$%&'*+\-.^_`|~0-9A-Za-z"
@@ -45,11 +47,16 @@ def parse(block: str) -> httputil.HTTPHeaders:
 
 
 class HTTP1Connection(http1connection.HTTP1Connection):
-    """Tornado's server-side connection, reading the request's headers with ``parse``."""
+    """Tornado's server-side connection, reading the request's headers with ``parse``, and
+    refusing a request line over MAX_REQUEST_LINE_BYTES (``limits.RequestTooLarge``)."""
+
+    seen_at = 0.0  # monotonic time the server's sweep first saw this request being read
 
     def _parse_headers(self, data: bytes) -> tuple[str, httputil.HTTPHeaders]:
         # As Tornado's (6.x, pinned < 7), but for the last call.
         data_str = data.decode("latin1").lstrip("\r\n")
         eol = data_str.find("\n")
         start_line = data_str[:eol].rstrip("\r")
+        if len(start_line) > MAX_REQUEST_LINE_BYTES:
+            raise line_too_long()
         return start_line, parse(data_str[eol:])

@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import resource
 import signal
+import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from . import __version__
-from .app import make_app
-from .config import ConfigError, Settings, help_text, load_dotenv_file, load_settings
+from tornado.netutil import bind_sockets
+
+from . import __version__, cli
+from .app import OrpollApp, make_app
+from .config import ConfigError, Settings, load_dotenv_file
 from .connections import Server
 from .logs import plural, setup_logging
 from .store import StoreError
 
 log = logging.getLogger("orpoll")
-SHUTDOWN_GRACE_SECONDS = 10.0
 LISTEN_BACKLOG = 8192
+FLUSH_SECONDS = 1.0  # at the end of a shutdown, for what the last writes left queued
 STARTUP_SWEEP_SECONDS = 5.0  # first health sweep, soon after start-up
 
 
@@ -51,26 +56,42 @@ def hold_stdio() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``python run.py [flags]``: exits 2 (configuration, storage) or 3 (cannot listen) with
+    one line on stderr when it cannot start, 0 after a graceful shutdown."""
     argv = sys.argv[1:] if argv is None else argv
     hold_stdio()
-    if "-h" in argv or "--help" in argv:
-        print(f"orpoll {__version__}: python run.py\n\n{help_text()}")
-        return
-    if "--version" in argv:
-        print(__version__)
-        return
     load_dotenv_file()
     try:
-        config = load_settings(os.environ)
+        config = cli.load(argv, os.environ)
+        cli.check_data_dir(config.data_dir)
+        setup_logging(config)
+        sockets = listen(config)
+        event_loop(config)(serve(config, sockets))
     except ConfigError as e:
-        print(f"orpoll: configuration error: {e}", file=sys.stderr)
-        sys.exit(2)
-    setup_logging(config)
-    try:
-        event_loop(config)(serve(config))
+        fail(f"configuration error: {e}", cli.EXIT_CONFIG)
     except StoreError as e:
-        print(f"orpoll: storage error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"storage error: {e}", cli.EXIT_CONFIG)
+    except cli.StartupError as e:
+        fail(str(e), e.code)
+
+
+def fail(message: str, code: int) -> None:
+    print(f"orpoll: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def listen(config: Settings) -> list[socket.socket]:
+    """The listening sockets, bound before anything else starts (a taken port is reported at
+    once). Tornado's default backlog of 128 drops SYNs when thousands of clients connect at
+    once; the kernel caps this at net.core.somaxconn."""
+    try:
+        return bind_sockets(config.port, config.host or None, backlog=LISTEN_BACKLOG)
+    except OSError as e:
+        raise cli.StartupError(
+            f"cannot listen on {config.host or '*'}:{config.port}: {e.strerror or e} "
+            "(set PORT or --port, HOST or --host)",
+            cli.EXIT_LISTEN,
+        ) from None
 
 
 def event_loop(config: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
@@ -89,19 +110,16 @@ def event_loop(config: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
     return asyncio.run
 
 
-async def serve(config: Settings) -> None:
+async def serve(config: Settings, sockets: list[socket.socket]) -> None:
     started = time.monotonic()
     fds = raise_fd_limit()
-    app = make_app(config)
-    server = Server(
-        app,
-        xheaders=config.trust_proxy_headers,
-        max_body_size=config.max_body_bytes,
-        idle_connection_timeout=300,
-    )
-    # Tornado's default backlog of 128 drops SYNs when thousands of clients connect at once;
-    # the kernel caps this at net.core.somaxconn.
-    server.listen(config.port, config.host, backlog=LISTEN_BACKLOG)
+    try:
+        app = make_app(config)
+    except (sqlite3.Error, OSError) as e:
+        raise StoreError(f"cannot open the database in {config.data_dir}: {e}") from None
+    app.ready = False
+    server = Server(app, xheaders=config.trust_proxy_headers, max_body_size=config.max_body_bytes)
+    server.add_sockets(sockets)
     n = len(app.scheduler)
     log.info(
         "orpoll %s listening on http://%s:%d (%s, fd limit %d, %s loop, ready in %.2fs)",
@@ -113,6 +131,31 @@ async def serve(config: Settings) -> None:
         type(asyncio.get_running_loop()).__module__.partition(".")[0],
         time.monotonic() - started,
     )
+    warn_at_start(app, config, fds)
+    app.health.start(first_after=STARTUP_SWEEP_SECONDS)
+    app.write_behind.start()
+    app.ready = True
+    # What start-up built (modules, the app, the key pool: 100k+ objects with many keys) lives
+    # as long as the process. Freezing it keeps the collector's full passes from scanning it
+    # again and again: those passes were 10-50 ms stalls of every stream under load.
+    gc.collect()
+    gc.freeze()
+    # Requests leave no reference cycles (tests/test_memory.py), so the young-generation
+    # passes Tornado's allocations would trigger every ~700 objects find nothing to free:
+    # 2-3% of the CPU under load. Collect a 30th as often.
+    gc.set_threshold(20_000, 10, 10)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await drain(app, server, config.shutdown_grace)
+
+
+def warn_at_start(app: OrpollApp, config: Settings, fds: int) -> None:
+    """The warnings an operator must see once: the generated admin password, an empty pool,
+    an open relay, a low descriptor limit."""
+    n = len(app.scheduler)
     if app.generated_password:
         host = config.host if config.host not in ("", "0.0.0.0", "::") else "localhost"
         log.warning(
@@ -129,38 +172,57 @@ async def serve(config: Settings) -> None:
             "no OpenRouter keys yet: set OPENROUTER_API_KEYS or add keys in the admin; "
             "/v1 answers 503 until then"
         )
+    elif not config.app_api_key and not is_loopback(config.host):
+        log.warning(
+            "OPEN RELAY: listening on %s with %d OpenRouter keys and no APP_API_KEY: anyone "
+            "who can reach port %d spends your credits. Set APP_API_KEY, or HOST=127.0.0.1 "
+            "behind a proxy that authenticates",
+            config.host or "every address",
+            n,
+            config.port,
+        )
     if fds < 2 * config.upstream_max_connections:
         log.warning(
             "open-file limit %d is below 2 x UPSTREAM_MAX_CONNECTIONS; "
             "very many concurrent streams will fail with 'too many open files'",
             fds,
         )
-    app.health.start(first_after=STARTUP_SWEEP_SECONDS)
-    app.write_behind.start()
-    # What start-up built (modules, the app, the key pool: 100k+ objects with many keys) lives
-    # as long as the process. Freezing it keeps the collector's full passes from scanning it
-    # again and again: those passes were 10-50 ms stalls of every stream under load.
-    gc.collect()
-    gc.freeze()
-    # Requests leave no reference cycles (tests/test_memory.py), so the young-generation
-    # passes Tornado's allocations would trigger every ~700 objects find nothing to free:
-    # 2-3% of the CPU under load. Collect a 30th as often.
-    gc.set_threshold(20_000, 10, 10)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info(
-        "shutting down: no new connections, waiting up to %.0fs for requests in flight",
-        SHUTDOWN_GRACE_SECONDS,
-    )
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (HOST) is reachable only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "", a name: possibly every interface
+
+
+async def drain(app: OrpollApp, server: Server, grace: float) -> None:
+    """Graceful shutdown: stop listening at once (requests on kept-alive connections are
+    answered 503 while ``app.draining``), let requests and streams in flight finish within
+    ``grace`` seconds, end the streams still open with an error event and ``[DONE]``, close
+    the connections, and flush the state."""
+    app.draining = True
     server.stop()
     app.health.stop()
-    deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-    while app.inflight and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    log.info(
+        "shutting down: no new connections; waiting up to %gs for %d requests in flight "
+        "(%d streams)",
+        grace,
+        app.inflight,
+        len(app.streams),
+    )
+    deadline = time.monotonic() + grace
+    while (app.inflight or app.streams) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if app.streams:
+        log.warning("ending %d streams still open at the end of the grace period", len(app.streams))
+        for handler in list(app.streams):
+            handler.end_for_shutdown()
     if app.inflight:
         log.warning("%s still in flight; closing them", plural(app.inflight, "request"))
+    await server.flush_writes(FLUSH_SECONDS)
     await server.close_all_connections()
     await app.shutdown()

@@ -14,6 +14,7 @@ from tornado.tcpclient import TCPClient
 
 from orpoll.app import _resume, start_eagerly
 from orpoll.connections import Server
+from orpoll.limits import Limits
 from tests.conftest import raw_chat_request
 
 PAID = "openai/gpt-4o"
@@ -22,9 +23,9 @@ MSG = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def quick_idle(io_loop, app):
-    """orpoll served with a 0.4 s idle timeout; yields its port."""
+    """orpoll served with 0.4 s client time limits; yields its port."""
     sock = bind_sockets(0, "127.0.0.1")[0]
-    server = Server(app, idle_connection_timeout=0.4)
+    server = Server(app, limits=Limits(header=0.4, body=0.4, idle=0.4))
     server.add_socket(sock)
     yield sock.getsockname()[1]
     server.stop()

@@ -143,27 +143,17 @@ def test_out_of_file_descriptors_pauses_accepting_and_spares_the_keys(upstream, 
     upstream socket gets a 503 ``proxy_overloaded`` without any key being blamed, and once the
     idle clients leave it serves again with every key available. Then 90 keep-alive clients
     served one by one and left open: the idle ones are closed to make room for the next."""
-    import resource
     import socket
-    import subprocess
 
-    from tests.admin_helpers import post_chat, run_py, wait_healthy
+    from tests.admin_helpers import post_chat, wait_healthy
+    from tests.limits_helpers import run_with_fd_limit
 
     env = child_env(
         upstream,
         str(tmp_path / "data"),
         OPENROUTER_API_KEYS="sk-or-v1-test-aaaa1111,sk-or-v1-test-bbbb2222",
     )
-
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
-
-    log_path = tmp_path / "orpoll.log"
-    with open(log_path, "wb") as log:
-        proc, url = run_py(
-            env, str(tmp_path), stdout=log, stderr=subprocess.STDOUT, preexec_fn=low_limit
-        )
-    port = int(url.rsplit(":", 1)[1])
+    proc, url, port, log_path = run_with_fd_limit(env, tmp_path, 100)
     body = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
     request = raw_chat_request(body)
     idle: list[socket.socket] = []

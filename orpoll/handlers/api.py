@@ -113,7 +113,8 @@ class RelayHandler(ApiHandler):
 
     def end_for_shutdown(self) -> None:
         """End an open stream because the process is stopping: an SSE error event and
-        ``[DONE]``, never a silent cut; the upstream transfer is aborted."""
+        ``[DONE]``, never a silent cut; the upstream transfer is aborted, and what it still
+        delivers (and the relay's own ending) is dropped."""
         if self._finished or self.client_gone:
             return
         self.send(
@@ -125,9 +126,9 @@ class RelayHandler(ApiHandler):
             )
             + sse.DONE
         )
-        self.on_connection_close()  # aborts the upstream transfer; later chunks are dropped
-        self.client_gone = False
-        self.finish()
+        if self.transfer is not None:
+            self.transfer.abort = True
+        self.done()
         self.client_gone = True
 
     def send(self, data: bytes) -> None:
