@@ -70,21 +70,22 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
 def check_data_dir(path: str) -> None:
     """DATA_DIR exists (made if missing), is a directory, and this process can write in it;
     StartupError saying which is not so."""
-    where = f"DATA_DIR {path!r}"
+    where = f"storage error: cannot use DATA_DIR {path}"
+    hint = (
+        f"it must be a directory writable by uid {os.getuid()} "
+        "(in Docker, chown the mounted directory to the container's user)"
+    )
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except FileExistsError:
-        raise StartupError(f"{where} is a file, not a directory") from None
+        raise StartupError(f"{where}: it is a file, not a directory") from None
     except OSError as e:
-        raise StartupError(f"{where} cannot be created: {e.strerror}") from None
+        raise StartupError(f"{where}: {e.strerror}; {hint}") from None
     if not os.path.isdir(path):
-        raise StartupError(f"{where} is not a directory")
+        raise StartupError(f"{where}: it is not a directory")
     try:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise StartupError(
-            f"{where} is not writable by this process (uid {os.getuid()}): {e.strerror}; "
-            "give it to this user (in Docker, chown the mounted directory)"
-        ) from None
+        raise StartupError(f"{where}: not writable ({e.strerror}); {hint}") from None

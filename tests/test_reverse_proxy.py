@@ -199,8 +199,9 @@ async def test_readme_block_logs_in_and_streams_unbuffered(behind, keys, fake):
         )
         arrivals, content = [], []
         async for chunk in stream:
-            arrivals.append(time.monotonic())
-            content.append(chunk.choices[0].delta.content or "")
+            if chunk.choices:  # the last chunk carries only usage
+                arrivals.append(time.monotonic())
+                content.append(chunk.choices[0].delta.content or "")
     finally:
         await sdk.close()
     assert len(arrivals) == 4 and all(content)

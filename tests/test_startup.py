@@ -57,7 +57,7 @@ def test_data_dir_that_is_a_file(env, tmp_path):
 def test_data_dir_that_cannot_be_created(env, tmp_path):
     (tmp_path / "a-file").write_text("x")
     under = str(tmp_path / "a-file" / "data")
-    assert_one_line_error(run({**env, "DATA_DIR": under}), 2, "DATA_DIR", "cannot be created")
+    assert_one_line_error(run({**env, "DATA_DIR": under}), 2, "DATA_DIR", "writable by uid")
 
 
 def test_data_dir_that_is_not_writable(env, tmp_path):
