@@ -20,6 +20,7 @@ LATENCY_ALPHA = 0.2  # weight of the newest sample in a model's moving average t
 # The time to answer assumed for a model with no answer yet: generous, as a first answer of a
 # reasoning model may take minutes.
 UNKNOWN_LATENCY = 30.0
+MAX_MODELS = 2048  # models whose time to answer is tracked one by one
 
 
 class InFlight:
@@ -99,9 +100,13 @@ class InFlight:
         self._unwait(ks, started)
         sample = max(self.clock() - started, 1e-3)  # never 0: 0 reads as "no answer yet"
         latency = self._latency
-        for name in (model, None) if model is not None else (None,):
-            old = latency.get(name)
-            latency[name] = sample if old is None else old + LATENCY_ALPHA * (sample - old)
+        # Model names come from clients: past MAX_MODELS only the overall average is kept, so
+        # no stream of made-up names can grow the table.
+        if model is not None and (model in latency or len(latency) < MAX_MODELS):
+            old = latency.get(model)
+            latency[model] = sample if old is None else old + LATENCY_ALPHA * (sample - old)
+        old = latency.get(None)
+        latency[None] = sample if old is None else old + LATENCY_ALPHA * (sample - old)
 
     def end(self, ks: KeyState, started: float, waiting: bool) -> None:
         """The attempt is over (whatever ended it); ``waiting``: it never got an answer."""

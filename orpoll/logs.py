@@ -1,6 +1,6 @@
 """Logging set-up: text or JSON lines on stderr, written from the event loop without blocking it.
 
-Not in STYLE.md's module map: the access log is one line per request, and writing it the
+The access log is one line per request, and writing it the
 standard way (a write and a flush per line, blocking when the log reader stalls) was about 10%
 of a non-stream request's CPU and could freeze every stream behind a full pipe.
 """

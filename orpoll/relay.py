@@ -303,7 +303,7 @@ class _Attempt:
         # answer belongs (a captive portal, an error page), is no answer: the next key may do.
         # Other types pass as they are (pass-through endpoints answer audio, for one).
         if status == 200 and ("json" in content_type or "html" in content_type):
-            if not _is_json(body):
+            if not _looks_like_json(body):
                 return _not_json()
         self._commit(status, content_type)
         self.sink.send(body)
@@ -459,6 +459,14 @@ class _Attempt:
             )
             self.attempts.broken = outcome.message
         return outcome
+
+
+def _looks_like_json(body: bytes) -> bool:
+    """A JSON object or array from end to end, judged by its first and last bytes only: a body
+    cut short, or an HTML page, fails. Parsing a whole answer would cost time in proportion to
+    its size on every request; curl already refuses a body shorter than its framing says."""
+    head, tail = body[:64].lstrip(), body[-64:].rstrip()
+    return (head[:1], tail[-1:]) in ((b"{", b"}"), (b"[", b"]"))
 
 
 def _is_json(body: bytes) -> bool:

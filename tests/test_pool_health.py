@@ -356,3 +356,17 @@ def test_each_state_change_is_logged_once(caplog):
     assert "available" in back
     assert "disabled" in dead and "verdict key_invalid" in dead and "User not found." in dead
     assert all("secret" not in line for _, line in lines)
+
+
+def test_made_up_model_names_cannot_grow_the_latency_table():
+    from orpoll.inflight import MAX_MODELS
+    from orpoll.scheduler import KeyScheduler
+
+    sched = KeyScheduler()
+    ks = sched.add("sk-or-v1-latency-test-1111")
+    for i in range(MAX_MODELS + 500):
+        started = sched.begin(ks)
+        sched.answered(ks, started, f"made/up-{i}")
+        sched.end(ks, started, False)
+    assert len(sched._latency) <= MAX_MODELS + 1  # the models, and the overall average
+    assert None in sched._latency and ks.inflight == 0
