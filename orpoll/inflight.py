@@ -29,12 +29,13 @@ class InFlight:
     _latency: dict[str | None, float]  # model (None: any) -> moving average seconds to answer
     _stuck: set[str]  # ids of keys out of the pick for an unanswered attempt
 
-    def _draw(self, tree: Any, now: float, model: str | None) -> KeyState | None:
-        """A key drawn by weight; a key found stuck on the way is taken out, and drawn again."""
+    def _draw(self, tree: Any, now: float, stuck_after: float) -> KeyState | None:
+        """A key drawn by weight; a key found stuck on the way (an attempt unanswered for
+        ``stuck_after`` seconds) is taken out, and drawn again."""
         while tree.total > 0:
             ks = self._slots[tree.find(self.rng.randrange(tree.total))]
             waiting = ks.waiting
-            if not waiting or now - waiting[0] < self.stuck_after(model):
+            if not waiting or now - waiting[0] < stuck_after:
                 return ks
             self._set_stuck(ks, True, now)
         return None

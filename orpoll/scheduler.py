@@ -279,7 +279,8 @@ class KeyScheduler(InFlight):
                     tree.add(ks.slot, -w)
                     held.append((ks.slot, w))
         try:
-            first = self._draw(tree, now, model)
+            stuck_after = self.stuck_after(model)
+            first = self._draw(tree, now, stuck_after)
             if first is None:
                 return self._least_stuck(exclude, name) if self._stuck else None
             if not first.waiting:
@@ -290,7 +291,7 @@ class KeyScheduler(InFlight):
             w = self._tree_weight(first, name)
             tree.add(first.slot, -w)
             held.append((first.slot, w))
-            second = self._draw(tree, now, model)
+            second = self._draw(tree, now, stuck_after)
             if second is None:
                 return first
             ref = self._latency.get(model) or self._latency.get(None) or STUCK_MIN_SECONDS

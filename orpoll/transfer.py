@@ -176,8 +176,10 @@ class Transfer:
     @property
     def sweep_every(self) -> float:
         """How often ``stalled`` needs asking (0 = never): a quarter of the shorter limit."""
-        limits = [t for t in (self.stall, self.first_byte) if t]
-        return min(limits) / 4 if limits else 0.0
+        stall, first = self.stall, self.first_byte
+        if stall and first:
+            return min(stall, first) / 4
+        return (stall or first) / 4
 
     def stalled(self, now: float) -> bool:
         """True once no body byte moved, either way, for ``stall`` seconds, or none came in

@@ -46,7 +46,7 @@ class BaseHandler(tornado.web.RequestHandler):
         """This request's id: the client's X-Request-Id when sane, else ours."""
         if self._request_id is None:
             given = self.request.headers.get("X-Request-Id", "")
-            ok = _REQUEST_ID.fullmatch(given) is not None
+            ok = bool(given) and _REQUEST_ID.fullmatch(given) is not None
             self._request_id = given if ok else self.application.next_request_id()
         return self._request_id
 
