@@ -27,8 +27,10 @@ from .keylist import parse_key_text, parse_keys
 from .keys import CooldownPolicy, key_id, mask
 from .logs import log_request, plural
 from .scheduler import KeyScheduler
-from .store import Store, WriteBehind, ensure_secret, load_pool
+from .seal import ensure_secret
+from .store import Store
 from .upstream import OpenRouterClient
+from .writebehind import WriteBehind, load_pool
 
 log = logging.getLogger("orpoll")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -152,7 +152,7 @@ class HealthChecker:
             "status": status,
             "latency_ms": round(latency * 1000, 1),
         }
-        self.scheduler.dirty.add(ks.id)
+        self.scheduler.changes.changed(ks.id)
         return result
 
     def apply(self, ks: KeyState, status: int, data: dict | None, now: float) -> str:

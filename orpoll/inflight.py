@@ -3,19 +3,22 @@
 Each key counts its attempts in flight and keeps the start of each one still waiting for its
 answer. The pick draws two keys by weight and takes the less loaded (unanswered attempts, plus
 the oldest one's age in units of the model's usual time to an answer); a key whose oldest
-unanswered attempt is far older than that leaves the pick until the attempt ends. A mixin: it
-works on KeyScheduler's keys, slots, trees and clock.
+unanswered attempt is far older than that leaves the pick until the attempt ends.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+import random
+from collections.abc import Callable, Iterable
 
-from .keys import STUCK_FACTOR, STUCK_MIN_SECONDS, KeyState
+from .keys import KeyState
+from .pool import Fenwick, WeightedPool, tree_weight
 
 log = logging.getLogger("orpoll.keys")
+# A key whose oldest unanswered attempt is older than STUCK_FACTOR times the usual time to an
+# answer for that model (at least STUCK_MIN_SECONDS) gets no new attempt until that one ends.
+STUCK_FACTOR, STUCK_MIN_SECONDS = 4.0, 1.0
 LATENCY_ALPHA = 0.2  # weight of the newest sample in a model's moving average time to answer
 # The time to answer assumed for a model with no answer yet: generous, as a first answer of a
 # reasoning model may take minutes.
@@ -23,13 +26,15 @@ UNKNOWN_LATENCY = 30.0
 MAX_MODELS = 2048  # models whose time to answer is tracked one by one
 
 
-class InFlight:
+class InFlight(WeightedPool):
     """Attempts in flight per key, the moving time to answer per model, and stuck keys."""
 
-    _latency: dict[str | None, float]  # model (None: any) -> moving average seconds to answer
-    _stuck: set[str]  # ids of keys out of the pick for an unanswered attempt
+    def __init__(self, clock: Callable[[], float], rng: random.Random) -> None:
+        super().__init__(clock, rng)
+        self._latency: dict[str | None, float] = {}  # model (None: any) -> average seconds
+        self._stuck: set[str] = set()  # ids of keys out of the pick for an unanswered attempt
 
-    def _draw(self, tree: Any, now: float, stuck_after: float) -> KeyState | None:
+    def _draw(self, tree: Fenwick, now: float, stuck_after: float) -> KeyState | None:
         """A key drawn by weight; a key found stuck on the way (an attempt unanswered for
         ``stuck_after`` seconds) is taken out, and drawn again."""
         while tree.total > 0:
@@ -61,7 +66,7 @@ class InFlight:
             for kid in self._stuck
             if kid not in skip
             and (ks := self.keys.get(kid)) is not None
-            and self._tree_weight(ks, name, stuck_too=True)
+            and tree_weight(ks, name, stuck_too=True)
         ]
         return min(usable, key=lambda k: k.inflight) if usable else None
 

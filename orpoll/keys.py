@@ -8,14 +8,6 @@ import hashlib
 from dataclasses import dataclass, field
 
 MAX_WEIGHT = 1_000_000
-# 401s from this share of the pool within the window read as an OpenRouter incident.
-INCIDENT_WINDOW, INCIDENT_SHARE, INCIDENT_MIN_KEYS, INCIDENT_COOLDOWN = 120.0, 0.5, 3, 60.0
-# Transient failures on this many distinct keys in a row (no success anywhere between, within the
-# window) are the upstream's, not the keys': none of them counts, and cooldowns they caused end.
-BURST_KEYS, BURST_WINDOW = 3, 30.0
-# A key whose oldest unanswered attempt is older than STUCK_FACTOR times the usual time to an
-# answer for that model (at least STUCK_MIN_SECONDS) gets no new attempt until that one ends.
-STUCK_FACTOR, STUCK_MIN_SECONDS = 4.0, 1.0
 
 
 class Verdict(enum.Enum):

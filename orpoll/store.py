@@ -10,29 +10,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from tornado.ioloop import PeriodicCallback
 
 from .keys import KeyState
 from .logs import plural
-from .scheduler import KeyScheduler
+from .seal import Sealer, private_file
 
 log = logging.getLogger("orpoll.store")
 T = TypeVar("T")
 DB_NAME = "orpoll.db"
-SECRET_FILE = "session_secret"
 # Runtime columns, in KeyState attribute order (``grp`` holds KeyState.group: GROUP is SQL).
 STATE = (
     "state",
@@ -80,51 +74,10 @@ INSERT = (
 )
 SAVE_STATE = f"UPDATE keys SET {', '.join(c + '=?' for c in COLUMNS)}, info=? WHERE id=?"
 SAVE_COUNTERS = "UPDATE keys SET requests=?, successes=?, last_used=? WHERE id=?"
-# Keys that only served requests (counters moved, state did not) are saved this often.
-COUNTERS_EVERY = 30
 
 
 class StoreError(RuntimeError):
     """The database cannot be used as configured (e.g. encrypted keys, no ENCRYPTION_KEY)."""
-
-
-class Sealer:
-    """AES-256-GCM for key material at rest. The AES key is scrypt(ENCRYPTION_KEY, a random
-    per-database salt); the key id is the associated data, so a sealed row cannot be moved."""
-
-    def __init__(self, passphrase: str, salt: bytes) -> None:
-        aes = hashlib.scrypt(passphrase.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
-        self.aead = AESGCM(aes)
-
-    def seal(self, text: str, kid: str) -> bytes:
-        nonce = os.urandom(12)
-        return nonce + self.aead.encrypt(nonce, text.encode(), kid.encode())
-
-    def open(self, blob: bytes, kid: str) -> str:
-        return self.aead.decrypt(blob[:12], blob[12:], kid.encode()).decode()
-
-
-def private_file(path: str) -> None:
-    """Create ``path`` with mode 0600 if missing (SQLite gives its WAL files the same mode)."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    os.chmod(path, 0o600)
-
-
-def ensure_secret(data_dir: str, name: str = SECRET_FILE) -> str:
-    """A random secret kept in ``DATA_DIR/name`` (mode 0600), generated on first use."""
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(data_dir, name)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path) as f:
-            return f.read().strip()
-    with os.fdopen(fd, "w") as f:
-        value = secrets.token_urlsafe(48)
-        f.write(value + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return value
 
 
 def state_row(ks: KeyState) -> tuple:
@@ -375,87 +328,3 @@ class Store:
                 db.execute("DELETE FROM sessions")
             else:
                 db.execute("DELETE FROM sessions WHERE id=?", (sid,))
-
-
-def load_pool(store: Store, scheduler: KeyScheduler) -> bool:
-    """Fill an empty scheduler from the store; returns False when the store holds no keys.
-
-    A scheduler that already holds keys (a test seam) is the pool: the store is made to match.
-    """
-    if len(scheduler):
-        store.replace_keys(store.key_ids(), list(scheduler), ())
-        return True
-    for row in store.iter_keys():
-        scheduler.add(row.pop("key"), row.pop("weight"), row.pop("label"), **row)
-    scheduler.dirty.clear()
-    scheduler.touched.clear()
-    return bool(len(scheduler))
-
-
-class WriteBehind:
-    """Writes the scheduler's changed runtime state to the store, about once a second
-    (counters of keys that only served requests every COUNTERS_EVERY seconds).
-
-    ``flush()`` is a plain async method; ``start()``/``stop()`` wrap it in a PeriodicCallback
-    (only server.py starts it; tests await ``flush()``).
-    """
-
-    def __init__(self, store: Store, scheduler: KeyScheduler, interval: float = 1.0) -> None:
-        self.store, self.scheduler, self.interval = store, scheduler, interval
-        self._periodic: PeriodicCallback | None = None
-        self._ticks = 0
-
-    def start(self) -> None:
-        self.stop()
-        self._periodic = PeriodicCallback(self.tick, timedelta(seconds=self.interval))
-        self._periodic.start()
-
-    def stop(self) -> None:
-        if self._periodic is not None:
-            self._periodic.stop()
-            self._periodic = None
-
-    def take(self, counters: bool = True) -> tuple[list[tuple], list[tuple]]:
-        """Snapshot (on the loop thread) and clear the changed keys: full rows for state
-        changes, and with ``counters`` also counter rows for keys that only served requests."""
-        sched, rows, counts = self.scheduler, [], []
-        get = sched.keys.get
-        if sched.dirty:
-            ids = list(sched.dirty)
-            sched.dirty.clear()
-            sched.touched.difference_update(ids)  # a full row carries the counters too
-            rows = [state_row(ks) for kid in ids if (ks := get(kid)) is not None]
-        if counters and sched.touched:
-            ids = list(sched.touched)
-            sched.touched.clear()
-            counts = [counter_row(ks) for kid in ids if (ks := get(kid)) is not None]
-        return rows, counts
-
-    async def tick(self) -> int:
-        """The periodic flush: state every time, counters every COUNTERS_EVERY-th time (a busy
-        pool moves thousands of keys' counters a second; rewriting them all each second cost
-        the proxy a fifth of its throughput at 10,000 keys)."""
-        self._ticks += 1
-        return await self.flush(counters=self._ticks % COUNTERS_EVERY == 0)
-
-    async def flush(self, counters: bool = True) -> int:
-        """Save what changed; returns the number of keys written. Never raises."""
-        rows, counts = self.take(counters)
-        if not rows and not counts:
-            return 0
-        try:
-            await self.store.run(self.store.save_state, rows, counts)
-        except Exception:
-            n = len(rows) + len(counts)
-            log.exception("saving the state of %s failed; will retry", plural(n, "key"))
-            self.scheduler.dirty.update(row[-1] for row in rows)
-            self.scheduler.touched.update(row[-1] for row in counts)
-            return 0
-        return len(rows) + len(counts)
-
-    def flush_now(self) -> int:
-        """Synchronous flush for shutdown, after the worker thread is idle."""
-        rows, counts = self.take()
-        if rows or counts:
-            self.store.save_state(rows, counts)
-        return len(rows) + len(counts)

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from orpoll.keys import INCIDENT_COOLDOWN, CooldownPolicy, Outcome, Verdict, key_id
+from orpoll.blame import INCIDENT_COOLDOWN
+from orpoll.keys import CooldownPolicy, Outcome, Verdict, key_id
 from orpoll.scheduler import KeyScheduler
 
 

@@ -1,5 +1,5 @@
 """Store: SQLite in DATA_DIR (mode 0600, WAL), keys with state, encryption at rest, settings,
-sessions, the write-behind flush, and how the pool is seeded."""
+sessions, and transactions that leave nothing behind when they fail."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import stat
 import pytest
 
 from orpoll.keys import KeyState
-from orpoll.scheduler import KeyScheduler
-from orpoll.store import DB_NAME, Store, StoreError, WriteBehind, ensure_secret, load_pool
+from orpoll.store import DB_NAME, Store, StoreError
 
 KEYS = ["sk-or-v1-store-aaaa1111", "sk-or-v1-store-bbbb2222", "sk-or-v1-store-cccc3333"]
 
@@ -140,88 +139,3 @@ def test_sessions_expire_and_delete(store):
     assert store.load_sessions(now=200.0)[0][2] == 500.0
     store.delete_sessions("live")
     assert store.load_sessions(now=0.0) == []
-
-
-def test_session_secret_is_generated_once_and_private(data_dir):
-    first = ensure_secret(data_dir)
-    assert len(first) >= 40
-    assert ensure_secret(data_dir) == first
-    assert mode(os.path.join(data_dir, "session_secret")) == 0o600
-
-
-async def test_write_behind_saves_only_changed_keys(store):
-    sched = KeyScheduler()
-    for key in KEYS:
-        sched.add(key)
-    store.insert_keys(list(sched))
-    wb = WriteBehind(store, sched)
-    assert await wb.flush() == 0
-    a = next(iter(sched))
-    sched.cool(a, sched.clock() + 600, "rate limited", "key_rate_limit")
-    a.requests = 4
-    assert await wb.flush() == 1
-    assert not sched.dirty
-    row = next(r for r in store.load_keys() if r["key"] == a.key)
-    assert row["state"] == "cooling" and row["requests"] == 4 and row["reason"] == "rate limited"
-
-
-async def test_served_requests_are_saved_less_often_than_state_changes(store):
-    from orpoll.keys import Outcome, Verdict
-    from orpoll.store import COUNTERS_EVERY
-
-    sched = KeyScheduler()
-    a, b = sched.add(KEYS[0]), sched.add(KEYS[1])
-    store.insert_keys(list(sched))
-    wb = WriteBehind(store, sched)
-    for _ in range(5):
-        sched.report(a, Outcome(Verdict.OK, 200))
-    sched.report(b, Outcome(Verdict.TRANSIENT, 502, "bad gateway"))
-    assert sched.dirty == {b.id} and sched.touched == {a.id}
-    assert await wb.tick() == 1  # b's failure at once; a's counters wait
-    rows = {r["key"]: r for r in store.load_keys()}
-    assert rows[b.key]["failures"] == 1 and rows[a.key]["requests"] == 0
-    for _ in range(COUNTERS_EVERY - 1):
-        await wb.tick()
-    rows = {r["key"]: r for r in store.load_keys()}
-    assert rows[a.key]["requests"] == rows[a.key]["successes"] == 5
-    assert not sched.touched
-
-
-async def test_write_behind_retries_after_a_failed_write(store):
-    sched = KeyScheduler()
-    ks = sched.add(KEYS[0])
-    store.insert_keys([ks])
-    sched.dirty.add(ks.id)
-    wb = WriteBehind(store, sched)
-    store.db.execute(
-        "CREATE TRIGGER no_updates BEFORE UPDATE ON keys BEGIN SELECT RAISE(ABORT, 'x'); END"
-    )
-    assert await wb.flush() == 0
-    assert ks.id in sched.dirty  # kept for the next flush
-    store.db.execute("DROP TRIGGER no_updates")
-    assert await wb.flush() == 1
-
-
-def test_load_pool_restores_state_and_cooldowns(store):
-    sched = KeyScheduler()
-    a = sched.add(KEYS[0], 2, "a")
-    sched.cool(a, sched.clock() + 600, "rate limited", "key_rate_limit")
-    sched.add(KEYS[1])
-    store.insert_keys(list(sched))
-    restored = KeyScheduler()
-    assert load_pool(store, restored) is True
-    ra = restored.get(a.id)
-    assert (ra.weight, ra.label, ra.state, ra.until) == (2, "a", "cooling", a.until)
-    assert restored.pick().key == KEYS[1]  # the cooling key is not picked
-    assert not restored.dirty
-    assert (
-        load_pool(store, KeyScheduler()) and load_pool(Store(":memory:"), KeyScheduler()) is False
-    )
-
-
-def test_a_given_scheduler_with_keys_becomes_the_stored_pool(store):
-    store.insert_keys([KeyState(KEYS[0])])
-    sched = KeyScheduler()
-    sched.add(KEYS[1])
-    assert load_pool(store, sched) is True
-    assert [r["key"] for r in store.load_keys()] == [KEYS[1]]

@@ -13,7 +13,8 @@ import pytest
 import tornado.web
 
 from orpoll.auth import SESSION_COOKIE
-from orpoll.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, SECRET_FILE, Store, StoreError
+from orpoll.seal import SECRET_FILE
+from orpoll.store import DB_NAME, MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 from tests.admin_helpers import SyncAdmin, child_env, post_chat
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "store-v1.sql")
