@@ -4,6 +4,7 @@ sessions, and transactions that leave nothing behind when they fail."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -12,6 +13,7 @@ from orpoll.keys import KeyState
 from orpoll.store import DB_NAME, Store, StoreError
 
 KEYS = ["sk-or-v1-store-aaaa1111", "sk-or-v1-store-bbbb2222", "sk-or-v1-store-cccc3333"]
+NEW = "sk-or-v1-store-dddd4444"
 
 
 def mode(path) -> int:
@@ -77,11 +79,39 @@ def test_update_delete_and_replace(store):
     }
 
 
-def test_replace_is_one_transaction(store):
+def stored_on_disk(data_dir) -> dict[str, int]:
+    """Key -> weight as a fresh connection reads them from the file."""
+    s = Store.open(data_dir)
+    try:
+        return {r["key"]: r["weight"] for r in s.load_keys()}
+    finally:
+        s.close()
+
+
+def test_a_replace_failing_midway_leaves_nothing_of_it_on_disk(store, data_dir):
     store.insert_keys([KeyState(k) for k in KEYS])
-    with pytest.raises(Exception):  # noqa: B017 (any failure inside must roll back)
-        store.replace_keys([KeyState(KEYS[0]).id], [KeyState("sk-or-v1-new")], [("x", None, 1)])
-    assert len(store.load_keys()) == 3
+    # The delete and the insert succeed; the third statement (the weights) fails.
+    store.db.execute(
+        "CREATE TRIGGER no_weights BEFORE UPDATE OF weight ON keys "
+        "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(sqlite3.DatabaseError, match="refused"):
+        store.replace_keys([KeyState(KEYS[0]).id], [KeyState(NEW, 7)], [(9, KeyState(KEYS[1]).id)])
+    assert not store.db.in_transaction
+    store.close()
+    assert stored_on_disk(data_dir) == dict.fromkeys(KEYS, 1)
+
+
+def test_settings_failing_midway_leave_nothing_of_them_on_disk(store, data_dir):
+    store.save_settings({"KEY_COOLDOWN": "60"})
+    with pytest.raises(sqlite3.Error):  # the second value cannot be bound
+        store.save_settings({"MAX_RETRIES": "5", "KEY_COOLDOWN": ["not", "a", "value"]})
+    store.close()
+    reopened = Store.open(data_dir)
+    try:
+        assert reopened.load_settings() == {"KEY_COOLDOWN": "60"}
+    finally:
+        reopened.close()
 
 
 def test_encrypted_at_rest_nothing_readable_in_the_files(data_dir):
