@@ -1,7 +1,7 @@
 """Settings: every option declared once (env name, type, default, help), loaded and validated once.
 
-Nothing else in orpoll reads ``os.environ``; ``--help``, ``.env.example`` and the settings page are
-all generated from ``Settings`` field metadata.
+Nothing else in orpoll reads ``os.environ``; the command line's flags and ``--help`` and the
+settings page are all generated from ``Settings`` field metadata.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ BOOLS = {
     "no": False,
     "off": False,
 }
-# Variables of the Go original that mean nothing here; accepted silently.
-IGNORED_ENV = ("GIN_MODE",)
 DAY = 86400
 log = logging.getLogger("orpoll")
 
@@ -463,20 +461,3 @@ def load_dotenv_file(path: str = ".env") -> None:
         from dotenv import load_dotenv
 
         load_dotenv(path, override=False)
-
-
-def help_text() -> str:
-    """The ``--help`` listing: every setting with its default and help."""
-    lines = ["Settings (environment variables or .env):", ""]
-    for f in dataclasses.fields(Settings):
-        default = "(empty)" if f.default == "" else f.default
-        lines.append(f"  {f.metadata['env']:<32} {f.metadata['help']} [default: {default}]")
-    return "\n".join(lines)
-
-
-def env_example() -> str:
-    """Text of ``.env.example``."""
-    out = ["# orpoll settings; every line is optional. Generated from orpoll/config.py."]
-    for f in dataclasses.fields(Settings):
-        out += ["", f"# {f.metadata['help']}", f"# {f.metadata['env']}={f.default}"]
-    return "\n".join(out) + "\n"

@@ -14,7 +14,8 @@ import urllib.request
 
 import pytest
 
-from orpoll.config import ConfigError, Settings, help_text, load_settings
+from orpoll.cli import parser
+from orpoll.config import ConfigError, Settings, load_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "run.py")
@@ -180,9 +181,16 @@ def test_malformed_values_name_the_variable(env, value):
 
 
 def test_help_lists_every_setting():
-    text = help_text()
+    text = parser().format_help()
     for f in dataclasses.fields(Settings):
         assert f.metadata["env"] in text
+
+
+def test_env_example_lists_every_setting():
+    with open(os.path.join(os.path.dirname(__file__), "..", ".env.example")) as f:
+        text = f.read()
+    for f in dataclasses.fields(Settings):
+        assert f"# {f.metadata['env']}=" in text
 
 
 # ---- python run.py ----------------------------------------------------------------------------
