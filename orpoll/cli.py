@@ -10,7 +10,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 
 from . import __version__
-from .config import ENV_FIELDS, ConfigError, Settings, load_settings, parse_value
+from .config import ENV_FIELDS, Settings, load_settings
+from .values import ConfigError, parse_value
 
 EXIT_CONFIG = 2  # a bad flag or setting, an unusable DATA_DIR or database (as argparse's usage)
 EXIT_LISTEN = 3  # the address cannot be listened on: the port is taken, or HOST is not ours
