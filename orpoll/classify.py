@@ -1,8 +1,7 @@
 """Classification: one Verdict for a failed upstream attempt, from its status, headers and body
 (OpenRouter's error statuses: https://openrouter.ai/docs/api/reference/errors-and-debugging).
 
-Pure functions; upstream.py sends, this module judges. (Split from upstream.py to keep both
-modules under ~400 lines.)
+Pure functions: upstream.py sends, this module judges.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -113,10 +113,37 @@ def _status_of(code: Any, default: int) -> int:
     return n if 400 <= n <= 599 else default
 
 
+Headers = Callable[[str], str | None]
+
+
+@dataclass(slots=True)
+class _Failure:
+    """What one failed attempt said, read once for the rules below."""
+
+    status: int
+    err: dict[str, Any]  # OpenRouter's error object ({} when the body held none)
+    meta: dict[str, Any]  # its metadata ({} when absent)
+    message: str
+    text: str  # the words verdicts match on (see _words)
+    etype: str
+    source: str  # metadata.limit_source: which limit was hit
+    headers: Headers
+    now: float
+
+    def out(self, verdict: Verdict, **kw: Any) -> Outcome:
+        code = self.err.get("code", self.status)
+        return Outcome(
+            verdict, self.status, self.message, code=code, metadata=self.meta or None, **kw
+        )
+
+    def retry_after(self) -> float | None:
+        return _retry_after(self.headers("Retry-After"), self.now)
+
+
 def classify(
     status: int,
     body: bytes | str,
-    headers: Callable[[str], str | None] = lambda name: None,
+    headers: Headers = lambda name: None,
     now: float | None = None,
     error: dict[str, Any] | None = None,
 ) -> Outcome:
@@ -126,71 +153,80 @@ def classify(
     its ``code`` decides. Never raises.
     """
     now = time.time() if now is None else now
-    err = error if error is not None else parse_error(body)
-    if not _shallow(err, MAX_ERROR_DEPTH):
-        # Its metadata reaches the client, the logs and code that walks it recursively.
-        code = err.get("code")
-        code = code if isinstance(code, (int, str)) else None
-        err = {"message": "upstream error nested too deeply to read", "code": code}
+    err = _readable(error if error is not None else parse_error(body))
     if status == 200:
         status = _status_of(err.get("code"), 502)
-    meta = err.get("metadata") if isinstance(err.get("metadata"), dict) else {}
+    metadata = err.get("metadata")
+    meta: dict[str, Any] = metadata if isinstance(metadata, dict) else {}
     message = str(err.get("message") or f"upstream returned HTTP {status}")
     raw = meta.get("raw")
     if raw and "provider returned error" in message.lower():
         message = f"{message}: {str(raw)[:300]}"
-    text = _words(err, meta, body)
     etype = str(meta.get("error_type") or err.get("error_type") or "")
     source = str(meta.get("limit_source") or "")
+    f = _Failure(status, err, meta, message, _words(err, meta, body), etype, source, headers, now)
+    return _judge(f)
 
-    def out(verdict: Verdict, **kw: Any) -> Outcome:
-        return Outcome(
-            verdict, status, message, code=err.get("code", status), metadata=meta or None, **kw
-        )
 
-    if status == 401 or etype == "authentication":
-        return out(Verdict.KEY_INVALID)
-    if status == 402 or etype == "payment_required":
-        # This request's size against what is left: another key may afford it. The second:
-        # this request alone outweighs the whole in-flight budget.
-        if "can only afford" in text or "fewer max_tokens" in text or "weight_exceeds" in text:
-            return out(Verdict.KEY_LOW_CREDIT)
-        if source == "openrouter_in_flight_budget":
-            return out(Verdict.KEY_RATE_LIMIT, retry_at=_retry_after(headers("Retry-After"), now))
-        # The balance belongs to the account (every key of it is out), a key cap to the key.
-        return out(Verdict.KEY_CREDIT, account=source != "openrouter_key_limit")
+def _readable(err: dict[str, Any]) -> dict[str, Any]:
+    """``err``, or a stand-in when it nests too deeply: its metadata reaches the client, the
+    logs and code that walks it recursively."""
+    if _shallow(err, MAX_ERROR_DEPTH):
+        return err
+    code = err.get("code")
+    code = code if isinstance(code, (int, str)) else None
+    return {"message": "upstream error nested too deeply to read", "code": code}
+
+
+def _judge(f: _Failure) -> Outcome:
+    status = f.status
+    if status == 401 or f.etype == "authentication":
+        return f.out(Verdict.KEY_INVALID)
+    if status == 402 or f.etype == "payment_required":
+        return _classify_402(f)
     if status == 403:
-        if meta.get("flagged_input") or meta.get("reasons") or meta.get("patterns"):
-            # Moderation/guardrail: flagged_input echoes the client's text, so no substring
-            # test below may see it (a client could otherwise write "Key limit exceeded").
-            return out(Verdict.REQUEST)
-        if (
-            "key limit exceeded" in text
-            or source
-            in (
-                "openrouter_key_limit",
-                "openrouter_workspace_budget",
-                "openrouter_guardrail_budget",
-            )
-            or "budget of" in text
-        ):
-            return out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at"), now))
-        if "region_restricted" in text or "is banned" in text:
-            return out(Verdict.PROVIDER)  # account-specific: another key may be allowed
-        return out(Verdict.REQUEST)  # moderation, guardrail, permissions
+        return _classify_403(f)
     if status == 404:
-        if "data policy" in text or "privacy" in text:
-            return out(Verdict.PROVIDER)  # account privacy settings: another account may work
-        return out(Verdict.REQUEST)
+        if "data policy" in f.text or "privacy" in f.text:
+            return f.out(Verdict.PROVIDER)  # account privacy settings: another account may work
+        return f.out(Verdict.REQUEST)
     if status == 429:
-        if not err and not headers("X-RateLimit-Reset"):
+        if not f.err and not f.headers("X-RateLimit-Reset"):
             # No error of OpenRouter's: something in front of it (a CDN) limits this proxy's
             # address, and every key would get the same.
-            return out(Verdict.PROVIDER, retry_at=_retry_after(headers("Retry-After"), now))
-        return _classify_429(out, text, meta, headers, now)
+            return f.out(Verdict.PROVIDER, retry_at=f.retry_after())
+        return _classify_429(f)
     if status in (400, 413, 422) or 400 <= status < 500 and status != 408:
-        return out(Verdict.REQUEST)
-    return out(Verdict.TRANSIENT, retry_at=_retry_after(headers("Retry-After"), now))
+        return f.out(Verdict.REQUEST)
+    return f.out(Verdict.TRANSIENT, retry_at=f.retry_after())
+
+
+def _classify_402(f: _Failure) -> Outcome:
+    text = f.text
+    # This request's size against what is left: another key may afford it. The second:
+    # this request alone outweighs the whole in-flight budget.
+    if "can only afford" in text or "fewer max_tokens" in text or "weight_exceeds" in text:
+        return f.out(Verdict.KEY_LOW_CREDIT)
+    if f.source == "openrouter_in_flight_budget":
+        return f.out(Verdict.KEY_RATE_LIMIT, retry_at=f.retry_after())
+    # The balance belongs to the account (every key of it is out), a key cap to the key.
+    return f.out(Verdict.KEY_CREDIT, account=f.source != "openrouter_key_limit")
+
+
+KEY_BUDGETS = ("openrouter_key_limit", "openrouter_workspace_budget", "openrouter_guardrail_budget")
+
+
+def _classify_403(f: _Failure) -> Outcome:
+    meta, text = f.meta, f.text
+    if meta.get("flagged_input") or meta.get("reasons") or meta.get("patterns"):
+        # Moderation/guardrail: flagged_input echoes the client's text, so no substring
+        # test below may see it (a client could otherwise write "Key limit exceeded").
+        return f.out(Verdict.REQUEST)
+    if "key limit exceeded" in text or f.source in KEY_BUDGETS or "budget of" in text:
+        return f.out(Verdict.KEY_CREDIT, retry_at=_iso_time(meta.get("resets_at"), f.now))
+    if "region_restricted" in text or "is banned" in text:
+        return f.out(Verdict.PROVIDER)  # account-specific: another key may be allowed
+    return f.out(Verdict.REQUEST)  # moderation, guardrail, permissions
 
 
 def _words(err: dict[str, Any], meta: dict[str, Any], body: bytes | str) -> str:
@@ -214,34 +250,37 @@ def _words(err: dict[str, Any], meta: dict[str, Any], body: bytes | str) -> str:
     return " ".join(str(p)[:8192] for p in parts if p).lower()
 
 
-def _classify_429(out, text: str, meta: dict, headers, now: float) -> Outcome:
-    retry_after = _retry_after(headers("Retry-After"), now)
+def _classify_429(f: _Failure) -> Outcome:
+    text, meta, now = f.text, f.meta, f.now
+    retry_after = f.retry_after()
     if (
         "rate-limited upstream" in text
         or "capacity_exhausted" in text
         or (meta.get("provider_name") or meta.get("provider_code") is not None)
         and "free-models-per" not in text
     ):
-        return out(Verdict.PROVIDER, retry_at=retry_after)
-    meta_headers = meta.get("headers") if isinstance(meta.get("headers"), dict) else {}
-    reset = headers("X-RateLimit-Reset") or meta_headers.get("X-RateLimit-Reset")
+        return f.out(Verdict.PROVIDER, retry_at=retry_after)
+    meta_headers = meta.get("headers")
+    reset = f.headers("X-RateLimit-Reset")
+    if not reset and isinstance(meta_headers, dict):
+        reset = meta_headers.get("X-RateLimit-Reset")
     until = _reset_time(reset, now) if reset else None
     until = until or retry_after
     if "free-models-per-day" in text:
-        return out(
+        return f.out(
             Verdict.KEY_RATE_LIMIT,
             retry_at=until or next_utc_midnight(now),
             scope="free",
             account=True,  # the daily :free quota is per account, shared by all its keys
         )
     if "free-models-per-min" in text:
-        return out(
+        return f.out(
             Verdict.KEY_RATE_LIMIT,
             retry_at=until or now + FREE_PER_MIN_COOLDOWN,
             scope="free",
             account=True,  # 20 requests/min on :free models per account
         )
-    return out(Verdict.KEY_RATE_LIMIT, retry_at=until)
+    return f.out(Verdict.KEY_RATE_LIMIT, retry_at=until)
 
 
 # The proxy itself is out of file descriptors or memory (curl's socket() failed, or curl
