@@ -177,7 +177,7 @@ class LoginThrottle:
         over = count - self.max_failures()
         if over < 0:
             return 0.0
-        wait = last + min(self.base * 2**over, self.cap) - self.clock()
+        wait = last + min(self.base * 2.0**over, self.cap) - self.clock()
         return max(wait, 0.0)
 
     def reserve(self, addr: str) -> tuple[float, int]:

@@ -8,6 +8,7 @@ import argparse
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from . import __version__
 from .config import ENV_FIELDS, Settings, load_settings
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"orpoll {__version__}")
     for env, f in ENV_FIELDS.items():
         meta, default = f.metadata, "(empty)" if f.default == "" else f.default
-        extra = {"nargs": "?", "const": "true"} if f.type in (bool, "bool") else {}
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if f.type in (bool, "bool") else {}
         p.add_argument(
             flag_of(env),
             dest=env,

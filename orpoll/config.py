@@ -31,7 +31,9 @@ DAY = 86400
 log = logging.getLogger("orpoll")
 
 
-def _opt(default: Any, env: str, help: str, *, editable: bool = False, secret: bool = False, **kw):
+def _opt(
+    default: Any, env: str, help: str, *, editable: bool = False, secret: bool = False, **kw: Any
+) -> Any:
     meta = {"env": env, "help": help, "editable": editable, "secret": secret, **kw}
     if type(default) in (int, float):
         meta.setdefault("min", 0)

@@ -155,7 +155,7 @@ class HealthChecker:
         self.scheduler.changes.changed(ks.id)
         return result
 
-    def apply(self, ks: KeyState, status: int, data: dict | None, now: float) -> str:
+    def apply(self, ks: KeyState, status: int, data: dict[str, Any] | None, now: float) -> str:
         sched = self.scheduler
         if status == 401:
             sched.disable(ks, "invalid key (health check: 401)")

@@ -39,6 +39,7 @@ class InFlight(WeightedPool):
         ``stuck_after`` seconds) is taken out, and drawn again."""
         while tree.total > 0:
             ks = self._slots[tree.find(self.rng.randrange(tree.total))]
+            assert ks is not None  # a slot with weight holds a key
             waiting = ks.waiting
             if not waiting or now - waiting[0] < stuck_after:
                 return ks
@@ -122,6 +123,7 @@ class InFlight(WeightedPool):
 
     def _unwait(self, ks: KeyState, started: float) -> None:
         waiting = ks.waiting
+        assert waiting is not None  # made by begin()
         if waiting[0] == started:  # answers mostly come in the order attempts began
             del waiting[0]
         else:

@@ -103,12 +103,13 @@ class Parser:
         if ":" in key:
             key, _, w = key.rpartition(":")
             key, w = key.strip(), w.strip()
-            weight = weight_of(w)
-            if weight is None:
+            given = weight_of(w)
+            if given is None:
                 why = (
                     f'invalid weight "{visible(w[:12])}" (give key:weight, weight 1..{MAX_WEIGHT})'
                 )
                 return self.reject(lineno, key, why)
+            weight = given
         why = key_problem(key)
         if why:
             return self.reject(lineno, key, why)

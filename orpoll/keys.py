@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 MAX_WEIGHT = 1_000_000
 
@@ -39,7 +40,7 @@ class Outcome:
     account: bool = False  # the account's state (balance, free quota): cool the whole group
     code: object = None
     metadata: object = None
-    headers: dict = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def try_another_key(self) -> bool:
@@ -62,16 +63,16 @@ class CooldownPolicy:
         """
         if failures < self.max_failures:
             return 0.0
-        return min(self.base * 2 ** min(failures - self.max_failures, 30), self.cap)
+        return min(self.base * 2.0 ** min(failures - self.max_failures, 30), self.cap)
 
     def rate_limited(self, failures: int) -> float:
         """Seconds to cool after a 429 that named no reset time: base * 2 ** (failures - 1)."""
-        return min(self.base * 2 ** min(max(failures - 1, 0), 30), self.cap)
+        return min(self.base * 2.0 ** min(max(failures - 1, 0), 30), self.cap)
 
 
 def is_free_model(model: str | None) -> bool:
     """True for OpenRouter's ``:free`` model variants (they have quotas of their own)."""
-    return bool(model) and model.endswith(":free")
+    return model is not None and model.endswith(":free")
 
 
 def key_id(key: str) -> str:
@@ -105,12 +106,12 @@ class KeyState:
     added_at: float = 0.0
     slot: int = -1
     group: str = ""  # account the key belongs to (from /api/v1/key), "" = unknown
-    info: dict = field(default_factory=dict)  # from /api/v1/key probes
+    info: dict[str, Any] = field(default_factory=dict)  # from /api/v1/key probes
     inflight: int = 0  # attempts on this key still waiting for or receiving an answer
     # Wall-clock start of the oldest of them still waiting for its answer (0 = none waiting): a
     # stream that is flowing is no sign of trouble, however long it runs.
     oldest_inflight: float = 0.0
-    waiting: list | None = None  # starts of the attempts not yet answered (made on first use)
+    waiting: list[float] | None = None  # starts of the attempts not answered (made on use)
     stuck: bool = False  # out of the pick until its oldest unanswered attempt ends
     failed_at: float = 0.0  # when the last failure was counted (overlapping ones count once)
 

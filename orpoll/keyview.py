@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, ValuesView
 from typing import Any
 
 from . import errors
@@ -15,8 +15,15 @@ from .scheduler import KeyScheduler
 
 STATUSES = ("available", "cooling", "disabled", "paused")
 STATUS_RANK = {"disabled": 0, "cooling": 1, "paused": 2, "available": 3}
-CREDIT_FIELDS = ("limit", "limit_remaining", "limit_reset", "usage", "usage_daily")
-CREDIT_FIELDS += ("usage_monthly", "is_free_tier")
+CREDIT_FIELDS = (
+    "limit",
+    "limit_remaining",
+    "limit_reset",
+    "usage",
+    "usage_daily",
+    "usage_monthly",
+    "is_free_tier",
+)
 SUFFIX_CHARS = 4  # a suffix names at most the last 4 characters, the ones already shown
 
 
@@ -69,7 +76,7 @@ def page_of(
     desc, name = sort.startswith("-"), sort.lstrip("-")
     func = sort_key(name, now)
     q = q.strip().lstrip(".").lower()
-    rows = sched.keys.values()  # dict order is the order keys were added
+    rows: list[KeyState] | ValuesView[KeyState] = sched.keys.values()  # in the order added
     if q or status:
         rows = [
             ks
@@ -78,7 +85,8 @@ def page_of(
         ]
     start, end = (page - 1) * limit, page * limit
     if func is None:
-        ordered = reversed(rows) if desc else rows
+        # dict values reverse in place (Python 3.8+); typeshed does not say so
+        ordered = reversed(rows) if desc else rows  # type: ignore[arg-type]
         return list(itertools.islice(ordered, start, end)), len(rows)
     if end * 8 < len(rows):
         pick = heapq.nlargest if desc else heapq.nsmallest
@@ -175,7 +183,7 @@ def resolve_many(
         try:
             ks = resolve(sched, ref, index)
         except errors.Conflict as e:
-            ambiguous[ref] = e.metadata["matches"]
+            ambiguous[ref] = (e.metadata or {}).get("matches", [])
         except errors.NotFound:
             missing.append(ref)
         else:

@@ -112,4 +112,5 @@ def silent_for(sock: socket.socket | None) -> float | None:
         return None
     if len(info) < _LAST_DATA_RECV_AT + 4:
         return None
-    return _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)[0] / 1000.0
+    ms: int = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)[0]
+    return ms / 1000.0

@@ -88,8 +88,11 @@ class UpstreamHealth:
             asyncio.ensure_future(self._run_probe())
 
     async def _run_probe(self) -> None:
+        probe = self.probe
+        if probe is None:
+            return
         try:
-            ok = await self.probe()
+            ok = await probe()
         except Exception:  # a probe must never stop the probing
             log.exception("upstream probe failed")
             ok = False

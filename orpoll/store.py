@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from .seal import Sealer, private_file
 
 log = logging.getLogger("orpoll.store")
 T = TypeVar("T")
+Row = tuple[Any, ...]  # one statement's parameters
 DB_NAME = "orpoll.db"
 # Runtime columns, in KeyState attribute order (``grp`` holds KeyState.group: GROUP is SQL).
 STATE = (
@@ -80,13 +81,13 @@ class StoreError(RuntimeError):
     """The database cannot be used as configured (e.g. encrypted keys, no ENCRYPTION_KEY)."""
 
 
-def state_row(ks: KeyState) -> tuple:
+def state_row(ks: KeyState) -> Row:
     """The runtime columns of ``ks`` then its id (SAVE_STATE's parameters)."""
     values = tuple(getattr(ks, name) for name in STATE)
     return values + (json.dumps(ks.info) if ks.info else "", ks.id)
 
 
-def counter_row(ks: KeyState) -> tuple:
+def counter_row(ks: KeyState) -> Row:
     """SAVE_COUNTERS's parameters: the counters a served request moves, then the id."""
     return ks.requests, ks.successes, ks.last_used, ks.id
 
@@ -120,7 +121,7 @@ class Store:
         A database newer than this release is refused (StoreError): an older release must not
         write into a schema it does not know.
         """
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        version: int = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > len(migrations):
             raise StoreError(
                 f"{self.path} has schema version {version}, newer than this release's "
@@ -230,7 +231,12 @@ class Store:
             self.db.execute("VACUUM")
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def _row(self, ks: KeyState) -> tuple:
+    def _open(self, blob: bytes, kid: str) -> str:
+        if self.sealer is None:  # refused at open already; kept for a store opened otherwise
+            raise StoreError(f"{self.path} holds encrypted keys: set ENCRYPTION_KEY to use it")
+        return self.sealer.open(blob, kid)
+
+    def _row(self, ks: KeyState) -> Row:
         """INSERT parameters for ``ks``: the key (sealed when configured) and all columns."""
         sealer = self.sealer
         secret, sealed = (ks.key, 0) if sealer is None else (sealer.seal(ks.key, ks.id), 1)
@@ -248,7 +254,7 @@ class Store:
         sql = f"SELECT id, secret, sealed, weight, label, enabled, added_at, {', '.join(COLUMNS)}"
         for row in self.db.execute(sql + ", info FROM keys ORDER BY rowid"):
             kid, secret, sealed = row[:3]
-            key = self.sealer.open(secret, kid) if sealed else secret
+            key = self._open(secret, kid) if sealed else secret
             entry = dict(zip(STATE, row[7:-1], strict=True))
             entry.update(key=key, weight=row[3], label=row[4], enabled=bool(row[5]))
             entry.update(added_at=row[6], info=json.loads(row[-1]) if row[-1] else {})
@@ -284,7 +290,7 @@ class Store:
             db.executemany(INSERT, rows)
             db.executemany("UPDATE keys SET weight=? WHERE id=?", list(weights))
 
-    def save_state(self, rows: list[tuple], counters: list[tuple] = ()) -> None:
+    def save_state(self, rows: list[Row], counters: Sequence[Row] = ()) -> None:
         """Write-behind of runtime state: rows from ``state_row`` and ``counter_row``."""
         with self._tx() as db:
             db.executemany(SAVE_STATE, rows)

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A setting has a value it cannot take; the message names the variable."""
 
 
-def parse_value(f: dataclasses.Field, raw: Any) -> Any:
+def parse_value(f: dataclasses.Field[Any], raw: Any) -> Any:
     """Convert and check one value for field ``f``; raises ConfigError naming the variable."""
     env, meta = f.metadata["env"], f.metadata
     kind = f.type if isinstance(f.type, type) else TYPES.get(f.type, str)
@@ -51,7 +51,7 @@ def parse_value(f: dataclasses.Field, raw: Any) -> Any:
     return value
 
 
-def parse_number(f: dataclasses.Field, kind: type, raw: Any) -> int | float:
+def parse_number(f: dataclasses.Field[Any], kind: type, raw: Any) -> int | float:
     """A finite number within the field's ``min`` and ``max``: a stored or edited value can
     never be one that breaks a timer, a cookie's expiry or a timeout (1e300, inf, NaN)."""
     env, low, high = f.metadata["env"], f.metadata["min"], f.metadata["max"]

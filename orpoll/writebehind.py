@@ -10,7 +10,7 @@ from tornado.ioloop import PeriodicCallback
 
 from .logs import plural
 from .scheduler import KeyScheduler
-from .store import Store, counter_row, state_row
+from .store import Row, Store, counter_row, state_row
 
 log = logging.getLogger("orpoll.store")
 # Keys that only served requests (counters moved, state did not) are saved this often, in ticks.
@@ -54,7 +54,7 @@ class WriteBehind:
             self._periodic.stop()
             self._periodic = None
 
-    def take(self, counters: bool = True) -> tuple[list[tuple], list[tuple]]:
+    def take(self, counters: bool = True) -> tuple[list[Row], list[Row]]:
         """Snapshot (on the loop thread) and clear the changed keys: full rows for state
         changes, and with ``counters`` also counter rows for keys that only served requests."""
         state, served = self.scheduler.changes.take(counters)

@@ -15,7 +15,7 @@ from ..auth import client_key_ok
 if TYPE_CHECKING:
     from ..app import OrpollApp
     from ..config import Settings
-    from ..keys import KeyScheduler
+    from ..scheduler import KeyScheduler
     from ..upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.api")
