@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import random
 import time
 
 import pytest
@@ -13,9 +12,10 @@ from tornado.httpclient import AsyncHTTPClient
 
 from orpoll.config import load_settings
 from orpoll.health import HealthChecker, limit_reset_at
-from orpoll.keys import Outcome, Verdict
+from orpoll.keys import Verdict
 from orpoll.scheduler import KeyScheduler
 from tests.conftest import KEYS, assert_openai_error
+from tests.pool_helpers import CHAT, MSG, set_config
 
 A, B, C = KEYS
 PAID, FREE = "openai/gpt-4o", "deepseek/deepseek-chat-v3-0324:free"
@@ -56,70 +56,6 @@ def account(user: str, **extra) -> tuple[int, dict]:
         **extra,
     }
     return 200, data
-
-
-# ---- unit: scheduler timing with a fake clock -----------------------------------------------
-
-
-def test_key_readmitted_exactly_at_rate_limit_reset():
-    clock = Clock()
-    sched = KeyScheduler(clock=clock, rng=random.Random(3))
-    ks = sched.add(A)
-    reset = clock.t + 42.5
-    sched.report(ks, Outcome(Verdict.KEY_RATE_LIMIT, 429, "rate limited", retry_at=reset))
-    clock.t = reset - 0.001
-    assert sched.pick() is None
-    assert sched.next_available_at() == reset
-    clock.t = reset
-    assert sched.pick() is ks
-    assert ks.status_at(clock.t) == "available" and ks.reason == ""
-
-
-def test_free_quota_takes_key_out_for_free_models_only():
-    clock = Clock()
-    sched = KeyScheduler(clock=clock)
-    ks = sched.add(A)
-    sched.report(
-        ks,
-        Outcome(
-            Verdict.KEY_RATE_LIMIT,
-            429,
-            "free-models-per-day",
-            retry_at=clock.t + 3600,
-            scope="free",
-        ),
-    )
-    assert sched.pick(model=FREE) is None
-    assert sched.pick(model=PAID) is ks
-    assert sched.next_available_at(FREE) == clock.t + 3600
-    clock.t += 3600
-    assert sched.pick(model=FREE) is ks
-
-
-def test_account_wide_verdict_cools_the_whole_group_only():
-    clock = Clock()
-    sched = KeyScheduler(clock=clock)
-    a, b, c = sched.add(A), sched.add(B), sched.add(C)
-    sched.set_group(a, "user_1")
-    sched.set_group(b, "user_1")
-    sched.set_group(c, "user_2")
-    sched.report(a, Outcome(Verdict.KEY_CREDIT, 402, "Insufficient credits", account=True))
-    assert [k.status_at(clock.t) for k in (a, b, c)] == ["cooling", "cooling", "available"]
-    # A key-scoped verdict (the key's own cap) touches only that key.
-    sched.report(c, Outcome(Verdict.KEY_CREDIT, 403, "Key limit exceeded"))
-    assert c.status_at(clock.t) == "cooling"
-    assert sched.counts()["no_credit"] == 3
-
-
-def test_groups_keep_weight_shares():
-    sched = KeyScheduler(rng=random.Random(7))
-    a, b = sched.add(A, 1), sched.add(B, 3)
-    sched.set_group(a, "user_1")
-    sched.set_group(b, "user_1")
-    n = 20_000
-    picks = [sched.pick().key for _ in range(n)]
-    share = picks.count(B) / n
-    assert abs(share - 0.75) < 4 * math.sqrt(0.75 * 0.25 / n)
 
 
 def test_rotation_probes_every_healthy_key_within_the_rotation_period():
@@ -313,3 +249,34 @@ async def test_sweep_of_10k_keys_finishes_in_bounded_time(app, fake):
     assert result["probed"] == 10_003
     assert sum(fake.key_probes.values()) == 10_003
     assert time.monotonic() - started < 30
+
+
+# ---- a probe does not outvote real traffic ------------------------------------------------
+
+
+async def test_a_probe_passing_key_whose_requests_fail_stays_out(fake, app, api, in_order):
+    set_config(app, key_cooldown=1.0, key_max_failures=3)
+    a = next(iter(app.scheduler))
+    fake.script(a.key, {"status": 500, "error": {"code": 500, "message": "broken"}})
+    for _ in range(3):
+        assert (await api(CHAT, {"model": PAID, "messages": MSG})).code == 200
+    assert a.state == "cooling" and a.failures == 3
+    first = a.until - time.time()
+    await app.health.check_once(everything=True)  # /key answers 200 for it
+    assert a.state == "cooling" and a.failures == 3
+    while a.until > time.time():
+        await asyncio.sleep(0.05)
+    assert (await api(CHAT, {"model": PAID, "messages": MSG})).code == 200
+    await app.health.check_once(everything=True)
+    assert a.state == "cooling" and a.failures == 4
+    assert a.until - time.time() > first  # the backoff grew
+    assert fake.key_probes[a.key] == 2
+
+
+async def test_a_probe_ends_what_it_disproves(fake, app, api, in_order):
+    a = next(iter(app.scheduler))
+    fake.script(a.key, {"status": 401, "error": {"code": 401, "message": "User not found."}})
+    assert (await api(CHAT, {"model": PAID, "messages": MSG})).code == 200
+    assert a.state == "disabled"
+    await app.health.check_once(everything=True)
+    assert a.state == "available"

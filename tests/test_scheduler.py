@@ -1,28 +1,27 @@
-"""KeyScheduler: pure unit tests with a fake clock and a seeded rng (no sleeping)."""
+"""KeyScheduler: the weighted pick, cooldowns, re-admission, account groups, overlapping
+failures and state-change logs. Pure tests with a fake clock and a seeded rng (no sleeping);
+one test sends real requests through an orpoll app to the fake OpenRouter.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import math
 import random
 from collections import Counter
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from orpoll.blame import INCIDENT_COOLDOWN
 from orpoll.keys import CooldownPolicy, Outcome, Verdict, key_id
 from orpoll.scheduler import KeyScheduler
+from tests.conftest import KEYS
+from tests.pool_helpers import CHAT, FREE, MSG, PAID, Clock, ks_of, set_config
 
-
-class Clock:
-    """A settable wall clock."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+A, B, C = KEYS
 
 
 @pytest.fixture
@@ -353,3 +352,133 @@ def test_incident_also_spares_the_keys_that_401ed_first(sched, clock):
     assert [k.state for k in keys] == ["cooling"] * 4
     clock.advance(INCIDENT_COOLDOWN)
     assert len(drain(sched)) == 4
+
+
+# ---- reset times, :free quotas and account groups -----------------------------------------------
+
+
+def test_key_readmitted_exactly_at_rate_limit_reset():
+    clock = Clock(1_800_000_000.0)
+    sched = KeyScheduler(clock=clock, rng=random.Random(3))
+    ks = sched.add(A)
+    reset = clock.now + 42.5
+    sched.report(ks, Outcome(Verdict.KEY_RATE_LIMIT, 429, "rate limited", retry_at=reset))
+    clock.now = reset - 0.001
+    assert sched.pick() is None
+    assert sched.next_available_at() == reset
+    clock.now = reset
+    assert sched.pick() is ks
+    assert ks.status_at(clock.now) == "available" and ks.reason == ""
+
+
+def test_free_quota_takes_key_out_for_free_models_only():
+    clock = Clock(1_800_000_000.0)
+    sched = KeyScheduler(clock=clock)
+    ks = sched.add(A)
+    sched.report(
+        ks,
+        Outcome(
+            Verdict.KEY_RATE_LIMIT,
+            429,
+            "free-models-per-day",
+            retry_at=clock.now + 3600,
+            scope="free",
+        ),
+    )
+    assert sched.pick(model=FREE) is None
+    assert sched.pick(model=PAID) is ks
+    assert sched.next_available_at(FREE) == clock.now + 3600
+    clock.now += 3600
+    assert sched.pick(model=FREE) is ks
+
+
+def test_account_wide_verdict_cools_the_whole_group_only():
+    clock = Clock(1_800_000_000.0)
+    sched = KeyScheduler(clock=clock)
+    a, b, c = sched.add(A), sched.add(B), sched.add(C)
+    sched.set_group(a, "user_1")
+    sched.set_group(b, "user_1")
+    sched.set_group(c, "user_2")
+    sched.report(a, Outcome(Verdict.KEY_CREDIT, 402, "Insufficient credits", account=True))
+    assert [k.status_at(clock.now) for k in (a, b, c)] == ["cooling", "cooling", "available"]
+    # A key-scoped verdict (the key's own cap) touches only that key.
+    sched.report(c, Outcome(Verdict.KEY_CREDIT, 403, "Key limit exceeded"))
+    assert c.status_at(clock.now) == "cooling"
+    assert sched.counts()["no_credit"] == 3
+
+
+def test_groups_keep_weight_shares():
+    sched = KeyScheduler(rng=random.Random(7))
+    a, b = sched.add(A, 1), sched.add(B, 3)
+    sched.set_group(a, "user_1")
+    sched.set_group(b, "user_1")
+    n = 20_000
+    picks = [sched.pick().key for _ in range(n)]
+    share = picks.count(B) / n
+    assert abs(share - 0.75) < 4 * math.sqrt(0.75 * 0.25 / n)
+
+
+# ---- overlapping failures are one failure -------------------------------------------------------
+
+
+def test_twenty_concurrent_failures_give_the_cooldown_of_one():
+    clock = Clock()
+    sched = KeyScheduler(CooldownPolicy(base=10, cap=3600, max_failures=1), clock=clock)
+    ks = sched.add("sk-a")
+    starts = [sched.begin(ks) for _ in range(20)]
+    clock.now += 30  # all time out together
+    for started in starts:
+        sched.end(ks, started, waiting=True)
+        sched.report(ks, Outcome(Verdict.TRANSIENT, 504, "timeout"), started)
+    assert ks.failures == 1 and ks.errors == 20
+    assert ks.state == "cooling" and ks.until == clock.now + 10
+    clock.now += 10
+    sched.report(ks, Outcome(Verdict.TRANSIENT, 504, "timeout"), sched.begin(ks))
+    assert ks.failures == 2 and ks.until == clock.now + 20  # a later attempt counts again
+
+
+@pytest.mark.parametrize("keys", [KEYS[:1]])
+async def test_concurrent_failures_on_one_key_count_once(fake, app, base_url):
+    set_config(app, retry_count=0)
+    client = AsyncHTTPClient(force_instance=True, max_clients=20)
+    body = json.dumps({"model": PAID, "messages": MSG})
+    # The fake answers each after a moment, so the 20 overlap.
+    fake.script(KEYS[0], {"first_delay": 0.3, "status": 200, "inband_error": {"code": 502}})
+    try:
+        codes = await asyncio.gather(
+            *(
+                client.fetch(base_url + CHAT, method="POST", body=body, raise_error=False)
+                for _ in range(20)
+            )
+        )
+    finally:
+        client.close()
+    assert [r.code for r in codes] == [502] * 20
+    ks = ks_of(app, KEYS[0])
+    assert ks.errors == 20 and ks.failures == 1 and ks.state == "available"
+
+
+# ---- every state change of a key is logged once -------------------------------------------------
+
+
+def test_each_state_change_is_logged_once(caplog):
+    clock = Clock()
+    sched = KeyScheduler(CooldownPolicy(base=10, max_failures=1), clock=clock)
+    ks = sched.add("sk-or-v1-secret-abcd", label="team-a")
+    starts = [sched.begin(ks) for _ in range(3)]
+    with caplog.at_level(logging.INFO, "orpoll.keys"):
+        for started in starts:
+            sched.report(ks, Outcome(Verdict.TRANSIENT, 502, "bad gateway"), started)
+        clock.now += 11
+        assert sched.pick() is ks
+        sched.report(ks, Outcome(Verdict.KEY_INVALID, 401, "User not found."), sched.begin(ks))
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "orpoll.keys"]
+    assert len(lines) == 3, lines
+    (lv1, cool), (lv2, back), (lv3, dead) = lines
+    assert lv1 == "WARNING" and lv2 == "INFO" and lv3 == "WARNING"
+    for line in (cool, back, dead):
+        assert ks.id in line and "...abcd" in line and "team-a" in line
+    assert "cooling" in cool and "verdict transient" in cool and "cooldown 10s" in cool
+    assert "available" in back
+    assert "disabled" in dead and "verdict key_invalid" in dead and "User not found." in dead
+    assert all("secret" not in line for _, line in lines)
