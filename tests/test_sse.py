@@ -1,6 +1,7 @@
-"""sse.py's splitter, and what the relay does with large events: a 10 MB event relays whole in
-linear time without stalling the server, and one past MAX_SSE_EVENT_BYTES ends the stream with
-an error event (or fails over while nothing was sent)."""
+"""sse.py: the splitter, reading events (data, errors, the end) and building error events; and
+what the relay does with large events: a 10 MB event relays whole in linear time without
+stalling the server, and one past MAX_SSE_EVENT_BYTES ends the stream with an error event (or
+fails over while nothing was sent)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,64 @@ def test_feeding_one_large_event_is_linear():
         assert sse.feed(buf, piece) == b""
     assert len(sse.feed(buf, b"\n\n")) == 20 * 1024 * 1024 + 8
     assert time.process_time() - start < 1.0  # linear: ~20 ms; quadratic: ~10 s
+
+
+def test_events_are_split_on_any_line_ending_and_blank_ones_dropped():
+    assert sse.events(b"data: 1\r\n\r\ndata: 2\r\rdata: 3\n\n\n\n") == [
+        b"data: 1",
+        b"data: 2",
+        b"data: 3",
+    ]
+
+
+def test_data_joins_data_lines_and_a_comment_has_none():
+    assert sse.data_of(b'event: x\ndata: {"a":\ndata:1}') == b'{"a":\n1}'
+    assert sse.data_of(b": keep-alive") is None
+
+
+@pytest.mark.parametrize(
+    "payload,error",
+    [
+        (b'{"choices":[{"delta":{"content":"hi"}}]}', None),
+        (b'{"error":{"code":502,"message":"x"}}', {"code": 502, "message": "x"}),
+        (b'{"error":"plain text"}', {"message": "plain text"}),
+        (
+            b'{"choices":[{"finish_reason":"error","error":{"code":429}}]}',
+            {"code": 429},
+        ),
+        (b'{"choices":[{"finish_reason":"error"}],"x":"error"}', {"message": "generation failed"}),
+        (b'"error"', None),
+        (b'{"error" oops', None),
+    ],
+)
+def test_an_error_is_found_at_the_top_or_in_a_failed_choice(payload, error):
+    assert sse.error_of(payload) == error
+
+
+def test_json_nested_past_the_parser_is_an_error_of_its_own():
+    deep = b'{"error":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert sse.error_of(deep)["code"] == 502
+
+
+def test_the_stream_end_is_recognised_through_trailing_blank_lines():
+    assert sse.ends_with_done(b"data: {}\n\n" + sse.DONE)
+    assert sse.ends_with_done(b"data: [DONE]\r\n\r\n")
+    assert not sse.ends_with_done(b"data: {}\n\n")
+
+
+def test_an_error_event_is_one_openai_shaped_chunk():
+    event = sse.error_event("upstream went away", status=502)
+    assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+    assert sse.events(event) == [event[:-2]]
+    body = json.loads(sse.data_of(event[:-2]))
+    assert body["object"] == "chat.completion.chunk" and body["choices"] == []
+    assert body["error"] == {
+        "message": "upstream went away",
+        "type": "upstream_error",
+        "param": None,
+        "code": "upstream_error",
+        "status": 502,
+    }
 
 
 # ---- through the relay -------------------------------------------------------------------------
