@@ -1,7 +1,6 @@
 """ModelCatalog: /v1/models in OpenAI's list shape, cached, with concurrent misses coalesced.
 
-(A module of its own: a cache with its own refresh rules is one responsibility that
-belongs to neither the client nor the handlers.)
+A cache with refresh rules of its own, between the upstream client and the handler.
 """
 
 from __future__ import annotations
