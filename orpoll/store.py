@@ -250,7 +250,7 @@ class Store:
         return list(self.iter_keys())
 
     def iter_keys(self) -> Iterator[dict[str, Any]]:
-        """load_keys() one row at a time (100k keys need not be in memory twice)."""
+        """load_keys() one row at a time (a large pool need not be in memory twice)."""
         sql = f"SELECT id, secret, sealed, weight, label, enabled, added_at, {', '.join(COLUMNS)}"
         for row in self.db.execute(sql + ", info FROM keys ORDER BY rowid"):
             kid, secret, sealed = row[:3]

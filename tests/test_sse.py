@@ -86,7 +86,7 @@ def test_feeding_one_large_event_is_linear():
     for _ in range(20 * 64):
         assert sse.feed(buf, piece) == b""
     assert len(sse.feed(buf, b"\n\n")) == 20 * 1024 * 1024 + 8
-    assert time.process_time() - start < 1.0  # linear: ~20 ms; quadratic: ~10 s
+    assert time.process_time() - start < 1.0  # far above linear time, far below quadratic
 
 
 def test_events_are_split_on_any_line_ending_and_blank_ones_dropped():
