@@ -51,7 +51,7 @@ def accepted(header: str | None) -> list[str]:
 def negotiate(chosen: str | None, accept_language: str | None) -> str:
     """The language to answer in: ``chosen`` (the query argument or the cookie) when it names
     a catalogue, else the first Accept-Language entry that does, else English."""
-    if chosen in LANGUAGES:
+    if chosen is not None and chosen in LANGUAGES:
         return chosen
     return next((lang for lang in accepted(accept_language) if lang in LANGUAGES), DEFAULT)
 
@@ -78,10 +78,11 @@ def switch_links(path: str, query: str) -> list[dict[str, str]]:
     """The language switch: for each language, the current URL with ``lang`` set to it (other
     query arguments, such as the login page's ``next``, are kept)."""
     args = [(k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True) if k != "lang"]
-    return [
-        {"code": code, "label": label, "href": path + "?" + urllib.parse.urlencode([*args, ("lang", code)])}
-        for code, (_, label) in LANGUAGES.items()
-    ]
+    links = []
+    for code, (_, label) in LANGUAGES.items():
+        href = path + "?" + urllib.parse.urlencode([*args, ("lang", code)])
+        links.append({"code": code, "label": label, "href": href})
+    return links
 
 
 def template_namespace(lang: str, path: str, query: str) -> dict[str, Any]:

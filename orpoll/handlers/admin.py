@@ -270,7 +270,8 @@ class LoginHandler(AdminHandler):
         for name, value in err.headers.items():
             self.set_header(name, value)
         wait = err.headers.get("Retry-After", "")
-        self.render_login(i18n.translate(self.language, f"error.{err.code}", detail=err.message, wait=wait))
+        key = f"error.{err.code}"
+        self.render_login(i18n.translate(self.language, key, detail=err.message, wait=wait))
 
 
 class LogoutHandler(AdminHandler):
