@@ -175,7 +175,11 @@
       parts.push(el("span", { className: "countdown", dataset: { until: String(until), free } },
         countdown(free, until - now)));
     }
-    if (k.reason) parts.push(el("span", { className: "reason", title: k.reason }, k.reason));
+    if (k.reason) {
+      // The reason is the scheduler's or upstream's own words; the kind names it in the page's language.
+      const reason = tOr("kind." + k.kind, k.reason, { reason: k.reason });
+      parts.push(el("span", { className: "reason", title: reason }, reason));
+    }
     if (k.failures) {
       parts.push(el("span", { className: "streak warn-text" }, tn("key.streak", k.failures)));
     }
