@@ -8,7 +8,7 @@ import functools
 import json
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -56,14 +56,16 @@ def negotiate(chosen: str | None, accept_language: str | None) -> str:
     return next((lang for lang in accepted(accept_language) if lang in LANGUAGES), DEFAULT)
 
 
-def translate(lang: str, key: str, **params: Any) -> str:
+def translate(lang: str, key: str, default: str | None = None, **params: Any) -> str:
     """The catalogue text of ``key`` with ``{name}`` placeholders filled; English when the
-    language lacks the key, the key itself when no catalogue has it (a test keeps both full)."""
-    text = catalogue(lang).get(key) or catalogue(DEFAULT).get(key, key)
+    language lacks the key; ``default`` (else the key) when no catalogue has it."""
+    text = catalogue(lang).get(key) or catalogue(DEFAULT).get(key)
+    if text is None:
+        return key if default is None else default
     return text.format_map(params) if params else text
 
 
-def translator(lang: str) -> Any:
+def translator(lang: str) -> Callable[..., Markup]:
     """``t(key, **params)`` for templates: the text escaped, parameters escaped unless they are
     already markup (a ``<code>`` element built in the template)."""
 

@@ -225,3 +225,4 @@ def test_template_text_is_escaped_and_placeholders_filled():
         i18n.translate("zh", "error.login_throttled", wait=7) == "登录失败次数过多；请 7 秒后再试"
     )
     assert i18n.translate("zh", "no.such.key") == "no.such.key"
+    assert i18n.translate("zh", "error.new_code", "the server's words") == "the server's words"

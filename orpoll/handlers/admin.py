@@ -269,9 +269,8 @@ class LoginHandler(AdminHandler):
         self.set_status(429 if isinstance(err, errors.RateLimited) else 403)
         for name, value in err.headers.items():
             self.set_header(name, value)
-        wait = err.headers.get("Retry-After", "")
-        key = f"error.{err.code}"
-        self.render_login(i18n.translate(self.language, key, detail=err.message, wait=wait))
+        key, msg, wait = f"error.{err.code}", err.message, err.headers.get("Retry-After", "")
+        self.render_login(i18n.translate(self.language, key, msg, detail=msg, wait=wait))
 
 
 class LogoutHandler(AdminHandler):
