@@ -137,7 +137,8 @@ class Ledger:
         self._load_today()
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="orpoll-ledger-read")
         self._local = threading.local()
-        self._wake, self._stop = threading.Event(), threading.Event()
+        # _wake: something is queued; _now: write it without waiting for more.
+        self._wake, self._now, self._stop = threading.Event(), threading.Event(), threading.Event()
         self.pruned_at = 0.0
         self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)
         self._thread.start()
@@ -174,10 +175,13 @@ class Ledger:
                 sums[1] += record.failed
                 sums[2] += nanos(record.cost)
                 sums[3] += record.tokens
-        self.pending.append(record)
+        pending = self.pending
+        pending.append(record)
         self.added += 1
-        if len(self.pending) >= self.batch:
+        if len(pending) == 1:
             self._wake.set()
+        elif len(pending) >= self.batch:
+            self._now.set()
 
     def today(self, key_id: str) -> dict[str, Any]:
         """Today's (UTC) figures of a key, for the key listing."""
@@ -194,7 +198,7 @@ class Ledger:
         """Wait until every record added so far is on disk (records held by the backfill are
         not added yet)."""
         target, deadline = self.added, time.monotonic() + timeout
-        self._wake.set()
+        self._now.set()
         while self.written < target and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
 
@@ -214,6 +218,7 @@ class Ledger:
         """Write what is queued, stop the writer and the readers."""
         self._stop.set()
         self._wake.set()
+        self._now.set()
         self._thread.join(timeout=30)
         self._readers.shutdown(wait=True)
         self.db.close()
@@ -221,18 +226,23 @@ class Ledger:
     # ---- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        # Asleep until a record comes (no polling while idle), then gathers a batch for
+        # ``interval`` seconds (less when a batch fills, a flush asks or the ledger closes).
         while True:
-            self._wake.wait(self.interval)
+            self._wake.wait()
             self._wake.clear()
+            self._now.wait(self.interval)
+            self._now.clear()
             stopping = self._stop.is_set()
             try:
                 while self.pending:
                     self._write_batch()
-                if not stopping and self.clock() - self.pruned_at >= HOUR:
+                if self.clock() - self.pruned_at >= HOUR:
                     self.prune()
             except sqlite3.Error:
                 log.exception("ledger: writing failed; retrying in %.2f s", self.interval)
                 time.sleep(self.interval)
+                self._wake.set()
             if stopping and not self.pending:
                 return
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -20,6 +21,9 @@ from prometheus_client.core import (
 )
 
 from .usage import RequestRecord
+
+if TYPE_CHECKING:
+    from .scheduler import KeyScheduler
 
 MODEL_LABELS = 100
 # Model names come from clients and upstream; past this many distinct ones, new names are
@@ -204,3 +208,24 @@ def family(cls: Any, name: str, text: str, labels: list[str], items: Any) -> Met
     for values, n in items:
         metric.add_metric(list(values), n)
     return metric
+
+
+def pool_figures(scheduler: KeyScheduler) -> tuple[dict[str, int], dict[str, float]]:
+    """Keys by state, and the credit left under the keys' caps summed per account ("unknown"
+    for keys whose account no probe has named yet)."""
+    states = {k: v for k, v in scheduler.counts().items() if k != "total"}
+    credit: dict[str, float] = {}
+    for ks in scheduler:
+        remaining = ks.info.get("limit_remaining")
+        if isinstance(remaining, (int, float)) and not isinstance(remaining, bool):
+            account = ks.group or "unknown"
+            credit[account] = credit.get(account, 0.0) + float(remaining)
+    return states, credit
+
+
+def make_registry(collector: Collector) -> CollectorRegistry:
+    """A registry of its own (not the process-wide default): one per app, so tests and
+    several apps in a process never share series."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
