@@ -146,7 +146,11 @@ class Ledger:
     @classmethod
     def open(cls, data_dir: str, **kw: Any) -> Ledger:
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
-        return cls(os.path.join(data_dir, DB_NAME), **kw)
+        path = os.path.join(data_dir, DB_NAME)
+        # Created 0600: client addresses and key ids are not for other users (SQLite gives
+        # its WAL files the same mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        return cls(path, **kw)
 
     # ---- the loop side ----------------------------------------------------------------------
 
