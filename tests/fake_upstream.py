@@ -22,7 +22,8 @@
 
 Counters: ``requests`` (per key), ``order`` (keys in request order), ``bodies``, ``headers``,
 ``paths``, ``disconnects`` and ``closed_at`` (clients that went away mid-answer, with the
-monotonic time the fake noticed), ``finished_streams``, ``last_chunk_at``, ``active``, ``generation_lookups`` (per id).
+monotonic time the fake noticed), ``finished_streams``, ``last_chunk_at``, ``active``,
+``generation_lookups`` (per id).
 /generation answers with OpenRouter's stats fields (``generations[id]`` overrides them) after
 ``generation_misses`` 404s per id.
 """
