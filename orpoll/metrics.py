@@ -105,8 +105,10 @@ class Counters:
         "other"."""
         ranked = sorted(self.models.items(), key=lambda kv: kv[1][0], reverse=True)
         out: dict[str, list[float]] = {}
-        for i, (name, sums) in enumerate(ranked):
-            label = name if i < top and name != "other" else "other"
+        named = 0
+        for name, sums in ranked:
+            label = name if named < top and name != "other" else "other"
+            named += label != "other"
             slot = out.setdefault(label, [0, 0, 0, 0, 0, 0.0])
             for j, n in enumerate(sums):
                 slot[j] += n
