@@ -171,7 +171,7 @@ class Ledger:
         self.counters.observe(record)
         if record.key_id:
             day = int(record.time // DAY)
-            if day != self.today_day:
+            if day > self.today_day:  # a new UTC day (a record from before it is not today's)
                 self.today_day, self.today_keys = day, {}
             if day == self.today_day:
                 sums = self.today_keys.setdefault(record.key_id, [0, 0, 0, 0])
