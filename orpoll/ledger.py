@@ -131,7 +131,8 @@ class Ledger:
         self.added = self.written = 0
         self.counters = Counters()
         self.backfill: Any = None  # a Backfill, set by the app; None = no backfill
-        self.today_day, self.today_keys = -1, {}  # type: ignore[var-annotated]
+        self.today_day = -1
+        self.today_keys: dict[str, list[int]] = {}  # key id -> [requests, errors, nanos, tokens]
         self.db = connect(path)
         self.db.executescript(SCHEMA)
         self._load_today()
@@ -251,7 +252,7 @@ class Ledger:
                 return
 
     def _write_batch(self) -> None:
-        batch = []
+        batch: list[RequestRecord] = []
         while self.pending and len(batch) < self.batch:
             batch.append(self.pending.popleft())
         rows = [row_of(r) for r in batch]

@@ -83,7 +83,8 @@ class Filters:
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL condition on ``requests`` and its parameters."""
-        parts, params = ["1"], []  # type: ignore[var-annotated]
+        parts: list[str] = ["1"]
+        params: list[Any] = []
         for sql, value in (
             ("ts >= ?", self.since),
             ("ts < ?", self.until),
