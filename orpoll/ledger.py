@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -48,10 +48,24 @@ CREATE TABLE IF NOT EXISTS usage (
 ) WITHOUT ROWID;
 """
 TOTALS = "requests errors prompt_tokens completion_tokens cached_tokens reasoning_tokens cost_nanos"
-UPSERT = (
+# The batch's additions to the totals, summed by SQLite from the rows just inserted (ids above
+# the batch's first): the summing runs in C, off the GIL, not in Python on the writer thread.
+DIM_VALUES = {
+    "all": "''",
+    "key": "key_id",
+    "model": "CASE WHEN answered_model != '' THEN answered_model ELSE model END",
+    "account": "account",
+    "client": "client",
+}
+ADD_TOTALS = (
     f"INSERT INTO usage (period, dim, bucket, value, {', '.join(TOTALS.split())}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (period, dim, bucket, value) DO UPDATE "
-    "SET " + ", ".join(f"{c} = {c} + excluded.{c}" for c in TOTALS.split())
+    "SELECT :period, :dim, CAST(ts / :period AS INTEGER) * :period, {value}, COUNT(*), "
+    "SUM(status >= 400 OR error_type != ''), SUM(IFNULL(prompt_tokens, 0)), "
+    "SUM(IFNULL(completion_tokens, 0)), SUM(IFNULL(cached_tokens, 0)), "
+    "SUM(IFNULL(reasoning_tokens, 0)), SUM(CAST(ROUND(IFNULL(cost, 0) * 1e9) AS INTEGER)) "
+    "FROM requests WHERE id > :after AND {value} != :skip GROUP BY 3, 4 "
+    "ON CONFLICT (period, dim, bucket, value) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in TOTALS.split())
 )
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
@@ -80,32 +94,6 @@ def row_of(r: RequestRecord) -> tuple:
         r.cached_tokens, r.reasoning_tokens, r.cost, r.generation_id, int(r.client_disconnected),
         int(r.usage_known),
     )  # fmt: skip
-
-
-def totals_of(batch: Iterable[RequestRecord]) -> dict[tuple, list[int]]:
-    """The batch's additions to the usage table, by (period, dim, bucket, value)."""
-    out: dict[tuple, list[int]] = {}
-    for r in batch:
-        figures = (
-            1,
-            int(r.failed),
-            r.prompt_tokens or 0,
-            r.completion_tokens or 0,
-            r.cached_tokens or 0,
-            r.reasoning_tokens or 0,
-            nanos(r.cost),
-        )
-        model = r.answered_model or r.model
-        values = ("", r.key_id, model, r.account, r.client)
-        for period in (HOUR, DAY):
-            bucket = int(r.time // period * period)
-            for dim, value in zip(DIMS, values, strict=True):
-                if dim != "all" and not value:
-                    continue
-                slot = out.setdefault((period, dim, bucket, value), [0] * 7)
-                for i, n in enumerate(figures):
-                    slot[i] += n
-    return out
 
 
 class Ledger:
@@ -256,11 +244,17 @@ class Ledger:
         while self.pending and len(batch) < self.batch:
             batch.append(self.pending.popleft())
         rows = [row_of(r) for r in batch]
-        totals = [(*k, *v) for k, v in totals_of(batch).items()]
         try:
             self.db.execute("BEGIN IMMEDIATE")
+            after = self.db.execute("SELECT IFNULL(MAX(id), 0) FROM requests").fetchone()[0]
             self.db.executemany(INSERT, rows)
-            self.db.executemany(UPSERT, totals)
+            for period in (HOUR, DAY):
+                for dim, value in DIM_VALUES.items():
+                    skip = "-" if dim == "all" else ""  # other dims skip records without one
+                    self.db.execute(
+                        ADD_TOTALS.format(value=value),
+                        {"period": period, "dim": dim, "after": after, "skip": skip},
+                    )
             self.db.execute("COMMIT")
         except sqlite3.Error:
             if self.db.in_transaction:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from orpoll.ledger import DAY, HOUR, Ledger
+from orpoll.ledger import DAY, HOUR, NANO, Ledger
 from orpoll.ledgerquery import Filters, requests_page, usage_totals
 from orpoll.usage import RequestRecord
 
@@ -197,3 +198,36 @@ def test_kill_9_loses_at_most_the_last_batch_and_never_corrupts(tmp_path):
     ).fetchone()
     assert totals == (written, written)
     db.close()
+
+
+async def test_totals_are_exact_with_unknown_usage_and_empty_dimensions(ledger):
+    rng = random.Random(7)
+    records = [
+        record(
+            i,
+            T0 + rng.randrange(3 * DAY),
+            status=rng.choice([200, 200, 429, 502]),
+            key_id=rng.choice(["k1", "k2", ""]),
+            client=rng.choice(["c1", ""]),
+            account=rng.choice(["u1", ""]),
+            prompt_tokens=rng.choice([None, rng.randrange(100)]),
+            cost=rng.choice([None, rng.random() / 1000]),
+        )
+        for i in range(500)
+    ]
+    for r in records:
+        ledger.add(r)
+    await ledger.flush()
+    nanos = sum(round((r.cost or 0) * NANO) for r in records)
+    for group_by in ("hour", "day"):
+        rows = await ledger.read(usage_totals, group_by, None, None)
+        assert sum(row["requests"] for row in rows) == 500
+        assert sum(row["errors"] for row in rows) == sum(r.failed for r in records)
+        assert sum(row["prompt_tokens"] for row in rows) == sum(
+            r.prompt_tokens or 0 for r in records
+        )
+        assert round(sum(row["cost"] for row in rows) * NANO) == nanos
+    for group_by, field in (("key", "key_id"), ("client", "client"), ("account", "account")):
+        rows = await ledger.read(usage_totals, group_by, None, None)
+        assert "" not in {row["group"] for row in rows}
+        assert sum(row["requests"] for row in rows) == sum(1 for r in records if getattr(r, field))
