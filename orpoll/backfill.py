@@ -39,7 +39,8 @@ class Backfill:
         self.key_of, self.base_url = key_of, base_url
         self.deadline, self.retry_after, self.max_pending = deadline, retry_after, max_pending
         self.gate = asyncio.Semaphore(concurrency)
-        self.http = AsyncHTTPClient(force_instance=True, max_clients=concurrency)
+        self.concurrency = concurrency
+        self.http: AsyncHTTPClient | None = None  # made on first use, on the running loop
         self.tasks: set[asyncio.Task] = set()
         self.filled = self.missed = 0
 
@@ -66,6 +67,8 @@ class Backfill:
                 self.filled += 1
             else:
                 self.missed += 1
+        except asyncio.CancelledError:
+            self.missed += 1  # shutting down: the record goes in as it is
         except Exception:
             log.exception("usage backfill of request %s failed", record.request_id)
         finally:
@@ -83,6 +86,8 @@ class Backfill:
             connect_timeout=5,
             request_timeout=10,
         )
+        if self.http is None:
+            self.http = AsyncHTTPClient(force_instance=True, max_clients=self.concurrency)
         give_up = time.monotonic() + self.deadline
         while True:
             resp = await self.http.fetch(request, raise_error=False)
@@ -99,7 +104,11 @@ class Backfill:
             await asyncio.sleep(self.retry_after)
 
     async def close(self) -> None:
-        """Let the lookups in flight end (each commits its record), then close the client."""
+        """Stop the lookups in flight (each still commits its record, without the figures it
+        did not get) and close the client: shutdown does not wait for OpenRouter."""
+        for task in list(self.tasks):
+            task.cancel()
         if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=self.deadline + 5)
-        self.http.close()
+            await asyncio.wait(list(self.tasks), timeout=5)
+        if self.http is not None:
+            self.http.close()

@@ -237,3 +237,19 @@ async def test_backfill_gives_up_and_leaves_usage_unknown(app, admin, fake):
     assert row["tokens"] == {"prompt": None, "completion": None, "cached": None, "reasoning": None}
     usage = (await admin.json("GET", "/admin/usage?group_by=key"))["data"]
     assert usage[0]["requests"] == 1 and usage[0]["prompt_tokens"] == 0
+
+
+async def test_shutdown_does_not_wait_for_backfills_and_keeps_their_records(app, admin, fake):
+    app.ledger.backfill.retry_after, app.ledger.backfill.deadline = 0.05, 60
+    fake.generation_misses = 10**6
+    r = record(1, stream=True, generation_id="gen-late", usage_known=False)
+    r.prompt_tokens = r.completion_tokens = r.cached_tokens = r.reasoning_tokens = r.cost = None
+    app.ledger.add(r)
+    while not fake.generation_lookups["gen-late"]:
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await app.ledger.backfill.close()
+    assert time.monotonic() - started < 2
+    await app.ledger.flush()
+    row = (await admin.json("GET", "/admin/requests"))["data"][0]
+    assert row["request_id"] == "req-1" and row["usage_known"] is False
