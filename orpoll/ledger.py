@@ -39,6 +39,8 @@ COLUMNS = (
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, {", ".join(COLUMNS)});
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+CREATE INDEX IF NOT EXISTS requests_key ON requests(key_id);
+CREATE INDEX IF NOT EXISTS requests_failed ON requests(id) WHERE status >= 400 OR error_type != '';
 CREATE TABLE IF NOT EXISTS usage (
     period INTEGER NOT NULL, dim TEXT NOT NULL, bucket INTEGER NOT NULL, value TEXT NOT NULL,
     requests INTEGER NOT NULL, errors INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,

@@ -20,6 +20,8 @@ from .ledger import COLUMNS, DAY, HOUR, NANO
 GROUPS = ("key", "model", "account", "client", "hour", "day")
 KEY_ID = re.compile(r"[0-9a-f]{12}")
 SUFFIX = re.compile(r"\.\.\.[!-~]{1,8}")
+# Spelled as the partial index requests_failed is, so that SQLite uses it.
+FAILED = "(status >= 400 OR error_type != '')"
 CSV_FIELDS = [c for c in COLUMNS if c != "attempts"] + ["attempts"]
 
 
@@ -103,7 +105,7 @@ class Filters:
         if self.status == "ok":
             parts.append("status < 400 AND error_type = ''")
         elif self.status == "error":
-            parts.append("(status >= 400 OR error_type != '')")
+            parts.append(FAILED)
         elif self.status:
             parts.append("status = ?")
             params.append(int(self.status))
