@@ -17,12 +17,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from .metrics import Counters
 from .usage import RequestRecord
+
+if TYPE_CHECKING:
+    from .backfill import Backfill
 
 log = logging.getLogger("orpoll.ledger")
 T = TypeVar("T")
@@ -83,7 +86,8 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def nanos(cost: float | None) -> int:
-    return round(cost * NANO) if cost is not None else 0
+    """Cost in nano-dollars, rounded half up as SQLite's ROUND does for the totals."""
+    return int(cost * NANO + 0.5) if cost is not None and cost > 0 else 0
 
 
 def row_of(r: RequestRecord) -> tuple:
@@ -101,7 +105,8 @@ def row_of(r: RequestRecord) -> tuple:
 class Ledger:
     """Owns ledger.sqlite3: the write-behind thread, readers, pruning and today's per-key sums.
 
-    ``path`` may be ":memory:"-free temp paths in tests; ``clock`` is wall time (injectable).
+    ``path`` is a file, not ":memory:" (each reader thread opens its own connection to it);
+    ``clock`` is wall time, injectable for tests.
     """
 
     def __init__(
@@ -120,7 +125,7 @@ class Ledger:
         self.pending: deque[RequestRecord] = deque()
         self.added = self.written = 0
         self.counters = Counters()
-        self.backfill: Any = None  # a Backfill, set by the app; None = no backfill
+        self.backfill: Backfill | None = None  # set by the app; None = no backfill
         self.today_day = -1
         self.today_keys: dict[str, list[int]] = {}  # key id -> [requests, errors, nanos, tokens]
         self.db = connect(path)

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from orpoll.ledger import DAY, HOUR, NANO, Ledger
+from orpoll.ledger import DAY, HOUR, NANO, Ledger, nanos
 from orpoll.ledgerquery import Filters, requests_page, usage_totals
 from orpoll.usage import RequestRecord
 
@@ -218,7 +218,7 @@ async def test_totals_are_exact_with_unknown_usage_and_empty_dimensions(ledger):
     for r in records:
         ledger.add(r)
     await ledger.flush()
-    nanos = sum(round((r.cost or 0) * NANO) for r in records)
+    total_nanos = sum(nanos(r.cost) for r in records)
     for group_by in ("hour", "day"):
         rows = await ledger.read(usage_totals, group_by, None, None)
         assert sum(row["requests"] for row in rows) == 500
@@ -226,7 +226,7 @@ async def test_totals_are_exact_with_unknown_usage_and_empty_dimensions(ledger):
         assert sum(row["prompt_tokens"] for row in rows) == sum(
             r.prompt_tokens or 0 for r in records
         )
-        assert round(sum(row["cost"] for row in rows) * NANO) == nanos
+        assert round(sum(row["cost"] for row in rows) * NANO) == total_nanos
     for group_by, field in (("key", "key_id"), ("client", "client"), ("account", "account")):
         rows = await ledger.read(usage_totals, group_by, None, None)
         assert "" not in {row["group"] for row in rows}
