@@ -29,6 +29,7 @@ MODEL_LABELS = 100
 # Model names come from clients and upstream; past this many distinct ones, new names are
 # counted as "other" at once, so the table stays bounded whatever clients send.
 MODELS_TRACKED = 1000
+ROUTES = 50
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FIRST_CHUNK_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 TOKEN_TYPES = ("prompt", "completion", "cached", "reasoning")
@@ -65,12 +66,13 @@ class Counters:
         self.verdicts: dict[str, int] = {}
         self.failovers = self.exhausted = 0
         self.models: dict[str, list[float]] = {}  # model -> [requests, 4 token types, cost]
+        self.routes: set[str] = set()
 
     def observe(self, r: RequestRecord) -> None:
-        stream = "true" if r.stream else "false"
-        key = (r.route, str(r.status), stream)
+        stream, route = "true" if r.stream else "false", self._route(r.route)
+        key = (route, str(r.status), stream)
         self.requests[key] = self.requests.get(key, 0) + 1
-        pair = (r.route, stream)
+        pair = (route, stream)
         hist = self.durations.get(pair) or self.durations.setdefault(
             pair, Histogram(DURATION_BUCKETS)
         )
@@ -85,6 +87,16 @@ class Counters:
         self.failovers += max(len(r.attempts) - 1, 0)
         self.exhausted += r.error_code in ("no_key_available", "no_keys")
         self._model(r)
+
+    def _route(self, route: str) -> str:
+        # Pass-through routes are whatever path a client sends: past ROUTES distinct ones,
+        # new ones are "other", so a scanning client cannot grow the series without bound.
+        if route in self.routes:
+            return route
+        if len(self.routes) >= ROUTES:
+            return "other"
+        self.routes.add(route)
+        return route
 
     def _model(self, r: RequestRecord) -> None:
         name = r.answered_model or r.model or "unknown"

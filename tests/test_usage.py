@@ -171,3 +171,12 @@ def test_bad_filters_are_refused(name, value):
     with pytest.raises(BadFilter) as e:
         Filters.parse(lambda n: args.get(n, ""))
     assert e.value.param == name
+
+
+def test_route_labels_are_capped():
+    c = Counters()
+    for i in range(80):
+        c.observe(RequestRecord(time=0, status=404, route=f"/v1/scan-{i}"))
+    routes = {route for route, _, _ in c.requests}
+    assert len(routes) == 51 and "other" in routes
+    assert c.requests[("other", "404", "false")] == 30
