@@ -9,6 +9,7 @@ it; the disk sees it within ``interval`` seconds, in one transaction with its ba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -128,16 +129,18 @@ class Ledger:
         self.backfill: Backfill | None = None  # set by the app; None = no backfill
         self.today_day = -1
         self.today_keys: dict[str, list[int]] = {}  # key id -> [requests, errors, nanos, tokens]
-        self.db = connect(path)
-        self.db.executescript(SCHEMA)
-        self._load_today()
+        # No connection or thread is kept until one is needed: the writer's opens with the
+        # first record, a reader's with its first query (an idle ledger holds no descriptor).
+        with contextlib.closing(connect(path)) as db:
+            db.executescript(SCHEMA)
+            self._load_today(db)
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="orpoll-ledger-read")
         self._local = threading.local()
+        self._reader_dbs: list[sqlite3.Connection] = []
         # _wake: something is queued; _now: write it without waiting for more.
         self._wake, self._now, self._stop = threading.Event(), threading.Event(), threading.Event()
         self.pruned_at = 0.0
-        self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def open(cls, data_dir: str, **kw: Any) -> Ledger:
@@ -175,6 +178,9 @@ class Ledger:
                 sums[1] += record.failed
                 sums[2] += nanos(record.cost)
                 sums[3] += record.tokens
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)
+            self._thread.start()
         pending = self.pending
         pending.append(record)
         self.added += 1
@@ -212,6 +218,7 @@ class Ledger:
         db = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = connect(self.path)
+            self._reader_dbs.append(db)
         return fn(db, *args)
 
     def close(self) -> None:
@@ -219,15 +226,24 @@ class Ledger:
         self._stop.set()
         self._wake.set()
         self._now.set()
-        self._thread.join(timeout=30)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         self._readers.shutdown(wait=True)
-        self.db.close()
+        for db in self._reader_dbs:
+            db.close()
 
     # ---- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
         # Asleep until a record comes (no polling while idle), then gathers a batch for
         # ``interval`` seconds (less when a batch fills, a flush asks or the ledger closes).
+        db = connect(self.path)
+        try:
+            self._loop(db)
+        finally:
+            db.close()
+
+    def _loop(self, db: sqlite3.Connection) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
@@ -236,9 +252,9 @@ class Ledger:
             stopping = self._stop.is_set()
             try:
                 while self.pending:
-                    self._write_batch()
+                    self._write_batch(db)
                 if self.clock() - self.pruned_at >= HOUR:
-                    self.prune()
+                    self.prune(db)
             except sqlite3.Error:
                 log.exception("ledger: writing failed; retrying in %.2f s", self.interval)
                 time.sleep(self.interval)
@@ -246,31 +262,31 @@ class Ledger:
             if stopping and not self.pending:
                 return
 
-    def _write_batch(self) -> None:
+    def _write_batch(self, db: sqlite3.Connection) -> None:
         batch: list[RequestRecord] = []
         while self.pending and len(batch) < self.batch:
             batch.append(self.pending.popleft())
         rows = [row_of(r) for r in batch]
         try:
-            self.db.execute("BEGIN IMMEDIATE")
-            after = self.db.execute("SELECT IFNULL(MAX(id), 0) FROM requests").fetchone()[0]
-            self.db.executemany(INSERT, rows)
+            db.execute("BEGIN IMMEDIATE")
+            after = db.execute("SELECT IFNULL(MAX(id), 0) FROM requests").fetchone()[0]
+            db.executemany(INSERT, rows)
             for period in (HOUR, DAY):
                 for dim, value in DIM_VALUES.items():
                     skip = "-" if dim == "all" else ""  # other dims skip records without one
-                    self.db.execute(
+                    db.execute(
                         ADD_TOTALS.format(value=value),
                         {"period": period, "dim": dim, "after": after, "skip": skip},
                     )
-            self.db.execute("COMMIT")
+            db.execute("COMMIT")
         except sqlite3.Error:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self.pending.extendleft(reversed(batch))
             raise
         self.written += len(batch)
 
-    def prune(self, chunk: int = 20000) -> int:
+    def prune(self, db: sqlite3.Connection, chunk: int = 20000) -> int:
         """Delete records and totals past their retention, a chunk per transaction so that a
         large first prune never holds the write lock long. Writer thread only."""
         now = self.clock()
@@ -278,22 +294,22 @@ class Ledger:
         sql = "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < ? LIMIT ?)"
         deleted = 0
         while True:
-            n = self.db.execute(sql, (now - self.record_days * DAY, chunk)).rowcount
+            n = db.execute(sql, (now - self.record_days * DAY, chunk)).rowcount
             deleted += n
             if n < chunk:
                 break
         cutoff = now - self.usage_days * DAY
         for period in (HOUR, DAY):
             for dim in DIMS:  # (period, dim, bucket) leads the key: each delete is a range
-                deleted += self.db.execute(
+                deleted += db.execute(
                     "DELETE FROM usage WHERE period = ? AND dim = ? AND bucket < ?",
                     (period, dim, cutoff),
                 ).rowcount
         return deleted
 
-    def _load_today(self) -> None:
+    def _load_today(self, db: sqlite3.Connection) -> None:
         day = int(self.clock() // DAY)
-        rows = self.db.execute(
+        rows = db.execute(
             "SELECT value, requests, errors, cost_nanos, prompt_tokens + completion_tokens "
             "FROM usage WHERE period = ? AND dim = 'key' AND bucket = ?",
             (DAY, day * DAY),
