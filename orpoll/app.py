@@ -17,15 +17,18 @@ from tornado import httputil, iostream
 
 from .admission import Admission
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
+from .backfill import Backfill
 from .catalog import ModelCatalog
 from .config import Settings, overlay_settings
-from .handlers import admin, admin_keys, admin_settings, api
+from .handlers import admin, admin_keys, admin_settings, admin_usage, api
 from .handlers.base import NotFoundHandler
 from .handlers.static import StaticHandler
 from .health import HealthChecker
 from .keylist import parse_key_text, parse_keys
 from .keys import CooldownPolicy, key_id, mask
+from .ledger import Ledger
 from .logs import log_request, plural
+from .metrics import Collector, make_registry, pool_figures
 from .scheduler import KeyScheduler
 from .seal import ensure_secret
 from .store import Store
@@ -92,6 +95,7 @@ class OrpollApp(tornado.web.Application):
         upstream: OpenRouterClient,
         store: Store,
         health: HealthChecker | None = None,
+        ledger: Ledger | None = None,
         env_config: Settings | None = None,
         **tornado_settings: Any,
     ) -> None:
@@ -113,6 +117,19 @@ class OrpollApp(tornado.web.Application):
         self.started_at = time.time()
         self.traffic = Traffic()
         self.write_behind = WriteBehind(store, scheduler)
+        self.ledger = ledger or Ledger.open(
+            config.data_dir,
+            record_days=config.request_log_retention_days,
+            usage_days=config.usage_retention_days,
+        )
+        self.ledger.backfill = Backfill(
+            lambda kid: getattr(scheduler.get(kid), "key", None), lambda: self.config.upstream_base
+        )
+        self.metrics_registry = make_registry(
+            Collector(
+                self.ledger.counters, lambda: len(self.streams), lambda: pool_figures(scheduler)
+            )
+        )
         self.sessions = Sessions(store, lambda: self.config.session_lifetime)
         self.sessions.load()
         self.password = AdminPassword(store, config.admin_password)
@@ -137,6 +154,7 @@ class OrpollApp(tornado.web.Application):
             **tornado_settings,
         }
         routes = api.routes + admin.routes + admin_settings.routes + admin_keys.routes
+        routes += admin_usage.routes
         super().__init__(routes, **settings)
 
     def get_handler_delegate(self, request, target_class, *args: Any, **kwargs: Any):
@@ -155,6 +173,8 @@ class OrpollApp(tornado.web.Application):
         self.write_behind.stop()
         await self.write_behind.flush()
         self.store.close()
+        await self.ledger.backfill.close()
+        self.ledger.close()
 
     def apply_settings(self, config: Settings) -> None:
         """Swap in new settings (admin edits); every component reads them from here."""

@@ -313,6 +313,26 @@ class Settings:
         "encrypts keys at rest in the database; empty = stored in clear",
         secret=True,
     )
+    usage_retention_days: int = _opt(
+        400,
+        "USAGE_RETENTION_DAYS",
+        "days the usage totals (per hour and per day) are kept in DATA_DIR/ledger.sqlite3",
+        min=1,
+        max=100 * 365,
+    )
+    request_log_retention_days: int = _opt(
+        7,
+        "REQUEST_LOG_RETENTION_DAYS",
+        "days each request's record is kept (the admin's request log)",
+        min=1,
+        max=100 * 365,
+    )
+    metrics_token: str = _opt(
+        "",
+        "METRICS_TOKEN",
+        "bearer token for GET /metrics (Prometheus); empty = /metrics answers 404",
+        secret=True,
+    )
     login_max_failures: int = _opt(
         5,
         "LOGIN_MAX_FAILURES",

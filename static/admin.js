@@ -1,8 +1,46 @@
-/* orpoll admin: shared helpers. Data goes into the page with textContent only, never as HTML. */
+/* orpoll admin: shared helpers. Data goes into the page with textContent only, never as HTML.
+   Every visible string comes from the page's catalogue (the #i18n block), in the page's language. */
 "use strict";
 
 const orpoll = (() => {
   const token = document.querySelector('meta[name="xsrf-token"]')?.content || "";
+  const lang = document.documentElement.lang || "en";
+  const strings = JSON.parse(document.getElementById("i18n")?.textContent || "{}");
+  const plurals = new Intl.PluralRules(lang);
+  const numbers = new Intl.NumberFormat(lang);
+
+  /** The catalogue text of ``key`` with {name} placeholders filled from ``params``. */
+  function t(key, params) {
+    const text = key in strings ? strings[key] : key;
+    if (!params) return text;
+    return text.replace(/\{(\w+)\}/g, (whole, name) => (name in params ? String(params[name]) : whole));
+  }
+
+  /** ``key`` when the catalogue has it, else ``fallback`` (for names the server may add later). */
+  function tOr(key, fallback, params) {
+    return key in strings ? t(key, params) : fallback;
+  }
+
+  /** A count in words: ``key.one`` / ``key.other`` (the language's plural rules), {n} formatted. */
+  function tn(key, n, params) {
+    const form = key + "." + plurals.select(n);
+    return t(form in strings ? form : key + ".other", { ...params, n: num(n) });
+  }
+
+  function num(n, options) {
+    return options ? new Intl.NumberFormat(lang, options).format(n) : numbers.format(n);
+  }
+
+  const money = (v) => num(Number(v), { style: "currency", currency: "USD" });
+  const clock = (seconds) => new Date(seconds * 1000).toLocaleTimeString(lang);
+
+  /** An API error in the page's language: by its stable code, with the server's message as
+      the detail; the server's message alone for a code the catalogue does not know. */
+  function errorText(error, resp) {
+    const code = error && typeof error.code === "string" ? error.code : "";
+    const detail = (error && error.message) || t("error.http", { status: resp.status });
+    return tOr("error." + code, detail, { detail, wait: resp.headers.get("Retry-After") || "" });
+  }
 
   /** Call the admin JSON API; resolves to the parsed body, rejects with the error's message. */
   async function api(method, path, body) {
@@ -18,11 +56,11 @@ const orpoll = (() => {
     const resp = await fetch(path, init);
     if (resp.status === 401) {
       location.assign("/admin/login?next=" + encodeURIComponent(location.pathname));
-      throw new Error("session ended");
+      throw new Error(t("error.admin_session_required"));
     }
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) {
-      const err = new Error((data.error && data.error.message) || "HTTP " + resp.status);
+      const err = new Error(errorText(data.error, resp));
       err.param = data.error && data.error.param;
       throw err;
     }
@@ -56,17 +94,17 @@ const orpoll = (() => {
 
   function duration(seconds) {
     seconds = Math.max(0, Math.round(seconds));
-    if (seconds < 60) return seconds + "s";
+    if (seconds < 60) return t("dur.s", { s: seconds });
     const m = Math.floor(seconds / 60), s = seconds % 60;
-    if (m < 60) return m + "m " + String(s).padStart(2, "0") + "s";
+    if (m < 60) return t("dur.ms", { m, s: String(s).padStart(2, "0") });
     const h = Math.floor(m / 60);
-    if (h < 48) return h + "h " + String(m % 60).padStart(2, "0") + "m";
-    return Math.floor(h / 24) + "d " + (h % 24) + "h";
+    if (h < 48) return t("dur.hm", { h, m: String(m % 60).padStart(2, "0") });
+    return t("dur.dh", { d: Math.floor(h / 24), h: h % 24 });
   }
 
   function ago(seconds) {
-    return seconds < 5 ? "just now" : duration(seconds) + " ago";
+    return seconds < 5 ? t("time.just_now") : t("time.ago", { duration: duration(seconds) });
   }
 
-  return { api, el, toast, duration, ago };
+  return { api, el, toast, duration, ago, t, tOr, tn, num, money, clock };
 })();

@@ -2,7 +2,7 @@
 "use strict";
 
 (() => {
-  const { api, toast } = orpoll;
+  const { api, toast, t, tn } = orpoll;
   const form = document.getElementById("settings-form");
   const result = document.getElementById("settings-result");
 
@@ -24,13 +24,13 @@
   async function save(changes) {
     clearErrors();
     if (!Object.keys(changes).length) {
-      result.textContent = "Nothing changed.";
+      result.textContent = t("settings.nothing_changed");
       result.className = "result muted";
       return;
     }
     try {
       const r = await api("POST", "/admin/settings", changes);
-      toast("Saved: " + r.changed.join(", "), "ok");
+      toast(t("settings.saved", { names: r.changed.join(t("list.sep")) }), "ok");
       setTimeout(() => location.reload(), 600);
     } catch (e) { showError(e); }
   }
@@ -57,7 +57,7 @@
           current_password: document.getElementById("current-password").value,
           new_password: document.getElementById("new-password").value,
         });
-        out.textContent = "Password changed; " + r.sessions_revoked + " sessions signed out.";
+        out.textContent = tn("password.changed", r.sessions_revoked);
         out.className = "result ok-text";
         pw.reset();
       } catch (e) {

@@ -22,7 +22,10 @@
 
 Counters: ``requests`` (per key), ``order`` (keys in request order), ``bodies``, ``headers``,
 ``paths``, ``disconnects`` and ``closed_at`` (clients that went away mid-answer, with the
-monotonic time the fake noticed), ``finished_streams``, ``last_chunk_at``, ``active``.
+monotonic time the fake noticed), ``finished_streams``, ``last_chunk_at``, ``active``,
+``generation_lookups`` (per id).
+/generation answers with OpenRouter's stats fields (``generations[id]`` overrides them) after
+``generation_misses`` 404s per id.
 """
 
 from __future__ import annotations
@@ -161,6 +164,9 @@ class FakeOpenRouter:
         self.models_calls = 0
         self.models_status = 200
         self.models_delay = 0.0
+        self.generations: dict[str, dict[str, Any]] = {}  # /generation fields per id
+        self.generation_misses = 0  # 404s each id gets before its stats
+        self.generation_lookups: Counter[str] = Counter()
 
     def script(self, key: str, *behaviours: dict[str, Any]) -> None:
         self.scripts[key] = list(behaviours)
@@ -349,7 +355,13 @@ class ChatHandler(FakeHandler):
 
 
 class GenerationHandler(FakeHandler):
-    """GET /api/v1/generation?id=...: a keyed GET, scripted like chat (status behaviours)."""
+    """GET /api/v1/generation?id=...: a keyed GET, scripted like chat (status behaviours).
+
+    Otherwise OpenRouter's stats for that generation, with its field names: ``generations[id]``
+    overrides fields (``tokens_*``, ``native_tokens_*``, ``total_cost``...). The first
+    ``generation_misses`` lookups of each id answer 404, as OpenRouter does while the stats of a
+    just-ended generation are not written yet.
+    """
 
     def get(self) -> None:
         st = self.state
@@ -360,8 +372,43 @@ class GenerationHandler(FakeHandler):
         if "status" in b and b["status"] != 200:
             error = b.get("error") or {"code": b["status"], "message": f"fake {b['status']}"}
             return self.send_json({"error": error}, b["status"], b.get("headers"))
-        data = {"id": self.get_argument("id"), "key": self.key[-4:], "total_cost": 0.0}
-        self.send_json({"data": data})
+        gid = self.get_argument("id")
+        st.generation_lookups[gid] += 1
+        if st.generation_lookups[gid] <= st.generation_misses:
+            error = {"code": 404, "message": f"Generation {gid} not found"}
+            return self.send_json({"error": error}, 404)
+        self.send_json({"data": generation_stats(gid, self.key, st.generations.get(gid, {}))})
+
+
+def generation_stats(gid: str, key: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """``data`` of /api/v1/generation: the fields OpenRouter documents (``key`` is the fake's
+    own, the last 4 characters of the key that asked)."""
+    completion = extra.get("native_tokens_completion", 2)
+    cost = PROMPT_TOKENS * PRICE_PROMPT + completion * PRICE_COMPLETION
+    return {
+        "id": gid,
+        "key": key[-4:],
+        "model": "openai/gpt-4o",
+        "provider_name": "Fake",
+        "total_cost": round(cost, 12),
+        "usage": round(cost, 12),
+        "upstream_inference_cost": None,
+        "tokens_prompt": PROMPT_TOKENS,
+        "tokens_completion": completion,
+        "native_tokens_prompt": PROMPT_TOKENS,
+        "native_tokens_completion": completion,
+        "native_tokens_reasoning": 0,
+        "native_tokens_cached": 0,
+        "finish_reason": "stop",
+        "native_finish_reason": "stop",
+        "cancelled": False,
+        "streamed": True,
+        "latency": 120,
+        "generation_time": 300,
+        "is_byok": False,
+        "created_at": "2026-01-01T00:00:00Z",
+        **extra,
+    }
 
 
 class EchoHandler(FakeHandler):

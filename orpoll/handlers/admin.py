@@ -12,7 +12,7 @@ from typing import Any
 
 import tornado.web
 
-from .. import __version__, errors
+from .. import __version__, errors, i18n
 from ..auth import SESSION_COOKIE, Session, cookie_options, local_path, origin_ok, weak_password
 from ..logs import plural
 from .base import BaseHandler
@@ -32,7 +32,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-LOGIN_MESSAGES = {"logged_out": "You are signed out."}
+LOGIN_MESSAGES = {"logged_out": "login.logged_out"}  # ?reason= -> catalogue key
 
 
 class UnsupportedMediaType(errors.ApiError):
@@ -178,12 +178,30 @@ class AdminHandler(BaseHandler):
             ) from None
         return body
 
+    _lang: str | None = None
+
+    @property
+    def language(self) -> str:
+        """This page's language: ``?lang=``, else the cookie, else Accept-Language."""
+        if self._lang is None:
+            chosen = self.get_query_argument("lang", "") or self.get_cookie(i18n.COOKIE)
+            self._lang = i18n.negotiate(chosen, self.request.headers.get("Accept-Language"))
+        return self._lang
+
     def render_template(self, name: str, **ns: Any) -> None:
+        lang = self.language
+        if self.get_query_argument("lang", "") == lang:  # the switch was used: remember it
+            # Only a display preference: scripts may read it, and a link from elsewhere may
+            # carry it (SameSite=Lax).
+            self.set_cookie(
+                i18n.COOKIE, lang, httponly=False, samesite="Lax", path="/admin", expires_days=365
+            )
         ns.update(
             xsrf_token=self.xsrf_token.decode(),
             static_url=self.static_url,
             current_user=self.current_user,
             version=__version__,
+            **i18n.template_namespace(lang, self.request.path, self.request.query),
         )
         self.set_header("Content-Type", "text/html; charset=UTF-8")
         self.finish(self.application.jinja.get_template(name).render(**ns))
@@ -221,7 +239,8 @@ class LoginHandler(AdminHandler):
 
     def render_login(self, error: str = "") -> None:
         target = self.get_argument("next", None)
-        message = LOGIN_MESSAGES.get(self.get_argument("reason", ""), "")
+        reason = LOGIN_MESSAGES.get(self.get_argument("reason", ""))
+        message = i18n.translate(self.language, reason) if reason else ""
         self.render_template(
             "login.html", next=local_path(target, DASHBOARD), message=message, error=error
         )
@@ -250,7 +269,8 @@ class LoginHandler(AdminHandler):
         self.set_status(429 if isinstance(err, errors.RateLimited) else 403)
         for name, value in err.headers.items():
             self.set_header(name, value)
-        self.render_login(err.message)
+        key, msg, wait = f"error.{err.code}", err.message, err.headers.get("Retry-After", "")
+        self.render_login(i18n.translate(self.language, key, msg, detail=msg, wait=wait))
 
 
 class LogoutHandler(AdminHandler):

@@ -73,13 +73,13 @@ class KeyStatusHandler(KeysHandler):
                 code="invalid_status",
             )
         q, sort = self.get_argument("q", "")[:100], self.get_argument("sort", "added")
-        now = self.now()
+        now, ledger = self.now(), self.application.ledger
         rows, total = page_of(
             self.scheduler, now, q=q, status=status, sort=sort, page=page, limit=limit
         )
         self.write_json(
             {
-                "keys": [key_row(ks, now) for ks in rows],
+                "keys": [{**key_row(ks, now), **ledger.today(ks.id)} for ks in rows],
                 "total_keys": total,
                 "page": page,
                 "limit": limit,

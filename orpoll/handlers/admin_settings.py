@@ -58,14 +58,17 @@ def settings_view(app: Any) -> dict[str, Any]:
     return {**flat, "settings": {f["name"]: f["value"] for f in fields}, "fields": fields}
 
 
-def effective(config: Settings) -> list[tuple[str, str]]:
-    """Every setting as shown on the settings page; secrets only say whether they are set."""
+def effective(config: Settings) -> list[tuple[str, str, str]]:
+    """Every setting as shown on the settings page: ``(name, value, note)``, where ``note`` is
+    the catalogue key of what stands in for the value (secrets only say whether they are set)."""
     rows = []
     for f in dataclasses.fields(Settings):
-        value = getattr(config, f.name)
+        value, note = getattr(config, f.name), ""
         if f.metadata["secret"]:
-            value = "set" if value else "not set"
-        rows.append((f.metadata["env"], "(empty)" if value == "" else str(value)))
+            value, note = "", "settings.secret_set" if value else "settings.secret_unset"
+        elif value == "":
+            note = "settings.empty"
+        rows.append((f.metadata["env"], str(value), note))
     return rows
 
 

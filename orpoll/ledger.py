@@ -1,0 +1,318 @@
+"""The request ledger: one row per client request and usage totals per hour and per day, in
+``DATA_DIR/ledger.sqlite3``, written behind in batches by a thread of its own.
+
+``Ledger.add`` is the only call on the proxy's path: it counts the record in memory and queues
+it; the disk sees it within ``interval`` seconds, in one transaction with its batch. A crash
+(even kill -9) loses at most the batch being written and never corrupts the file (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from .metrics import Counters
+from .usage import RequestRecord
+
+if TYPE_CHECKING:
+    from .backfill import Backfill
+
+log = logging.getLogger("orpoll.ledger")
+T = TypeVar("T")
+DB_NAME = "ledger.sqlite3"
+HOUR, DAY = 3600, 86400
+NANO = 1_000_000_000  # totals keep cost in integer nano-dollars, so sums are exact
+DIMS = ("all", "key", "model", "account", "client")
+COLUMNS = (
+    "ts request_id route model answered_model stream status error_type error_code client_addr "
+    "client attempts key_id key_masked account ttfb_ms duration_ms bytes_out prompt_tokens "
+    "completion_tokens cached_tokens reasoning_tokens cost generation_id client_disconnected "
+    "usage_known"
+).split()
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS requests (id INTEGER PRIMARY KEY, {", ".join(COLUMNS)});
+CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
+CREATE INDEX IF NOT EXISTS requests_key ON requests(key_id);
+CREATE INDEX IF NOT EXISTS requests_failed ON requests(id) WHERE status >= 400 OR error_type != '';
+CREATE TABLE IF NOT EXISTS usage (
+    period INTEGER NOT NULL, dim TEXT NOT NULL, bucket INTEGER NOT NULL, value TEXT NOT NULL,
+    requests INTEGER NOT NULL, errors INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL, cost_nanos INTEGER NOT NULL,
+    PRIMARY KEY (period, dim, bucket, value)
+) WITHOUT ROWID;
+"""
+TOTALS = "requests errors prompt_tokens completion_tokens cached_tokens reasoning_tokens cost_nanos"
+# The batch's additions to the totals, summed by SQLite from the rows just inserted (ids above
+# the batch's first): the summing runs in C, off the GIL, not in Python on the writer thread.
+DIM_VALUES = {
+    "all": "''",
+    "key": "key_id",
+    "model": "CASE WHEN answered_model != '' THEN answered_model ELSE model END",
+    "account": "account",
+    "client": "client",
+}
+ADD_TOTALS = (
+    f"INSERT INTO usage (period, dim, bucket, value, {', '.join(TOTALS.split())}) "
+    "SELECT :period, :dim, CAST(ts / :period AS INTEGER) * :period, {value}, COUNT(*), "
+    "SUM(status >= 400 OR error_type != ''), SUM(IFNULL(prompt_tokens, 0)), "
+    "SUM(IFNULL(completion_tokens, 0)), SUM(IFNULL(cached_tokens, 0)), "
+    "SUM(IFNULL(reasoning_tokens, 0)), SUM(CAST(ROUND(IFNULL(cost, 0) * 1e9) AS INTEGER)) "
+    "FROM requests WHERE id > :after AND {value} != :skip GROUP BY 3, 4 "
+    "ON CONFLICT (period, dim, bucket, value) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in TOTALS.split())
+)
+INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL: a commit survives a killed process (the WAL is written before the commit returns);
+    # only a power cut may lose the newest batches, which the ledger accepts.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def nanos(cost: float | None) -> int:
+    """Cost in nano-dollars, rounded half up as SQLite's ROUND does for the totals."""
+    return int(cost * NANO + 0.5) if cost is not None and cost > 0 else 0
+
+
+def row_of(r: RequestRecord) -> tuple:
+    """The ``requests`` row of a record (attempts as a compact JSON list of lists)."""
+    attempts = orjson.dumps([[a.key, a.verdict, a.status, a.ms] for a in r.attempts]).decode()
+    return (
+        r.time, r.request_id, r.route, r.model, r.answered_model, int(r.stream), r.status,
+        r.error_type, r.error_code, r.client_addr, r.client, attempts, r.key_id, r.key_masked,
+        r.account, r.ttfb_ms, r.duration_ms, r.bytes_out, r.prompt_tokens, r.completion_tokens,
+        r.cached_tokens, r.reasoning_tokens, r.cost, r.generation_id, int(r.client_disconnected),
+        int(r.usage_known),
+    )  # fmt: skip
+
+
+class Ledger:
+    """Owns ledger.sqlite3: the write-behind thread, readers, pruning and today's per-key sums.
+
+    ``path`` is a file, not ":memory:" (each reader thread opens its own connection to it);
+    ``clock`` is wall time, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        record_days: float = 7,
+        usage_days: float = 400,
+        interval: float = 0.25,
+        batch: int = 5000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path, self.clock = path, clock
+        self.record_days, self.usage_days = record_days, usage_days
+        self.interval, self.batch = interval, batch
+        self.pending: deque[RequestRecord] = deque()
+        self.added = self.written = 0
+        self.counters = Counters()
+        self.backfill: Backfill | None = None  # set by the app; None = no backfill
+        self.today_day = -1
+        self.today_keys: dict[str, list[int]] = {}  # key id -> [requests, errors, nanos, tokens]
+        # No connection or thread is kept until one is needed: the writer's opens with the
+        # first record, a reader's with its first query (an idle ledger holds no descriptor).
+        with contextlib.closing(connect(path)) as db:
+            db.executescript(SCHEMA)
+            self._load_today(db)
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="orpoll-ledger-read")
+        self._local = threading.local()
+        self._reader_dbs: list[sqlite3.Connection] = []
+        # _wake: something is queued; _now: write it without waiting for more.
+        self._wake, self._now, self._stop = threading.Event(), threading.Event(), threading.Event()
+        self.pruned_at = 0.0
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, data_dir: str, **kw: Any) -> Ledger:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(data_dir, DB_NAME)
+        # Created 0600: client addresses and key ids are not for other users (SQLite gives
+        # its WAL files the same mode).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        return cls(path, **kw)
+
+    # ---- the loop side ----------------------------------------------------------------------
+
+    def add(self, record: RequestRecord) -> None:
+        """Take a finished request's record. O(1) on the loop, sync, never touches the disk.
+
+        A record that ended without usage but names a generation is held by the backfill
+        (which asks OpenRouter for the figures) and committed when that ends.
+        """
+        backfill = self.backfill
+        if backfill is not None and backfill.wants(record):
+            backfill.start(record, self.commit)
+        else:
+            self.commit(record)
+
+    def commit(self, record: RequestRecord) -> None:
+        """Count ``record`` (metrics, today's sums) and queue it for the writer."""
+        self.counters.observe(record)
+        if record.key_id:
+            day = int(record.time // DAY)
+            if day > self.today_day:  # a new UTC day (a record from before it is not today's)
+                self.today_day, self.today_keys = day, {}
+            if day == self.today_day:
+                sums = self.today_keys.setdefault(record.key_id, [0, 0, 0, 0])
+                sums[0] += 1
+                sums[1] += record.failed
+                sums[2] += nanos(record.cost)
+                sums[3] += record.tokens
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)
+            self._thread.start()
+        pending = self.pending
+        pending.append(record)
+        self.added += 1
+        if len(pending) == 1:
+            self._wake.set()
+        elif len(pending) >= self.batch:
+            self._now.set()
+
+    def today(self, key_id: str) -> dict[str, Any]:
+        """Today's (UTC) figures of a key, for the key listing."""
+        sums = self.today_keys.get(key_id) if self.today_day == int(self.clock() // DAY) else None
+        requests, errors, cost, tokens = sums or (0, 0, 0, 0)
+        return {
+            "today_requests": requests,
+            "today_errors": errors,
+            "today_cost": cost / NANO,
+            "today_tokens": tokens,
+        }
+
+    async def flush(self, timeout: float = 30.0) -> None:
+        """Wait until every record added so far is on disk (records held by the backfill are
+        not added yet)."""
+        target, deadline = self.added, time.monotonic() + timeout
+        self._now.set()
+        while self.written < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(db, *args)`` on a reader thread with that thread's own connection."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._readers, self._with_reader, fn, args
+        )
+
+    def _with_reader(self, fn: Callable[..., T], args: tuple) -> T:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = connect(self.path)
+            self._reader_dbs.append(db)
+        return fn(db, *args)
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer and the readers."""
+        self._stop.set()
+        self._wake.set()
+        self._now.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._readers.shutdown(wait=True)
+        for db in self._reader_dbs:
+            db.close()
+
+    # ---- the writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        # Asleep until a record comes (no polling while idle), then gathers a batch for
+        # ``interval`` seconds (less when a batch fills, a flush asks or the ledger closes).
+        db = connect(self.path)
+        try:
+            self._loop(db)
+        finally:
+            db.close()
+
+    def _loop(self, db: sqlite3.Connection) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            self._now.wait(self.interval)
+            self._now.clear()
+            stopping = self._stop.is_set()
+            try:
+                while self.pending:
+                    self._write_batch(db)
+                if self.clock() - self.pruned_at >= HOUR:
+                    self.prune(db)
+            except sqlite3.Error:
+                log.exception("ledger: writing failed; retrying in %.2f s", self.interval)
+                time.sleep(self.interval)
+                self._wake.set()
+            if stopping and not self.pending:
+                return
+
+    def _write_batch(self, db: sqlite3.Connection) -> None:
+        batch: list[RequestRecord] = []
+        while self.pending and len(batch) < self.batch:
+            batch.append(self.pending.popleft())
+        rows = [row_of(r) for r in batch]
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            after = db.execute("SELECT IFNULL(MAX(id), 0) FROM requests").fetchone()[0]
+            db.executemany(INSERT, rows)
+            for period in (HOUR, DAY):
+                for dim, value in DIM_VALUES.items():
+                    skip = "-" if dim == "all" else ""  # other dims skip records without one
+                    db.execute(
+                        ADD_TOTALS.format(value=value),
+                        {"period": period, "dim": dim, "after": after, "skip": skip},
+                    )
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.pending.extendleft(reversed(batch))
+            raise
+        self.written += len(batch)
+
+    def prune(self, db: sqlite3.Connection, chunk: int = 20000) -> int:
+        """Delete records and totals past their retention, a chunk per transaction so that a
+        large first prune never holds the write lock long. Writer thread only."""
+        now = self.clock()
+        self.pruned_at = now
+        sql = "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE ts < ? LIMIT ?)"
+        deleted = 0
+        while True:
+            n = db.execute(sql, (now - self.record_days * DAY, chunk)).rowcount
+            deleted += n
+            if n < chunk:
+                break
+        cutoff = now - self.usage_days * DAY
+        for period in (HOUR, DAY):
+            for dim in DIMS:  # (period, dim, bucket) leads the key: each delete is a range
+                deleted += db.execute(
+                    "DELETE FROM usage WHERE period = ? AND dim = ? AND bucket < ?",
+                    (period, dim, cutoff),
+                ).rowcount
+        return deleted
+
+    def _load_today(self, db: sqlite3.Connection) -> None:
+        day = int(self.clock() // DAY)
+        rows = db.execute(
+            "SELECT value, requests, errors, cost_nanos, prompt_tokens + completion_tokens "
+            "FROM usage WHERE period = ? AND dim = 'key' AND bucket = ?",
+            (DAY, day * DAY),
+        )
+        self.today_day = day
+        self.today_keys = {value: list(rest) for value, *rest in rows}
