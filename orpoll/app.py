@@ -19,7 +19,7 @@ from .admission import Admission
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .backfill import Backfill
 from .catalog import ModelCatalog
-from .config import Settings, overlay_settings
+from .config import Settings
 from .handlers import admin, admin_keys, admin_settings, admin_usage, api
 from .handlers.base import NotFoundHandler
 from .handlers.static import StaticHandler
@@ -29,6 +29,7 @@ from .keys import CooldownPolicy, key_id, mask
 from .ledger import Ledger
 from .logs import log_request, plural
 from .metrics import Collector, make_registry, pool_figures
+from .overlay import overlay_settings
 from .scheduler import KeyScheduler
 from .seal import ensure_secret
 from .store import Store

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .values import ConfigError, parse_value
+from .values import ConfigError as ConfigError  # raised by load_settings; callers catch it here
+from .values import parse_value
 
 LOG_LEVELS = {
     "trace": 5,
@@ -28,7 +29,6 @@ LOG_LEVELS = {
 LOG_FORMATS = ("text", "json")
 EVENT_LOOPS = ("uvloop", "asyncio")
 DAY = 86400
-log = logging.getLogger("orpoll")
 
 
 def _opt(
@@ -380,27 +380,6 @@ def load_settings(environ: Mapping[str, str], **overrides: Any) -> Settings:
             values[f.name] = parse_value(f, environ[env])
     values.update(overrides)
     return Settings(**values)
-
-
-def replace_settings(current: Settings, changes: Mapping[str, Any]) -> Settings:
-    """New Settings with editable fields changed (keys are env names or field names)."""
-    values = {}
-    for name, raw in changes.items():
-        f = ENV_FIELDS.get(name) or FIELDS.get(name)
-        if f is None or not f.metadata["editable"]:
-            raise ConfigError(f"{name}: not an editable setting")
-        values[f.name] = parse_value(f, raw)
-    return dataclasses.replace(current, **values)
-
-
-def overlay_settings(config: Settings, stored: dict[str, str]) -> Settings:
-    """``config`` with the admin's stored edits applied (a value no longer valid is skipped)."""
-    for name, value in stored.items():
-        try:
-            config = replace_settings(config, {name: value})
-        except ConfigError as e:
-            log.error("ignoring a stored setting (the environment's value is used): %s", e)
-    return config
 
 
 def load_dotenv_file(path: str = ".env") -> None:

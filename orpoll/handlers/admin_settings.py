@@ -12,7 +12,8 @@ from typing import Any
 import tornado.web
 
 from .. import __version__, errors
-from ..config import ENV_FIELDS, FIELDS, ConfigError, Settings, replace_settings
+from ..config import ENV_FIELDS, FIELDS, ConfigError, Settings
+from ..overlay import replace_settings
 from .admin import AdminApiHandler, AdminHandler
 
 log = logging.getLogger("orpoll.admin")
