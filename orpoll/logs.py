@@ -298,7 +298,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         line = f"{rid} {status} {req.method} {req.path} {total:.1f}ms"
     else:
         first = attempts.first_byte
-        ttfb = f"{1000.0 * (first - req._start_time):.1f}ms" if first else "-"
+        ttfb = f"{1000.0 * (first - started_at(req)):.1f}ms" if first else "-"
         model = getattr(handler, "model", None) or "-"
         stream = "true" if getattr(handler, "streaming", False) else "false"
         line = (
@@ -317,6 +317,11 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         sink.record(level, access_log.name, line, access_fields(handler, total))
     else:
         sink.line(level, access_log.name, line)
+
+
+def started_at(req: Any) -> float:
+    """When Tornado began the request (the wall clock its ``request_time()`` counts from)."""
+    return time.time() - req.request_time()
 
 
 def access_fields(handler: tornado.web.RequestHandler, total: float) -> dict[str, Any]:
@@ -341,7 +346,7 @@ def access_fields(handler: tornado.web.RequestHandler, total: float) -> dict[str
         fields["model"] = getattr(handler, "model", None)
         fields["stream"] = bool(getattr(handler, "streaming", False))
         fields["keys"] = [{"id": k, "verdict": v, "status": s} for k, v, s in attempts.items]
-        fields["ttfb_ms"] = round(1000.0 * (first - req._start_time), 1) if first else None
+        fields["ttfb_ms"] = round(1000.0 * (first - started_at(req)), 1) if first else None
     note = getattr(handler, "error_note", None)
     if note:
         fields["error"] = note[:300]

@@ -20,9 +20,9 @@ from tornado.curl_httpclient import CurlError
 
 from . import errors, sse
 from .classify import classify, classify_transport
+from .fast import ERROR_BODY_LIMIT, Transfer
 from .keys import KeyState, Outcome, Verdict, is_free_model
 from .scheduler import KeyScheduler
-from .transfer import ERROR_BODY_LIMIT, Transfer
 from .upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.relay")
@@ -317,7 +317,7 @@ class _Attempt:
                 out.append((name, value))
         out.append(("X-Orpoll-Attempts", str(len(self.attempts.items) + 1)))
         self.attempts.status = status
-        self.attempts.first_byte = time.time()  # the access log subtracts request._start_time
+        self.attempts.first_byte = time.time()  # the access log measures ttfb from it
         self.sink.start(status, out)
         self.committed = True
         if self.waiting:
@@ -328,10 +328,10 @@ class _Attempt:
 
     def on_chunk(self, chunk: bytes) -> None:
         """curl streaming_callback (sync by contract): forward whole events once committed."""
-        if self.transfer.abort:
+        if self.transfer.aborted:
             return
         if self.sink.client_gone:
-            self.transfer.abort = True
+            self.transfer.abort()
             return
         if self.transfer.status != 200:
             if sum(map(len, self.error_body)) < ERROR_BODY_LIMIT:
@@ -366,7 +366,7 @@ class _Attempt:
         )
         self.pre_error = Outcome(Verdict.PROVIDER, 502, message, code="upstream_event_too_large")
         self.pending = b""
-        self.transfer.abort = True
+        self.transfer.abort()
         if self.committed:
             self.sink.send(
                 sse.error_event(message, code="upstream_event_too_large", status=502) + sse.DONE
@@ -387,11 +387,11 @@ class _Attempt:
             err = sse.error_of(payload)
             if err is not None:
                 self.pre_error = classify(200, payload, self.transfer.header, error=err)
-                self.transfer.abort = True
+                self.transfer.abort()
                 return b""
             if payload != b"[DONE]" and not _is_json(payload):
                 self.pre_error = _not_json()
-                self.transfer.abort = True
+                self.transfer.abort()
                 return b""
             self._commit(200, None)
             return block[m.start() :]
@@ -440,9 +440,9 @@ class _Attempt:
             return self.pre_error  # we aborted it ourselves after an error event
         t = self.transfer
         outcome = classify_transport(err, t)
-        if t.abort and self.sink.client_gone:
+        if t.aborted and self.sink.client_gone:
             return None  # we ended it because the client left
-        if outcome.verdict is Verdict.TRANSIENT and not (t.status or t.timed_out or t.abort):
+        if outcome.verdict is Verdict.TRANSIENT and not (t.status or t.timed_out or t.aborted):
             # No answer at all (refused, reset, name or TLS failure): no key can cause that.
             outcome.verdict = Verdict.UPSTREAM
         if self.committed:

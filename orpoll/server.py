@@ -21,7 +21,7 @@ from tornado.netutil import bind_sockets
 from . import __version__, cli
 from .app import OrpollApp, make_app
 from .config import ConfigError, Settings, load_dotenv_file
-from .connections import Server
+from .fast import make_server
 from .logs import plural, setup_logging
 from .store import StoreError
 
@@ -118,7 +118,12 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open the database in {config.data_dir}: {e}") from None
     app.ready = False
-    server = Server(app, xheaders=config.trust_proxy_headers, max_body_size=config.max_body_bytes)
+    server = make_server(
+        app,
+        fast=config.fast,
+        xheaders=config.trust_proxy_headers,
+        max_body_size=config.max_body_bytes,
+    )
     server.add_sockets(sockets)
     n = len(app.scheduler)
     log.info(
@@ -199,7 +204,7 @@ def is_loopback(host: str) -> bool:
         return False  # "", a name: possibly every interface
 
 
-async def drain(app: OrpollApp, server: Server, grace: float) -> None:
+async def drain(app: OrpollApp, server: Any, grace: float) -> None:
     """Graceful shutdown: stop listening at once (requests on kept-alive connections are
     answered 503 while ``app.draining``), let requests and streams in flight finish within
     ``grace`` seconds, end the streams still open with an error event and ``[DONE]``, close

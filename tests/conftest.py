@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orpoll.app import make_app  # noqa: E402
 from orpoll.config import load_settings  # noqa: E402
-from orpoll.connections import Server  # noqa: E402
+from orpoll.fast import make_server  # noqa: E402
 from tests.fake_upstream import FakeOpenRouter, make_fake_app  # noqa: E402
 
 # The loop ``python run.py`` runs by default (EVENT_LOOP), for every in-process test too.
@@ -90,6 +90,7 @@ def env(upstream_url, keys, tmp_path) -> dict[str, str]:
         "DATA_DIR": str(tmp_path / "data"),
         "ADMIN_PASSWORD": "test-admin-password",
         "LOG_LEVEL": "debug",
+        "FAST": os.environ.get("FAST", "1"),  # the suite runs both ways
     }
 
 
@@ -107,8 +108,8 @@ def app(config):
 
 @pytest.fixture
 def http_server(request, io_loop, app, http_server_port):
-    """pytest-tornasync's fixture, serving ``app`` with orpoll's own Server class."""
-    server = Server(app)
+    """pytest-tornasync's fixture, serving ``app`` with the server FAST chooses."""
+    server = make_server(app, fast=app.config.fast)
     server.add_socket(http_server_port[0])
     yield server
     server.stop()
@@ -218,7 +219,7 @@ def serve(io_loop):
 
     def _serve(app) -> str:
         sock, port = bound_port()
-        server = Server(app)
+        server = make_server(app, fast=app.config.fast)
         server.add_sockets([sock])
         started.append((server, app))
         return f"http://127.0.0.1:{port}"

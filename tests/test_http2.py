@@ -19,7 +19,7 @@ from hypercorn.config import Config
 from tornado.httpclient import AsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
-from orpoll.upstream import SHARD_TRANSFERS
+from orpoll.fast.shards import SHARD_TRANSFERS
 from tests.conftest import raw_chat_request
 from tests.fake_upstream import chunk, usage_chunk
 from tests.test_streaming import (
@@ -186,7 +186,7 @@ async def test_h2c_multiplexes_only_the_streams_past_the_first_shard(with_h2c, a
     client = AsyncHTTPClient(force_instance=True, max_clients=300)
     job = asyncio.gather(*(stream_raw(base_url, client) for _ in range(300)))
     await wait_for(lambda: state.active == 300, 20)
-    assert [len(shard._running) for shard in pool.shards] == [256, 44]
+    assert [len(shard.running) for shard in pool.shards] == [256, 44]
     for raw in await job:
         assert raw.code == 200
         assert_clean_sse(raw)

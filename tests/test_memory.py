@@ -16,9 +16,9 @@ from collections import Counter
 import pytest
 from tornado.httputil import HTTPServerRequest
 
+from orpoll.fast.transfer import Transfer
 from orpoll.handlers.api import RelayHandler
 from orpoll.relay import Attempts, _Attempt
-from orpoll.transfer import Transfer
 from tests.conftest import KEYS
 
 A, B, C = KEYS
@@ -104,7 +104,7 @@ def test_lazy_deque_does_what_iostream_asks_of_a_deque():
     import collections
     import random
 
-    from orpoll.connections import _LazyDeque
+    from orpoll.fast.connections import _LazyDeque
 
     rng = random.Random(3)
     lazy, real = _LazyDeque(), collections.deque()

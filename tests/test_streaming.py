@@ -555,7 +555,7 @@ async def test_churn_leaves_no_transfer_or_handle_behind(short_timeout, app, fak
     for raw in raws:
         assert_clean_sse(raw)
     http = app.upstream.pool.first
-    await wait_for(lambda: app.inflight == 0 and not http._running, 5)
+    await wait_for(lambda: app.inflight == 0 and not http.running, 5)
     assert len(http._free_list) == len(http._curls)
     await wait_for(lambda: fake.active == 0, 5)  # the silent ones notice after their sleep
 
@@ -583,7 +583,7 @@ async def test_streams_beyond_upstream_max_connections_wait_their_turn(
         assert_clean_sse(raw)
         assert raw.body == expected_stream(4)
     assert fake.peak == 4
-    await wait_for(lambda: app.inflight == 0 and not http._running and not http._waiting, 5)
+    await wait_for(lambda: app.inflight == 0 and not http.running and not http._waiting, 5)
     assert len(http._curls) == 4 and len(http._free_list) == 4
     assert sum(fake.requests.values()) == 12  # the leaver's transfer never started
 

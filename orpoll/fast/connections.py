@@ -20,10 +20,8 @@ from tornado import httputil, iostream
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from .classify import LOCAL_ERRNOS
-from .headers import HTTP1Connection
-from .heap import BURST_MMAP_THRESHOLD
-from .limits import (
+from .. import classify
+from ..limits import (
     MAX_HEADER_BYTES,
     Limits,
     RequestTooLarge,
@@ -31,7 +29,9 @@ from .limits import (
     oversized,
     silent_for,
 )
-from .logs import plural
+from ..logs import plural
+from .headers import HTTP1Connection
+from .heap import BURST_MMAP_THRESHOLD
 
 log = logging.getLogger("orpoll")
 # Bytes read from a client socket at a time. Tornado's default, 64 KB, is a zeroed bytearray
@@ -290,7 +290,7 @@ class Server(tornado.httpserver.HTTPServer):
                 except ConnectionAbortedError:
                     continue
                 except OSError as e:
-                    if e.errno not in LOCAL_ERRNOS:
+                    if e.errno not in classify.LOCAL_ERRNOS:
                         raise
                     pause(e)
                     return

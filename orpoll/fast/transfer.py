@@ -66,7 +66,7 @@ class Transfer:
         "timed_out",
         "_in_write",
         "_moved",
-        "_quiet_since",
+        "quiet_since",
         "error",
         "os_errno",
         "chunks",
@@ -93,7 +93,7 @@ class Transfer:
         self.timed_out = False
         self._in_write = False
         self._moved = -1
-        self._quiet_since = 0.0
+        self.quiet_since = 0.0
         self.error: CurlError | None = None
         self.os_errno = 0  # the OS error behind ``error``, when curl saw one
         self.chunks: list[bytes] = []
@@ -108,16 +108,15 @@ class Transfer:
         self.ca_bundle = ""  # a PEM file to trust instead of the system's CAs
 
     @property
-    def abort(self) -> bool:
+    def aborted(self) -> bool:
         return self._abort
 
-    @abort.setter
-    def abort(self, value: bool) -> None:
-        """Setting it ends the transfer now, so a client that leaves stops the upstream (and
-        its billing) at once. Inside curl's write callback the callback's short return does
-        it instead: curl must not be re-entered from its own callbacks."""
-        self._abort = value
-        if value and self.curl is not None and not self._in_write and self.client is not None:
+    def abort(self) -> None:
+        """End the transfer now, so a client that leaves stops the upstream (and its billing)
+        at once. Inside curl's write callback the callback's short return does it instead:
+        curl must not be re-entered from its own callbacks."""
+        self._abort = True
+        if self.curl is not None and not self._in_write and self.client is not None:
             self.client.abort(self.curl)
 
     def write(self, chunk: bytes) -> int | None:
@@ -165,6 +164,10 @@ class Transfer:
         elif raw.strip():
             self.headers.append(raw)
 
+    def on_header_line(self, line: str) -> None:
+        """Tornado's ``header_callback``: ``on_header`` for a line it decoded."""
+        self.on_header(line.encode("latin1"))
+
     def header(self, name: str) -> str | None:
         name = name.lower()
         for raw in self.headers:
@@ -182,25 +185,29 @@ class Transfer:
         return (stall or first) / 4
 
     def stalled(self, now: float) -> bool:
-        """True once no body byte moved, either way, for ``stall`` seconds, or none came in
-        ``first_byte`` seconds after the start (sweep-time check)."""
+        """``stalled_at`` for a transfer on a curl handle (sweep-time check)."""
         curl = self.curl
         if curl is None:
             return False
         down = curl.getinfo(pycurl.SIZE_DOWNLOAD_T)
+        # A long request upload is not silence either.
+        return self.stalled_at(now, down, down + curl.getinfo(pycurl.SIZE_UPLOAD_T))
+
+    def stalled_at(self, now: float, down: int, moved: int) -> bool:
+        """True once no body byte moved, either way, for ``stall`` seconds, or none came in
+        ``first_byte`` seconds after the start; ``down`` and ``moved`` are the bytes received,
+        and received plus sent, so far."""
         if self.first_byte and not down and now - self.begun >= self.first_byte:
             self.stall = self.first_byte  # the silence classify_transport reports
             return True
         if not self.stall:
             return False
-        # A long request upload is not silence either.
-        moved = down + curl.getinfo(pycurl.SIZE_UPLOAD_T)
         if moved != self._moved:
-            self._moved, self._quiet_since = moved, now
+            self._moved, self.quiet_since = moved, now
             return False
-        return now - self._quiet_since >= self.stall
+        return now - self.quiet_since >= self.stall
 
-    def _setup(self, curl: pycurl.Curl) -> None:
+    def setup(self, curl: pycurl.Curl) -> None:
         """Options for a handle fresh from ``curl.reset()``: only what differs from reset's
         defaults (Tornado's generic setup sets some 40 options and parses every header line)."""
         curl.setopt(pycurl.PROTOCOLS, _HTTP_S)

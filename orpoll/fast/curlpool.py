@@ -71,16 +71,20 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         # First: curl calls _set_timeout from within Tornado's initialize.
         self._aloop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
-        self._limit = max_clients
+        self.limit = max_clients
         self._pass_started = False  # a transfer was started at once in this loop pass
         self.h2c: H2c | None = None  # transfers to http:// URLs speak HTTP/2 while it is on
-        self._running: dict[pycurl.Curl, Transfer] = {}
+        self.running: dict[pycurl.Curl, Transfer] = {}
         self._waiting = collections.deque() if waiting is None else waiting
         self._sweeper: PeriodicCallback | None = None
         self.idle_since = time.monotonic()  # when its last running transfer finished
 
+    def has_room(self) -> bool:
+        """Whether a transfer sent now starts at once (a handle is free or can be made)."""
+        return len(self.running) < self.limit
+
     def _grow(self) -> None:
-        if not self._free_list and len(self._curls) < self._limit:
+        if not self._free_list and len(self._curls) < self.limit:
             curl = self._curl_create()
             self._curls.append(curl)
             self._free_list.append(curl)
@@ -130,7 +134,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         waiting, free = self._waiting, self._free_list
         while waiting and free:
             transfer = waiting.popleft()
-            if transfer._abort:  # its client left while it waited
+            if transfer.aborted:  # its client left while it waited
                 transfer.error = CurlError(CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
                 self._resolve(transfer)
                 continue
@@ -138,7 +142,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             curl.info = transfer
             transfer.h2c = self.h2c is not None and self.h2c.on
             try:
-                transfer._setup(curl)
+                transfer.setup(curl)
             except Exception as e:  # a bad option value: fail this attempt, not the loop
                 curl.info = None
                 curl.reset()
@@ -154,9 +158,9 @@ class LazyCurlClient(CurlAsyncHTTPClient):
     def _started(self, curl: pycurl.Curl, transfer: Transfer) -> None:
         """``transfer`` runs on ``curl`` from now until curl or ``abort`` finishes it."""
         transfer.curl, transfer.client = curl, self
-        self._running[curl] = transfer
+        self.running[curl] = transfer
         if transfer.stall or transfer.first_byte:
-            transfer._quiet_since = transfer.begun = time.monotonic()
+            transfer.quiet_since = transfer.begun = time.monotonic()
             interval = min(self.SWEEP_SECONDS, max(0.05, transfer.sweep_every))
             sweeper = self._sweeper
             if sweeper is None or sweeper.callback_time > 1000 * interval:
@@ -167,7 +171,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
 
     def abort(self, curl: pycurl.Curl) -> None:
         """End the transfer running on ``curl`` now; it finishes with curl error 42."""
-        if curl not in self._running or getattr(curl, "info", None) is None:
+        if curl not in self.running or getattr(curl, "info", None) is None:
             return  # already finished: the handle may serve another request by now
         self._finish(curl, CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
         self._process_queue()  # a request may be waiting for this handle
@@ -239,7 +243,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         curl_message: str | None = None,
     ) -> None:
         curl.info = None
-        del self._running[curl]
+        del self.running[curl]
         transfer.curl = None  # from here on the handle belongs to the pool
         self._multi.remove_handle(curl)
         if transfer.h2c and self._h2c_refused(transfer, curl_error, curl_message):
@@ -256,7 +260,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             transfer.status = curl.getinfo(pycurl.RESPONSE_CODE)
         curl.reset()
         self._free_list.append(curl)
-        if not self._running:
+        if not self.running:
             self.idle_since = time.monotonic()
         self._resolve(transfer)
 
@@ -291,13 +295,13 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             future.set_result(transfer)
 
     def _sweep(self) -> None:
-        if not self._running:
+        if not self.running:
             return
         now = time.monotonic()
-        for transfer in list(self._running.values()):
+        for transfer in list(self.running.values()):
             if transfer.stalled(now):
                 transfer.timed_out = True  # classify_transport words the error from this
-                transfer.abort = True
+                transfer.abort()
 
 
 def _socket_errno(curl_error: int) -> int:

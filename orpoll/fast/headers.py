@@ -15,7 +15,7 @@ import re
 
 from tornado import http1connection, httputil
 
-from .limits import MAX_REQUEST_LINE_BYTES, line_too_long
+from ..limits import MAX_REQUEST_LINE_BYTES, line_too_long
 
 # RFC 9110: a field name is a token; a value is visible characters (obs-text included) with
 # spaces and tabs inside, the ones around it stripped. As tornado.httputil._ABNF.

@@ -75,7 +75,7 @@ def _head(handler: RequestHandler, last: bytes) -> tuple[IOStream, bytes] | None
     return stream, b"\r\n".join(lines)
 
 
-def start_stream(handler: RequestHandler, chunk: bytes) -> bool:
+def _start_stream(handler: RequestHandler, chunk: bytes) -> bool:
     """A stream's head with its first chunk, chunked (as ``write_headers`` frames it)."""
     head = _head(handler, b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n" % (len(chunk), chunk))
     if head is None:
@@ -87,7 +87,7 @@ def start_stream(handler: RequestHandler, chunk: bytes) -> bool:
     return True
 
 
-def respond(handler: RequestHandler) -> bool:
+def _respond(handler: RequestHandler) -> bool:
     """A whole response (a non-stream POST's): head, Content-Length and the written body in
     one send, then ``finish``'s bookkeeping. Not for statuses without a body, nor GET/HEAD
     (Tornado's finish adds an Etag to those)."""
@@ -111,7 +111,7 @@ def respond(handler: RequestHandler) -> bool:
     return True
 
 
-def end_stream(handler: RequestHandler) -> bool:
+def _end_stream(handler: RequestHandler) -> bool:
     """A stream's last chunk, then ``finish``'s bookkeeping (its flush would cost an empty
     IOStream write, and HTTP1Connection.finish another write for the last chunk)."""
     conn = handler.request.connection
@@ -133,3 +133,59 @@ def _finish(handler: RequestHandler, stream: IOStream, data: bytes) -> None:
     handler._finished = True
     handler.on_finish()
     handler._break_cycles()
+
+
+def _send_chunk(handler: RequestHandler, data: bytes) -> bool:
+    """A stream's chunk after its head: to the socket itself, framed as an HTTP/1.1 chunk,
+    when the IOStream has nothing queued; what the kernel does not take, and everything while
+    something is queued, through the IOStream in order. True while bytes wait for the client.
+    """
+    conn = handler.request.connection
+    stream = conn.stream  # type: ignore[union-attr]
+    # Only where Tornado itself frames chunks (HTTP/1.1 clients), on plain TCP.
+    direct = getattr(conn, "_chunking_output", False) and type(stream) is IOStream
+    if direct and not stream.writing() and not stream.closed():
+        # A chunk the kernel takes whole costs no write future and no callback.
+        framed = b"%x\r\n%b\r\n" % (len(data), data)
+        try:
+            sent = stream.socket.send(framed)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            handler.on_connection_close()
+            return False
+        if sent == len(framed):
+            return False
+        stream.write(framed[sent:])  # the rest in order, behind nothing else
+    else:
+        conn.write(data)  # type: ignore[union-attr]
+    return stream.writing()
+
+
+class FastWriter:
+    """A relay handler's answer written to the socket itself where it can be (see above), else
+    through Tornado's write path; the same interface as ``plain.PlainWriter``."""
+
+    fast = True
+    send_chunk = staticmethod(_send_chunk)
+
+    @staticmethod
+    def start_stream(handler: RequestHandler, chunk: bytes) -> None:
+        """A stream's head and first chunk."""
+        if _start_stream(handler, chunk):
+            return
+        handler.write(chunk)
+        handler.flush()
+        # The headers are on the wire and Tornado never reads them again; a stream may last
+        # minutes, so let go of the filled dict.
+        handler._headers = httputil.HTTPHeaders()
+
+    @staticmethod
+    def finish(handler: RequestHandler, streaming: bool) -> None:
+        """The end of the answer: a stream's last chunk, or a whole buffered answer."""
+        if handler._headers_written:
+            if streaming and _end_stream(handler):
+                return
+        elif not streaming and _respond(handler):
+            return
+        handler.finish()

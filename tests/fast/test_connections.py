@@ -12,8 +12,8 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.tcpclient import TCPClient
 
-from orpoll.app import _resume, start_eagerly
-from orpoll.connections import Server
+from orpoll.fast.connections import Server
+from orpoll.fast.eager import _resume, start_eagerly
 from orpoll.limits import Limits
 from tests.conftest import raw_chat_request
 
