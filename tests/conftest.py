@@ -43,6 +43,15 @@ from tests.fake_upstream import FakeOpenRouter, make_fake_app  # noqa: E402
 # The loop ``python run.py`` runs by default (EVENT_LOOP), for every in-process test too.
 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
+# FAST=0 runs the suite on the fallbacks (Tornado's and pycurl's public APIs only).
+FAST = os.environ.get("FAST", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def fast_only(reason: str):
+    """Skip a test of a fast path's own behaviour under FAST=0, saying what the fallback lacks."""
+    return pytest.mark.skipif(not FAST, reason=f"FAST=0: {reason}")
+
+
 KEYS = ["sk-or-v1-test-aaaa1111", "sk-or-v1-test-bbbb2222", "sk-or-v1-test-cccc3333"]
 
 
@@ -90,7 +99,7 @@ def env(upstream_url, keys, tmp_path) -> dict[str, str]:
         "DATA_DIR": str(tmp_path / "data"),
         "ADMIN_PASSWORD": "test-admin-password",
         "LOG_LEVEL": "debug",
-        "FAST": os.environ.get("FAST", "1"),  # the suite runs both ways
+        "FAST": "1" if FAST else "0",  # the suite runs both ways
     }
 
 

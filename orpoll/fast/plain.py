@@ -19,6 +19,7 @@ import pycurl
 import tornado.httpserver
 from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.ioloop import PeriodicCallback
 from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 
@@ -93,22 +94,24 @@ class PlainWriter:
 class PlainPool:
     """Transfers on Tornado's CurlAsyncHTTPClient through its public ``fetch``."""
 
+    SWEEP_SECONDS = 1.0
+
     def __init__(self, limit: int) -> None:
         self.client = CurlAsyncHTTPClient(
             force_instance=True, max_clients=min(limit, PLAIN_MAX_CLIENTS), max_body_size=BODY_LIMIT
         )
+        self.running: set[Transfer] = set()
+        self.sweeper: PeriodicCallback | None = None
 
     def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:
         """As the fast pool's ``send``: the future gives ``transfer`` back done, never raises."""
-        future = asyncio.ensure_future(self._run(transfer))
-        transfer.future = future
-        return future
+        return asyncio.ensure_future(self._run(transfer))
 
     async def _run(self, transfer: Transfer) -> Transfer:
         if transfer.aborted:
             transfer.error = CurlError(CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
             return transfer
-        watch = _Progress(transfer)
+        watch = _Watch(transfer)
         request = HTTPRequest(
             transfer.url,
             method=transfer.method,
@@ -120,22 +123,49 @@ class PlainPool:
             user_agent=USER_AGENT,
             decompress_response=True,
             ca_certs=transfer.ca_bundle or None,
-            header_callback=transfer.on_header_line,
-            streaming_callback=transfer.write if transfer.on_chunk is not None else None,
+            follow_redirects=False,
+            header_callback=watch.on_header_line,
+            streaming_callback=watch.on_chunk if transfer.on_chunk is not None else None,
             prepare_curl_callback=watch.prepare,
         )
         transfer.begun = time.monotonic()
+        self._watch(transfer)
         try:
             response = await self.client.fetch(request, raise_error=False)
         except CurlError as e:
-            transfer.error = e
+            transfer.error = e.with_traceback(None)  # its frames would hold the transfer
         except HTTPClientError as e:  # Tornado's own 599s (a body over max_body_size)
             transfer.error = CurlError(e.code, e.message or "")
         else:
             _take(transfer, response)
+        finally:
+            self.running.discard(transfer)
+            transfer.curl = transfer.client = None  # the handle goes back to Tornado
+        watch.release()
         return transfer
 
+    def _watch(self, transfer: Transfer) -> None:
+        """Time ``transfer`` (its first-byte and stall limits) with a sweep, as the fast pool."""
+        if not (transfer.stall or transfer.first_byte):
+            return
+        self.running.add(transfer)
+        interval = min(self.SWEEP_SECONDS, max(0.05, transfer.sweep_every))
+        if self.sweeper is None or self.sweeper.callback_time > 1000 * interval:
+            if self.sweeper is not None:
+                self.sweeper.stop()
+            self.sweeper = PeriodicCallback(self._sweep, 1000 * interval)
+            self.sweeper.start()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for transfer in list(self.running):
+            if transfer.stalled(now):
+                transfer.timed_out = True  # classify_transport words the error from this
+                transfer.abort()
+
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self.client.close()
 
 
@@ -157,29 +187,58 @@ def _take(transfer: Transfer, response: HTTPResponse) -> None:
     response.error = None  # Tornado links the two both ways: a cycle that outlives the request
 
 
-class _Progress:
-    """curl's progress callback for one transfer: ends it when it is aborted, or when it is
-    silent past its first-byte or stall limit (``Transfer.stalled_at`` judges)."""
+class _Watch:
+    """One transfer's callbacks: curl's progress callback ends it once it is aborted (by the
+    relay, or by the pool's sweep past its first-byte or stall limit); and its chunks reach the
+    transfer after its headers.
 
-    __slots__ = ("transfer",)
+    Tornado queues each header line for the loop, but hands over the chunks of a transfer that
+    finishes within one socket event at once: those would come before the status that says what
+    they are. They wait here for the header block's end.
+    """
+
+    __slots__ = ("transfer", "held")
 
     def __init__(self, transfer: Transfer) -> None:
         self.transfer = transfer
+        self.held: list[bytes] | None = []  # None once the header block is complete
 
     def prepare(self, curl: pycurl.Curl) -> None:
+        self.transfer.curl, self.transfer.client = curl, self  # for abort() and the sweep
         curl.setopt(pycurl.VERBOSE, 0)  # Tornado turns it on at DEBUG: keys in the log
         curl.setopt(pycurl.NOPROGRESS, 0)
         curl.setopt(pycurl.XFERINFOFUNCTION, self.check)
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
 
-    def check(self, _dltotal: int, dlnow: int, _ultotal: int, ulnow: int) -> int:
-        t = self.transfer
-        if t.aborted:
-            return 1
-        if t.stalled_at(time.monotonic(), dlnow, dlnow + ulnow):
-            t.timed_out = True
-            return 1
-        return 0
+    def check(self, *_sizes: int) -> int:
+        return 1 if self.transfer.aborted else 0
+
+    def abort(self, curl: pycurl.Curl) -> None:
+        """Wake curl for this transfer now (pausing and resuming it makes curl run it at once),
+        so that its progress callback sees the abort: idle, curl would not call it."""
+        try:
+            curl.pause(pycurl.PAUSE_ALL)
+            curl.pause(pycurl.PAUSE_CONT)
+        except pycurl.error:
+            pass
+
+    def on_header_line(self, line: str) -> None:
+        if line.startswith("HTTP/"):
+            self.held = self.held or []
+        self.transfer.on_header_line(line)
+        if not line.strip():
+            self.release()
+
+    def on_chunk(self, chunk: bytes) -> None:
+        if self.held is not None:
+            self.held.append(chunk)
+        else:
+            self.transfer.write(chunk)
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        for chunk in held or ():
+            self.transfer.write(chunk)
 
 
 def quiet_curl(curl: pycurl.Curl) -> None:
