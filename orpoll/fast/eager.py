@@ -49,9 +49,11 @@ class SmallBodyFirst(httputil.HTTPMessageDelegate):
     def finish(self) -> None:
         if self.held is None:
             return self.inner.finish()
-        # What tornado.web._HandlerDelegate.execute does for a streamed body, in an order that
-        # lets the handler run straight through: its body (data_received may run before
-        # prepare) and the body's future are done before it starts.
+        # What tornado.web._HandlerDelegate.finish and execute do for a streamed body, in an
+        # order that lets the handler run straight through: its body (data_received may run
+        # before prepare) and the body's future are done before it starts. Differs: no
+        # _prepared_future (nothing waits for it: the body is read), and no template and static
+        # cache resets (Tornado's debug mode only, which orpoll does not run).
         self.held, d = None, self.inner
         d.request._body_future = done = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -89,7 +91,8 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
     except StopIteration:
         return None
     task = asyncio.ensure_future(_resume(coro, waited))
-    task.add_done_callback(lambda f: f.result())  # as Tornado: an escaped error is logged
+    # As tornado.web._HandlerDelegate.execute: an escaped error is logged, a cancellation not.
+    task.add_done_callback(lambda f: f.cancelled() or f.result())
     return task
 
 
