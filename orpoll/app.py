@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jinja2
 import tornado.web
 
 from . import fast
+from .access import Traffic, log_request
 from .admission import Admission
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .catalog import ModelCatalog
@@ -21,14 +20,12 @@ from .handlers import admin, admin_keys, admin_settings, api
 from .handlers.base import NotFoundHandler
 from .handlers.static import StaticHandler
 from .health import HealthChecker
-from .keylist import parse_key_text, parse_keys
-from .keys import CooldownPolicy, key_id, mask
-from .logs import log_request, plural
+from .keys import CooldownPolicy
 from .scheduler import KeyScheduler
-from .store import Store, WriteBehind, ensure_secret, load_pool
+from .seeding import seed_pool
+from .store import Store, WriteBehind, ensure_secret
 from .upstream import OpenRouterClient
 
-log = logging.getLogger("orpoll")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,44 +36,6 @@ def policy_of(config: Settings) -> CooldownPolicy:
         credit=config.key_credit_cooldown,
         max_failures=config.key_max_failures,
     )
-
-
-class Traffic:
-    """Requests to /v1 and how many failed (status >= 400, or a stream that broke after its
-    200), per minute over the last hour. Requests refused for a wrong client key are counted
-    apart (``rejected``): they say nothing about the upstream."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self.ring = [[-1, 0, 0, 0] for _ in range(60)]  # [minute, requests, errors, rejected]
-        self.requests = self.errors = self.rejected = 0  # since start
-
-    def record(self, status: int, *, broken: bool = False, rejected: bool = False) -> None:
-        minute = int(self.clock() // 60)
-        slot = self.ring[minute % 60]
-        if slot[0] != minute:
-            slot[:] = [minute, 0, 0, 0]
-        if rejected:
-            slot[3] += 1
-            self.rejected += 1
-            return
-        failed = status >= 400 or broken
-        slot[1] += 1
-        slot[2] += failed
-        self.requests += 1
-        self.errors += failed
-
-    def summary(self) -> dict[str, int]:
-        minute = int(self.clock() // 60)
-        live = [slot for slot in self.ring if 0 <= minute - slot[0] < 60]
-        return {
-            "requests_last_hour": sum(slot[1] for slot in live),
-            "errors_last_hour": sum(slot[2] for slot in live),
-            "requests_total": self.requests,
-            "errors_total": self.errors,
-            "rejected_last_hour": sum(slot[3] for slot in live),
-            "rejected_total": self.rejected,
-        }
 
 
 class OrpollApp(tornado.web.Application):
@@ -164,35 +123,6 @@ class OrpollApp(tornado.web.Application):
         self.health.restart_if_running()
 
 
-def load_env_keys(scheduler: KeyScheduler, text: str) -> int:
-    """Add OPENROUTER_API_KEYS to the pool; logs rejected entries; returns how many were added."""
-    entries, problems, notes, *_ = parse_key_text(text)
-    for problem in problems:
-        log.warning("OPENROUTER_API_KEYS: %s", problem)
-    for note in notes:
-        log.info("OPENROUTER_API_KEYS: %s", note)
-    added = sum(1 for key, weight in entries if scheduler.add(key, weight) is not None)
-    if entries:
-        log.info(
-            "loaded %s (%s)",
-            plural(added, "key"),
-            ", ".join(mask(k) for k, _ in entries[:3]) + (", ..." if len(entries) > 3 else ""),
-        )
-    return added
-
-
-def note_env_keys(scheduler: KeyScheduler, text: str) -> None:
-    """Once the store holds keys it is the pool; say so if OPENROUTER_API_KEYS differs."""
-    entries, _ = parse_keys(text)
-    missing = sum(1 for key, _ in entries if key_id(key) not in scheduler.keys)
-    if missing:
-        log.warning(
-            "OPENROUTER_API_KEYS lists %s not in the store, ignored "
-            "(the store seeded from it once; add keys in the admin or POST /admin/add-keys)",
-            plural(missing, "key"),
-        )
-
-
 def make_app(config: Settings, **overrides: Any) -> OrpollApp:
     """Build the app; ``overrides`` may supply ready collaborators (scheduler, upstream, store,
     ...) or Tornado settings (the test seam).
@@ -206,11 +136,7 @@ def make_app(config: Settings, **overrides: Any) -> OrpollApp:
     env_config, config = config, overlay_settings(config, store.load_settings())
     scheduler = overrides.pop("scheduler", None) or KeyScheduler(policy_of(config))
     upstream = overrides.pop("upstream", None) or OpenRouterClient(config)
-    if load_pool(store, scheduler):
-        note_env_keys(scheduler, config.openrouter_api_keys)
-    else:
-        load_env_keys(scheduler, config.openrouter_api_keys)
-        store.insert_keys(list(scheduler))
+    seed_pool(store, scheduler, config.openrouter_api_keys)
     return OrpollApp(
         config,
         env_config=env_config,

@@ -8,7 +8,6 @@ of a non-stream request's CPU and could freeze every stream behind a full pipe.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import select
@@ -16,14 +15,12 @@ import stat
 import sys
 import threading
 import time
-from typing import Any
 
 import orjson
-import tornado.web
 
 from .config import Settings
 
-access_log = logging.getLogger("orpoll.access")
+access_log = logging.getLogger("orpoll.access")  # its lines are written by access.py
 
 
 class LoopLogHandler(logging.Handler):
@@ -274,80 +271,3 @@ def setup_logging(config: Settings) -> None:
     root.setLevel(config.log_level_number)
     # Tornado's own access log would duplicate ours.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
-
-
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One access line per request; relayed requests add model, keys tried and timings.
-
-    Every handler passes here, Tornado's own (static files) too: those have no request id.
-    """
-    status = handler.get_status()
-    req = handler.request
-    attempts = getattr(handler, "attempts", None)
-    broken = attempts.broken if attempts is not None else ""  # a stream failed after its 200
-    if req.path.startswith("/v1/"):
-        # A 401 before any attempt is our own client-key check: not the upstream's failure.
-        rejected = status == 401 and not (attempts is not None and attempts.items)
-        handler.application.traffic.record(status, broken=bool(broken), rejected=rejected)
-    level = logging.WARNING if status >= 500 or status == 429 or broken else logging.INFO
-    if not access_log.isEnabledFor(level):
-        return
-    rid = getattr(handler, "request_id", "-")
-    total = 1000.0 * req.request_time()
-    if attempts is None:
-        line = f"{rid} {status} {req.method} {req.path} {total:.1f}ms"
-    else:
-        first = attempts.first_byte
-        ttfb = f"{1000.0 * (first - started_at(req)):.1f}ms" if first else "-"
-        model = getattr(handler, "model", None) or "-"
-        stream = "true" if getattr(handler, "streaming", False) else "false"
-        line = (
-            f"{rid} {status} {req.method} {req.path} model={model} "
-            f"stream={stream} keys={attempts} ttfb={ttfb} total={total:.1f}ms"
-        )
-    if broken:
-        line += " failed=stream-broke"
-    note = getattr(handler, "error_note", None) or broken
-    if note:  # JSON-quoted: an upstream message cannot start a log line of its own
-        line += " error=" + json.dumps(note[:300], ensure_ascii=False)
-    sink = direct_sink(access_log)
-    if sink is None:
-        access_log.log(level, "%s", line, extra={"access": access_fields(handler, total)})
-    elif sink.structured:
-        sink.record(level, access_log.name, line, access_fields(handler, total))
-    else:
-        sink.line(level, access_log.name, line)
-
-
-def started_at(req: Any) -> float:
-    """When Tornado began the request (the wall clock its ``request_time()`` counts from)."""
-    return time.time() - req.request_time()
-
-
-def access_fields(handler: tornado.web.RequestHandler, total: float) -> dict[str, Any]:
-    """The access line's fields, for LOG_FORMAT=json (built only there)."""
-    req = handler.request
-    attempts = getattr(handler, "attempts", None)
-    fields: dict[str, Any] = {
-        "request_id": getattr(handler, "request_id", None),
-        "status": handler.get_status(),
-        "method": req.method,
-        "path": req.path,
-        "model": None,
-        "stream": None,
-        "keys": None,
-        "ttfb_ms": None,
-        "total_ms": round(total, 1),
-        "error": None,
-        "client": req.remote_ip,
-    }
-    if attempts is not None:
-        first = attempts.first_byte
-        fields["model"] = getattr(handler, "model", None)
-        fields["stream"] = bool(getattr(handler, "streaming", False))
-        fields["keys"] = [{"id": k, "verdict": v, "status": s} for k, v, s in attempts.items]
-        fields["ttfb_ms"] = round(1000.0 * (first - started_at(req)), 1) if first else None
-    note = getattr(handler, "error_note", None)
-    if note:
-        fields["error"] = note[:300]
-    return fields
