@@ -16,15 +16,15 @@ from collections import Counter
 import pytest
 from tornado.httputil import HTTPServerRequest
 
+from orpoll.attempt import Attempt, Attempts
 from orpoll.fast.transfer import Transfer
 from orpoll.handlers.api import RelayHandler
-from orpoll.relay import Attempts, _Attempt
 from tests.conftest import FAST, KEYS
 
 A, B, C = KEYS
 PAID = "openai/gpt-4o"
 MSG = [{"role": "user", "content": "hi"}]
-OURS = (RelayHandler, _Attempt, Transfer, Attempts, HTTPServerRequest)
+OURS = (RelayHandler, Attempt, Transfer, Attempts, HTTPServerRequest)
 
 
 @pytest.fixture
