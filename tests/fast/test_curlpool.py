@@ -13,7 +13,10 @@ import pytest
 from orpoll.fast import heap
 from orpoll.fast.shards import SHARD_TRANSFERS
 from orpoll.keys import key_id
+from tests.conftest import fast_only
 from tests.test_streaming import assert_clean_sse, expected_stream, stream_raw, wait_for
+
+pytestmark = fast_only("the fallback pool is one Tornado curl client: no shards, no queue")
 
 
 @pytest.fixture
