@@ -66,7 +66,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     if req.path.startswith("/v1/"):
         # A 401 before any attempt is our own client-key check: not the upstream's failure.
         rejected = status == 401 and not (attempts is not None and attempts.items)
-        handler.application.traffic.record(status, broken=bool(broken), rejected=rejected)
+        traffic = handler.application.traffic  # type: ignore[attr-defined]  # OrpollApp's
+        traffic.record(status, broken=bool(broken), rejected=rejected)
     level = logging.WARNING if status >= 500 or status == 429 or broken else logging.INFO
     if not access_log.isEnabledFor(level):
         return

@@ -16,8 +16,8 @@ streams)
   - ``IOStream._check_max_bytes``: replaced per stream for that 431/414 answer.
   - ``IOStream._write_futures``, ``_write_buffer._buffers``: deques swapped for lazy ones,
     most of an idle stream's memory.
-  - ``TCPServer._sockets``, ``_handlers``, ``_handle_connection``: the accept loop that pauses
-    when out of file descriptors instead of spinning.
+  - ``TCPServer._sockets``, ``_handlers``, ``_handle_connection``: the accept loop
+    (``accept.py``) that pauses when out of file descriptors instead of spinning.
   - ``HTTPServer._connections``, ``httpserver._HTTPRequestContext``: ``handle_stream`` as
     Tornado's, with our connection class.
 

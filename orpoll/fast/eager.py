@@ -20,7 +20,7 @@ class SmallBodyFirst(httputil.HTTPMessageDelegate):
     Such a handler starts on the headers, so it can refuse a huge body with an OpenAI-shaped 413
     before reading it. The price is two extra event-loop passes per request (Tornado wakes the
     connection after ``prepare`` and the handler after the body), each a wait behind every other
-    ready event: about 1-2 ms of the time to first chunk under 200 streams. A body whose
+    ready event, which under load delays the first chunk. A body whose
     Content-Length is at most SMALL_BODY and MAX_REQUEST_BODY_BYTES (nearly every chat request)
     is read first and handed over at once, and the handler then runs at once, in this pass
     (``start_eagerly``), up to its first real wait (the upstream's answer): Tornado would start
@@ -54,7 +54,8 @@ class SmallBodyFirst(httputil.HTTPMessageDelegate):
         # before prepare) and the body's future are done before it starts. Differs: no
         # _prepared_future (nothing waits for it: the body is read), and no template and static
         # cache resets (Tornado's debug mode only, which orpoll does not run).
-        self.held, d = None, self.inner
+        self.held = None
+        d: Any = self.inner  # tornado.web._HandlerDelegate
         d.request._body_future = done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         handler = d.handler = d.handler_class(d.application, d.request, **d.handler_kwargs)
@@ -81,8 +82,8 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
     """Run ``coro`` now up to its first wait, then on in a Task (None if it ended already).
 
     Python 3.12's eager tasks, for 3.11: ``asyncio.ensure_future`` would run the first step
-    in the next loop pass, behind every event that is ready by then. Under 200 streams that
-    wait was 0.7-3 ms of the time to first chunk (p50; p99 9-14 ms). The step runs in the
+    in the next loop pass, behind every event that is ready by then, which under load delays
+    the first chunk. The step runs in the
     caller's context and task, so the coroutine must not rely on ``asyncio.current_task()``
     before its first wait (RequestHandler._execute does not).
     """

@@ -25,8 +25,8 @@ class CurlPool:
 
     Each time a transfer starts, libcurl walks every connection its multi holds to that host,
     busy ones included, looking for one to reuse. With thousands of streams open on
-    HTTP/1.1 (one connection each) that walk was ~15% of the proxy's CPU (bench
-    slow_streams, 9,950 streams). Each multi has its own connection cache, so the walk stays
+    HTTP/1.1 (one connection each) that walk took much of the proxy's CPU. Each multi has
+    its own connection cache, so the walk stays
     within a shard. A transfer goes to the first shard with a free slot, so a light load runs
     on the first one alone and reuses its connections. The shards share one waiting queue:
     when all ``limit`` slots are busy, whichever shard frees a handle first starts the oldest
@@ -53,10 +53,9 @@ class CurlPool:
             force_instance=True, max_clients=size, max_body_size=BODY_LIMIT, waiting=self.waiting
         )
         # UPSTREAM_H2C: a burst's transfers multiplex (no TCP connection per stream, and one
-        # socket event brings many streams' chunks: 9,950 streams went from ~1,750 late by
-        # over 1 s to 0, and 8% less CPU). The first shard's HTTP/1.1 connections, kept alive
-        # and reused, cost libcurl less per chunk: 200 streams over HTTP/2 took 4-8% more CPU
-        # and 0.3 ms more to the first chunk (p50).
+        # socket event brings many streams' chunks: fewer late chunks and less CPU). The first
+        # shard's HTTP/1.1 connections, kept alive and reused, cost libcurl less per chunk
+        # than HTTP/2 does, so the first shard keeps HTTP/1.1.
         shard.h2c = self.h2c if self.shards else None
         self.shards.append(shard)
         if len(self.shards) == 2 and self._trimmer is None:
@@ -64,7 +63,7 @@ class CurlPool:
             # mmap'd (heap.py).
             heap.burst(True)
             every = 1000 * min(10.0, max(0.05, self.idle_seconds / 4))
-            self._trimmer = PeriodicCallback(self.trim, every)
+            self._trimmer = PeriodicCallback(self._trim, every)
             self._trimmer.start()
         return shard
 
@@ -88,6 +87,9 @@ class CurlPool:
             heap.release_heap()
             log.info("closed %s after a burst", plural(len(idle), "idle upstream pool"))
         return len(idle)
+
+    def _trim(self) -> None:
+        self.trim()
 
     def send(self, transfer: Transfer) -> asyncio.Future[Transfer]:
         """As ``LazyCurlClient.send``, on the first shard with a free slot."""

@@ -1,7 +1,7 @@
 """``Transfer``: one upstream attempt, as orpoll's own request object on a curl handle.
 
-Split from curlpool.py to keep modules under ~400 lines. With curlpool.py
-and upstream.py, the only modules importing pycurl; curlpool.LazyCurlClient runs transfers.
+``curlpool.LazyCurlClient`` runs transfers (the fast path); ``plain.PlainPool`` runs them
+through Tornado's public ``fetch`` (FAST=0).
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pycurl
 from tornado.curl_httpclient import CurlError
-
-if TYPE_CHECKING:
-    from .curlpool import LazyCurlClient
 
 log = logging.getLogger("orpoll.upstream")
 _HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
@@ -35,21 +32,27 @@ _NO_LINES: list[bytes] = []
 _NOSIGNAL = bool(pycurl.version_info()[4] & pycurl.VERSION_ASYNCHDNS)
 
 
+class Aborter(Protocol):
+    """What runs a transfer, as far as ``Transfer.abort`` needs it."""
+
+    def abort(self, curl: pycurl.Curl) -> None: ...
+
+
 class Transfer:
     """One upstream attempt, from request to result: what curl needs to send it, what came back,
     an abort switch and a stall timer.
 
     It is its own request object: ``LazyCurlClient.send`` runs it on a curl handle without
-    Tornado's HTTPRequest, header dicts and HTTPResponse (about 4 KB and 40 us per request that
-    nothing here reads). The result is on the transfer itself: ``status``, ``header()``,
+    Tornado's HTTPRequest, header dicts and HTTPResponse (memory and time per request for
+    what nothing here reads). The result is on the transfer itself: ``status``, ``header()``,
     ``body()`` (buffered mode), or ``error`` when it failed below HTTP.
 
     ``stall`` (seconds, 0 = off) ends a transfer that moves no body byte for that long, before
     the first byte or between chunks; ``first_byte`` (seconds, 0 = off) ends one that has
     received no body byte at all that long after it started; ``timed_out`` tells that one of
-    them is why it ended. Both the
-    abort and the stall check work without a per-transfer curl progress callback (that was
-    two Python calls per chunk, ~6% of a stream's CPU): see LazyCurlClient.
+    them is why it ended. On the fast pool, both the abort and the stall check work without a
+    per-transfer curl progress callback (two Python calls per chunk): see LazyCurlClient.
+    On the fallback (``plain.PlainPool``) they go through that callback.
     """
 
     __slots__ = (
@@ -85,7 +88,7 @@ class Transfer:
         self.headers: list[bytes] = []
         self._abort = False
         self.curl: pycurl.Curl | None = None  # the handle, while the transfer runs
-        self.client: LazyCurlClient | None = None
+        self.client: Aborter | None = None  # what runs it, while it runs
         self.on_chunk = on_chunk  # None: buffer the body (``body()``)
         self.stall = 0.0
         self.first_byte = 0.0
@@ -229,8 +232,8 @@ class Transfer:
         elif self.h2c:
             curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
             curl.setopt(pycurl.PIPEWAIT, 1)
-        # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are sent
-        # from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB per stream).
+        # libcurl's default upload buffer is most of a stream's memory; bodies are sent from
+        # memory, so its minimum size costs nothing.
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
         body = self.payload
         if body is not None:

@@ -2,16 +2,15 @@
 
 Tornado writes a response through ``RequestHandler.write``/``flush``/``finish`` and
 ``HTTP1Connection.write_headers``/``write``/``finish``: per write a Future, an IOStream write
-with its own Future and done-callback, and for the head a CR/LF regex per line. In A/Bs
-(bench.ab, in the commits), writing directly saved ~37 us per stream head and ~34 us per
-stream end (5% of a stream's CPU each) and ~22 us per non-stream answer (11%); per stream
-chunk (inline in api.RelayHandler.send) 14%. Each is one ``send`` when the client is an
+with its own Future and done-callback, and for the head a CR/LF regex per line: a real
+share of a stream's and a short answer's CPU (bench/README.md). Each is one ``send`` when the
+client is an
 HTTP/1.1 keep-alive client on plain TCP with nothing queued, and the connection is left in
 the state Tornado's own calls would leave (``_chunking_output``,
 ``_expected_content_remaining``, ``_pending_write``), so ``HTTP1Connection.finish`` and the
 next request on the connection go on as usual. Every other case returns False or None, and
-the caller takes Tornado's path. Relies on those HTTP1Connection attributes, stable across
-Tornado 6.x (pinned < 7), as connections.py does.
+the caller takes Tornado's path. ``FastWriter`` is what relay handlers use; its fallback is
+``plain.PlainWriter``.
 """
 
 from __future__ import annotations
@@ -118,7 +117,8 @@ def _end_stream(handler: RequestHandler) -> bool:
     stream = idle_stream(handler)
     if stream is None or not getattr(conn, "_chunking_output", False) or handler._write_buffer:
         return False
-    conn._chunking_output = False  # the last chunk is written here: finish() must not add one
+    # The last chunk is written here: finish() must not add one.
+    conn._chunking_output = False  # type: ignore[union-attr]
     _finish(handler, stream, END)
     return True
 

@@ -10,6 +10,7 @@ import tornado.web
 
 from .. import errors, paths, sse
 from ..auth import bearer
+from ..fast import Transfer
 from ..relay import Attempts, Relay
 from .base import ApiHandler, BaseHandler
 
@@ -26,7 +27,7 @@ class RelayHandler(ApiHandler):
     # Class defaults: on_connection_close also runs when prepare() raised before setting them
     # (a 401 or 413 answered before the body was read closes the connection).
     client_gone = False
-    transfer = None
+    transfer: Transfer | None = None
     counted = False  # holds an in-flight slot
     client = b""  # the client key whose admission slot it holds
     buffer_small_bodies = True  # see fast.SmallBodyFirst: such bodies arrive before prepare()
@@ -253,7 +254,7 @@ class PassThroughHandler(RelayHandler):
         # Multipart etc. go as they are; a POST that says JSON must be JSON, even when empty.
         said_json = "json" in ctype.lower()
         if (body and (not ctype or said_json)) or (said_json and self.request.method == "POST"):
-            obj = parse_json_body(body)
+            obj = parse_json_body(body or b"")
             model = obj.get("model") if isinstance(obj.get("model"), str) else None
             stream = obj.get("stream") is True
             del obj  # as in ChatHandler: only the bytes are kept while the answer streams

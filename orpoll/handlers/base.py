@@ -15,7 +15,7 @@ from ..auth import client_key_ok
 if TYPE_CHECKING:
     from ..app import OrpollApp
     from ..config import Settings
-    from ..keys import KeyScheduler
+    from ..scheduler import KeyScheduler
     from ..upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.api")
@@ -65,7 +65,7 @@ class BaseHandler(tornado.web.RequestHandler):
                 "uncaught exception in %s (request %s)",
                 self._request_summary(),
                 self.request_id,
-                exc_info=(typ, value, tb),
+                exc_info=value,
             )
 
     def write_json(self, obj: Any, status: int = 200) -> None:
@@ -95,7 +95,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if exc.headers.get("Connection") == "close":
             # Tornado keeps a connection open whatever the response's Connection header says;
             # close it once the answer is out.
-            sent.add_done_callback(lambda _: self.request.connection.close())
+            conn = self.request.connection
+            if conn is not None:
+                sent.add_done_callback(lambda _: conn.close())  # type: ignore[attr-defined]
 
 
 class ApiHandler(BaseHandler):
