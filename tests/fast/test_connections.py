@@ -1,5 +1,5 @@
 """Client connections: the idle timeout (a sweep, not a timer per request), and handlers that
-start in the pass that read their request (app.start_eagerly)."""
+start in the pass that read their request (fast.start_eagerly)."""
 
 from __future__ import annotations
 
