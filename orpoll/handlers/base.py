@@ -61,9 +61,12 @@ class BaseHandler(tornado.web.RequestHandler):
             msg = value.log_message
             self.error_note = msg % value.args if msg and value.args else msg
         else:  # Tornado's own line adds a repr of the request
+            req = self.request
             log.error(
-                "uncaught exception in %s (request %s)",
-                self._request_summary(),
+                "uncaught exception in %s %s (%s) (request %s)",
+                req.method,
+                req.uri,
+                req.remote_ip,
                 self.request_id,
                 exc_info=value,
             )
