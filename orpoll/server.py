@@ -21,7 +21,7 @@ from tornado.netutil import bind_sockets
 from . import __version__, cli
 from .app import OrpollApp, make_app
 from .config import ConfigError, Settings, load_dotenv_file
-from .fast import make_server
+from .fast import HttpServer, make_server
 from .logs import plural, setup_logging
 from .store import StoreError
 
@@ -204,7 +204,7 @@ def is_loopback(host: str) -> bool:
         return False  # "", a name: possibly every interface
 
 
-async def drain(app: OrpollApp, server: Any, grace: float) -> None:
+async def drain(app: OrpollApp, server: HttpServer, grace: float) -> None:
     """Graceful shutdown: stop listening at once (requests on kept-alive connections are
     answered 503 while ``app.draining``), let requests and streams in flight finish within
     ``grace`` seconds, end the streams still open with an error event and ``[DONE]``, close

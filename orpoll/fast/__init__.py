@@ -71,6 +71,7 @@ __all__ = [
     "BODY_LIMIT",
     "CURLE_SETUP_FAILED",
     "ERROR_BODY_LIMIT",
+    "HttpServer",
     "SMALL_BODY",
     "SmallBodyFirst",
     "Transfer",
@@ -84,10 +85,11 @@ __all__ = [
 ]
 
 Writer = type[FastWriter] | type[PlainWriter]
+HttpServer = Server | PlainServer
 Pool = CurlPool | PlainPool
 
 
-def make_server(app: Any, *, fast: bool = True, **kwargs: Any) -> Server | PlainServer:
+def make_server(app: Any, *, fast: bool = True, **kwargs: Any) -> HttpServer:
     """The HTTP server for ``app``: orpoll's (``connections.Server``) or Tornado's own."""
     return (Server if fast else PlainServer)(app, **kwargs)
 
