@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 
 from bench import loadgen, procs
-from orpoll.upstream import SHARD_IDLE_SECONDS
+from orpoll.fast.shards import SHARD_IDLE_SECONDS
 
 
 @dataclass

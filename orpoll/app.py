@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import logging
 import os
 import time
-import types
-from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import jinja2
 import tornado.web
-from tornado import httputil, iostream
 
+from . import fast
+from .access import Traffic, log_request
 from .admission import Admission
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .backfill import Backfill
@@ -24,19 +21,17 @@ from .handlers import admin, admin_keys, admin_settings, admin_usage, api
 from .handlers.base import NotFoundHandler
 from .handlers.static import StaticHandler
 from .health import HealthChecker
-from .keylist import parse_key_text, parse_keys
-from .keys import CooldownPolicy, key_id, mask
+from .keys import CooldownPolicy
 from .ledger import Ledger
-from .logs import log_request, plural
 from .metrics import Collector, make_registry, pool_figures
 from .overlay import overlay_settings
 from .scheduler import KeyScheduler
 from .seal import ensure_secret
+from .seeding import seed_pool
 from .store import Store
 from .upstream import OpenRouterClient
-from .writebehind import WriteBehind, load_pool
+from .writebehind import WriteBehind
 
-log = logging.getLogger("orpoll")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,44 +42,6 @@ def policy_of(config: Settings) -> CooldownPolicy:
         credit=config.key_credit_cooldown,
         max_failures=config.key_max_failures,
     )
-
-
-class Traffic:
-    """Requests to /v1 and how many failed (status >= 400, or a stream that broke after its
-    200), per minute over the last hour. Requests refused for a wrong client key are counted
-    apart (``rejected``): they say nothing about the upstream."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
-        self.ring = [[-1, 0, 0, 0] for _ in range(60)]  # [minute, requests, errors, rejected]
-        self.requests = self.errors = self.rejected = 0  # since start
-
-    def record(self, status: int, *, broken: bool = False, rejected: bool = False) -> None:
-        minute = int(self.clock() // 60)
-        slot = self.ring[minute % 60]
-        if slot[0] != minute:
-            slot[:] = [minute, 0, 0, 0]
-        if rejected:
-            slot[3] += 1
-            self.rejected += 1
-            return
-        failed = status >= 400 or broken
-        slot[1] += 1
-        slot[2] += failed
-        self.requests += 1
-        self.errors += failed
-
-    def summary(self) -> dict[str, int]:
-        minute = int(self.clock() // 60)
-        live = [slot for slot in self.ring if 0 <= minute - slot[0] < 60]
-        return {
-            "requests_last_hour": sum(slot[1] for slot in live),
-            "errors_last_hour": sum(slot[2] for slot in live),
-            "requests_total": self.requests,
-            "errors_total": self.errors,
-            "rejected_last_hour": sum(slot[3] for slot in live),
-            "rejected_total": self.rejected,
-        }
 
 
 class OrpollApp(tornado.web.Application):
@@ -103,6 +60,7 @@ class OrpollApp(tornado.web.Application):
         self.config = config
         self.env_config = env_config or config  # before admin edits (what "reset" returns to)
         self.scheduler, self.upstream, self.store = scheduler, upstream, store
+        self.writer = fast.writer(config.fast)  # how relay handlers write to their clients
         self.health = health or HealthChecker(scheduler, upstream, lambda: self.config)
         self.catalog = ModelCatalog(
             lambda: upstream.get_json(self.config.openrouter_models_url), ttl=config.models_cache
@@ -160,8 +118,9 @@ class OrpollApp(tornado.web.Application):
 
     def get_handler_delegate(self, request, target_class, *args: Any, **kwargs: Any):
         delegate = super().get_handler_delegate(request, target_class, *args, **kwargs)
-        if getattr(target_class, "buffer_small_bodies", False):
-            return SmallBodyFirst(delegate, min(SMALL_BODY, self.config.max_body_bytes))
+        if self.writer.fast and getattr(target_class, "buffer_small_bodies", False):
+            limit = min(fast.SMALL_BODY, self.config.max_body_bytes)
+            return fast.SmallBodyFirst(delegate, limit)
         return delegate
 
     def next_request_id(self) -> str:
@@ -187,139 +146,6 @@ class OrpollApp(tornado.web.Application):
         self.health.restart_if_running()
 
 
-SMALL_BODY = 256 * 1024
-
-
-class SmallBodyFirst(httputil.HTTPMessageDelegate):
-    """Reads a small request body before the handler starts, for ``stream_request_body`` handlers.
-
-    Such a handler starts on the headers, so it can refuse a huge body with an OpenAI-shaped 413
-    before reading it. The price is two extra event-loop passes per request (Tornado wakes the
-    connection after ``prepare`` and the handler after the body), each a wait behind every other
-    ready event: about 1-2 ms of the time to first chunk under 200 streams. A body whose
-    Content-Length is at most SMALL_BODY and MAX_REQUEST_BODY_BYTES (nearly every chat request)
-    is read first and handed over at once, and the handler then runs at once, in this pass
-    (``start_eagerly``), up to its first real wait (the upstream's answer): Tornado would start
-    it in a Task, one more pass. Anything else (chunked bodies, large ones) takes Tornado's
-    streaming path unchanged.
-    """
-
-    def __init__(self, inner: httputil.HTTPMessageDelegate, limit: int) -> None:
-        self.inner, self.limit = inner, limit
-        self.held: tuple | None = None  # (start_line, headers) while we read the body
-        self.chunks: list[bytes] = []
-
-    def headers_received(self, start_line, headers):
-        length = headers.get("Content-Length", "")
-        if length.isdigit() and int(length) <= self.limit and "Transfer-Encoding" not in headers:
-            self.held = (start_line, headers)
-            return None
-        return self.inner.headers_received(start_line, headers)
-
-    def data_received(self, chunk: bytes):
-        if self.held is None:
-            return self.inner.data_received(chunk)
-        self.chunks.append(chunk)
-        return None
-
-    def finish(self) -> None:
-        if self.held is None:
-            return self.inner.finish()
-        # What tornado.web._HandlerDelegate.execute does for a streamed body, in an order that
-        # lets the handler run straight through: its body (data_received may run before
-        # prepare) and the body's future are done before it starts.
-        self.held, d = None, self.inner
-        d.request._body_future = done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        handler = d.handler = d.handler_class(d.application, d.request, **d.handler_kwargs)
-        for chunk in self.chunks:
-            handler.data_received(chunk)
-        self.chunks = []
-        transforms = [t(d.request) for t in d.application.transforms]
-        start_eagerly(handler._execute(transforms, *d.path_args, **d.path_kwargs))
-
-    def on_connection_close(self) -> None:
-        if self.held is None:
-            self.inner.on_connection_close()
-            # The connection closed before the whole body came (the client left, or a time
-            # limit cut it): the handler, started on the headers, must stop waiting for it,
-            # as Tornado's own RequestHandler.on_connection_close makes it (an override may
-            # not). Its _execute then ends.
-            body = getattr(getattr(self.inner, "request", None), "_body_future", None)
-            if body is not None and not body.done():
-                body.set_exception(iostream.StreamClosedError())
-                body.exception()  # retrieved: no "exception never retrieved" warning
-
-
-def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task | None:
-    """Run ``coro`` now up to its first wait, then on in a Task (None if it ended already).
-
-    Python 3.12's eager tasks, for 3.11: ``asyncio.ensure_future`` would run the first step
-    in the next loop pass, behind every event that is ready by then. Under 200 streams that
-    wait was 0.7-3 ms of the time to first chunk (p50; p99 9-14 ms). The step runs in the
-    caller's context and task, so the coroutine must not rely on ``asyncio.current_task()``
-    before its first wait (RequestHandler._execute does not).
-    """
-    try:
-        waited = coro.send(None)
-    except StopIteration:
-        return None
-    task = asyncio.ensure_future(_resume(coro, waited))
-    task.add_done_callback(lambda f: f.result())  # as Tornado: an escaped error is logged
-    return task
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], waited: Any) -> Generator[Any, Any, Any]:
-    """The rest of a coroutine whose first step ran already: hands the Task what it waits on,
-    and passes the Task's wake-ups and cancellation through."""
-    while True:
-        try:
-            yield waited
-        except GeneratorExit:  # the Task was dropped unfinished: end the coroutine too
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                waited = coro.throw(exc)
-            except StopIteration as e:
-                return e.value
-        else:
-            try:
-                waited = coro.send(None)
-            except StopIteration as e:
-                return e.value
-
-
-def load_env_keys(scheduler: KeyScheduler, text: str) -> int:
-    """Add OPENROUTER_API_KEYS to the pool; logs rejected entries; returns how many were added."""
-    entries, problems, notes, *_ = parse_key_text(text)
-    for problem in problems:
-        log.warning("OPENROUTER_API_KEYS: %s", problem)
-    for note in notes:
-        log.info("OPENROUTER_API_KEYS: %s", note)
-    added = sum(1 for key, weight in entries if scheduler.add(key, weight) is not None)
-    if entries:
-        log.info(
-            "loaded %s (%s)",
-            plural(added, "key"),
-            ", ".join(mask(k) for k, _ in entries[:3]) + (", ..." if len(entries) > 3 else ""),
-        )
-    return added
-
-
-def note_env_keys(scheduler: KeyScheduler, text: str) -> None:
-    """Once the store holds keys it is the pool; say so if OPENROUTER_API_KEYS differs."""
-    entries, _ = parse_keys(text)
-    missing = sum(1 for key, _ in entries if key_id(key) not in scheduler.keys)
-    if missing:
-        log.warning(
-            "OPENROUTER_API_KEYS lists %s not in the store, ignored "
-            "(the store seeded from it once; add keys in the admin or POST /admin/add-keys)",
-            plural(missing, "key"),
-        )
-
-
 def make_app(config: Settings, **overrides: Any) -> OrpollApp:
     """Build the app; ``overrides`` may supply ready collaborators (scheduler, upstream, store,
     ...) or Tornado settings (the test seam).
@@ -333,11 +159,7 @@ def make_app(config: Settings, **overrides: Any) -> OrpollApp:
     env_config, config = config, overlay_settings(config, store.load_settings())
     scheduler = overrides.pop("scheduler", None) or KeyScheduler(policy_of(config))
     upstream = overrides.pop("upstream", None) or OpenRouterClient(config)
-    if load_pool(store, scheduler):
-        note_env_keys(scheduler, config.openrouter_api_keys)
-    else:
-        load_env_keys(scheduler, config.openrouter_api_keys)
-        store.insert_keys(list(scheduler))
+    seed_pool(store, scheduler, config.openrouter_api_keys)
     return OrpollApp(
         config,
         env_config=env_config,

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.curl_httpclient import CurlError
 
+from .fast.transfer import CURLE_SETUP_FAILED
 from .keys import Outcome, Verdict
-from .transfer import CURLE_SETUP_FAILED
 
 if TYPE_CHECKING:
-    from .transfer import Transfer
+    from .fast.transfer import Transfer
 
 FREE_PER_MIN_COOLDOWN = 60.0
 # OpenRouter's errors nest a few levels (metadata.headers, previous_errors[]); far deeper is

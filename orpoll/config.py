@@ -82,6 +82,12 @@ class Settings:
         "asyncio when uvloop is not installed",
         choices=EVENT_LOOPS,
     )
+    fast: bool = _opt(
+        True,
+        "FAST",
+        "orpoll's fast paths (its own HTTP server loop, direct socket writes, curl transfer "
+        "pool); 0 = Tornado's and pycurl's public APIs only",
+    )
     default_model: str = _opt(
         "deepseek/deepseek-chat-v3-0324:free",
         "DEFAULT_MODEL",

@@ -1,14 +1,13 @@
 """Logging set-up: text or JSON lines on stderr, written from the event loop without blocking it.
 
-The access log is one line per request, and writing it the
-standard way (a write and a flush per line, blocking when the log reader stalls) was about 10%
-of a non-stream request's CPU and could freeze every stream behind a full pipe.
+The access log is one line per request, and writing it the standard way (a write and a flush
+per line, blocking when the log reader stalls) took a real share of a short request's CPU and
+could freeze every stream behind a full pipe. The lines themselves are built in access.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import select
@@ -16,14 +15,12 @@ import stat
 import sys
 import threading
 import time
-from typing import Any
 
 import orjson
-import tornado.web
 
 from .config import Settings
 
-access_log = logging.getLogger("orpoll.access")
+access_log = logging.getLogger("orpoll.access")  # its lines are written by access.py
 
 
 class LoopLogHandler(logging.Handler):
@@ -68,7 +65,7 @@ class LoopLogHandler(logging.Handler):
 
     def line(self, levelno: int, name: str, message: str) -> None:
         """Log a finished ``message`` without a LogRecord (see ``direct_sink``): the access
-        log's line per request, which through ``Logger.log`` cost ~18 us, 5% of a request."""
+        log's line per request, costly through ``Logger.log``."""
         if levelno >= self.level:
             text = self.formatter.line(time.time(), levelno, name, message)  # type: ignore[union-attr]
             self._queue((text + "\n").encode("utf-8", "replace"))
@@ -188,7 +185,9 @@ def direct_sink(logger: logging.Logger) -> LoopLogHandler | None:
                 return None
             handler = node.handlers[0]
             ok = type(handler) is LoopLogHandler and not handler.filters
-            return handler if ok and hasattr(handler.formatter, "line") else None
+            if ok and hasattr(handler.formatter, "line"):
+                return handler  # type: ignore[return-value]  # checked just above
+            return None
         if not node.propagate:
             return None
         node = node.parent
@@ -224,7 +223,7 @@ class JsonFormatter(TextFormatter):
     """LOG_FORMAT=json: one JSON object per line, its time in UTC to the millisecond
     (``2026-01-02T03:04:05.678Z``); an access line adds its fields (``access_fields``)."""
 
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # as logging.Formatter documents
     stamp_format = "%Y-%m-%dT%H:%M:%S."
 
     def format(self, record: logging.LogRecord) -> str:
@@ -274,75 +273,3 @@ def setup_logging(config: Settings) -> None:
     root.setLevel(config.log_level_number)
     # Tornado's own access log would duplicate ours.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
-
-
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """One access line per request; relayed requests add model, keys tried and timings.
-
-    Every handler passes here, Tornado's own (static files) too: those have no request id.
-    """
-    status = handler.get_status()
-    req = handler.request
-    attempts = getattr(handler, "attempts", None)
-    broken = attempts.broken if attempts is not None else ""  # a stream failed after its 200
-    if req.path.startswith("/v1/"):
-        # A 401 before any attempt is our own client-key check: not the upstream's failure.
-        rejected = status == 401 and not (attempts is not None and attempts.items)
-        handler.application.traffic.record(status, broken=bool(broken), rejected=rejected)
-    level = logging.WARNING if status >= 500 or status == 429 or broken else logging.INFO
-    if not access_log.isEnabledFor(level):
-        return
-    rid = getattr(handler, "request_id", "-")
-    total = 1000.0 * req.request_time()
-    if attempts is None:
-        line = f"{rid} {status} {req.method} {req.path} {total:.1f}ms"
-    else:
-        first = attempts.first_byte
-        ttfb = f"{1000.0 * (first - req._start_time):.1f}ms" if first else "-"
-        model = getattr(handler, "model", None) or "-"
-        stream = "true" if getattr(handler, "streaming", False) else "false"
-        line = (
-            f"{rid} {status} {req.method} {req.path} model={model} "
-            f"stream={stream} keys={attempts} ttfb={ttfb} total={total:.1f}ms"
-        )
-    if broken:
-        line += " failed=stream-broke"
-    note = getattr(handler, "error_note", None) or broken
-    if note:  # JSON-quoted: an upstream message cannot start a log line of its own
-        line += " error=" + json.dumps(note[:300], ensure_ascii=False)
-    sink = direct_sink(access_log)
-    if sink is None:
-        access_log.log(level, "%s", line, extra={"access": access_fields(handler, total)})
-    elif sink.structured:
-        sink.record(level, access_log.name, line, access_fields(handler, total))
-    else:
-        sink.line(level, access_log.name, line)
-
-
-def access_fields(handler: tornado.web.RequestHandler, total: float) -> dict[str, Any]:
-    """The access line's fields, for LOG_FORMAT=json (built only there)."""
-    req = handler.request
-    attempts = getattr(handler, "attempts", None)
-    fields: dict[str, Any] = {
-        "request_id": getattr(handler, "request_id", None),
-        "status": handler.get_status(),
-        "method": req.method,
-        "path": req.path,
-        "model": None,
-        "stream": None,
-        "keys": None,
-        "ttfb_ms": None,
-        "total_ms": round(total, 1),
-        "error": None,
-        "client": req.remote_ip,
-    }
-    if attempts is not None:
-        first = attempts.first_byte
-        fields["model"] = getattr(handler, "model", None)
-        fields["stream"] = bool(getattr(handler, "streaming", False))
-        fields["keys"] = [{"id": k, "verdict": v, "status": s} for k, v, s in attempts.items]
-        fields["ttfb_ms"] = round(1000.0 * (first - req._start_time), 1) if first else None
-    note = getattr(handler, "error_note", None)
-    if note:
-        fields["error"] = note[:300]
-    return fields

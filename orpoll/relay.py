@@ -1,8 +1,8 @@
 """Failover: pick a key, send upstream, report the outcome, try the next key until a first byte.
 
 ``Relay.run`` drives one client request; the handler supplies a ``Sink`` that owns the client
-connection. Nothing reaches the client before an attempt is known good, so failures before the
-first data event fail over invisibly.
+connection, and each try is an ``attempt.Attempt``. Nothing reaches the client before an
+attempt is known good, so failures before the first data event fail over invisibly.
 """
 
 from __future__ import annotations
@@ -10,59 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
-import time
-from typing import Protocol
 from urllib.parse import urlsplit
 
-import orjson
-from tornado.curl_httpclient import CurlError
-
-from . import errors, sse
-from .classify import classify, classify_transport
+from . import errors
+from .attempt import Attempt, Attempts, Sink
 from .keys import KeyState, Outcome, Verdict, is_free_model
 from .scheduler import KeyScheduler
-from .transfer import ERROR_BODY_LIMIT, Transfer
 from .upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.relay")
-STREAM_HEADERS = (
-    ("Content-Type", "text/event-stream; charset=utf-8"),
-    ("Cache-Control", "no-cache"),
-    ("X-Accel-Buffering", "no"),
-)
-# Upstream response headers worth passing on to the client.
-PASS_HEADERS = ("X-Generation-Id",)
-_EVENT_RE = re.compile(rb".*?(?:\r\n\r\n|\n\n|\r\r)", re.S)
-
-
-class Sink(Protocol):
-    """The client side of a relay (implemented by the API handler)."""
-
-    client_gone: bool
-
-    def start(self, status: int, headers: list[tuple[str, str]]) -> None: ...
-
-    def send(self, data: bytes) -> None: ...
-
-
-class Attempts:
-    """What happened to one request: keys tried and their verdicts (for logs and headers)."""
-
-    __slots__ = ("items", "first_byte", "status", "broken")
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str, int]] = []
-        self.first_byte = 0.0
-        self.status = 0
-        self.broken = ""  # why a stream failed after its 200 went out ("" = it did not)
-
-    def add(self, ks: KeyState, outcome: Outcome | None) -> None:
-        verdict = outcome.verdict.value if outcome else "aborted"
-        self.items.append((ks.id, verdict, outcome.status if outcome else 0))
-
-    def __str__(self) -> str:
-        return ",".join(f"{kid}:{v}:{s}" for kid, v, s in self.items) or "-"
 
 
 class Relay:
@@ -114,9 +70,9 @@ class Relay:
                 await asyncio.sleep(self.backoff * n)
             if sink.client_gone:
                 return
-            once = _Attempt(self.upstream, ks, sink, self.attempts, stream, sched, model)
+            once = Attempt(self.upstream, ks, sink, self.attempts, stream, sched, model)
             try:
-                # Awaited here, not in a method of _Attempt: one coroutine frame less per stream.
+                # Awaited here, not in a method of Attempt: one coroutine frame less per stream.
                 await once.start(url, body, method, content_type)
                 outcome = once.result()
             finally:  # whatever ends it (disconnect, cancellation): the key's count goes down
@@ -128,13 +84,7 @@ class Relay:
             _mask_key(outcome, ks)
             sched.report(ks, outcome, once.begun)
             if log.isEnabledFor(logging.DEBUG):
-                log.debug(
-                    "%s attempt key=%s verdict=%s status=%s",
-                    sink.request_id,
-                    ks.id,
-                    outcome.verdict.value,
-                    outcome.status,
-                )
+                _log_attempt(sink, ks, outcome)
             if once.committed or not outcome.try_another_key:
                 if not once.committed:
                     raise self._relay_error(outcome)
@@ -193,6 +143,16 @@ class Relay:
         return (cls or errors.NoKeyAvailable)(message, code="no_key_available", headers=headers)
 
 
+def _log_attempt(sink: Sink, ks: KeyState, outcome: Outcome) -> None:
+    log.debug(
+        "%s attempt key=%s verdict=%s status=%s",
+        sink.request_id,
+        ks.id,
+        outcome.verdict.value,
+        outcome.status,
+    )
+
+
 def _mask_key(outcome: Outcome, ks: KeyState) -> None:
     """Replace the key with its masked form wherever the upstream's error echoes it: the
     message and metadata reach the client, the logs and the admin's last_error."""
@@ -211,276 +171,3 @@ def _masked(obj, ks: KeyState):
     if isinstance(obj, list):
         return [_masked(v, ks) for v in obj]
     return obj
-
-
-class _Attempt:
-    """One upstream attempt with one key: holds output back until it is known good."""
-
-    __slots__ = (
-        "ks",
-        "sink",
-        "upstream",
-        "attempts",
-        "stream",
-        "transfer",
-        "committed",
-        "pending",
-        "error_body",
-        "pre_error",
-        "tail",
-        "mid_error",
-        "started",
-        "sched",
-        "model",
-        "begun",
-        "waiting",
-    )
-
-    def __init__(
-        self,
-        upstream: OpenRouterClient,
-        ks: KeyState,
-        sink: Sink,
-        attempts: Attempts,
-        stream: bool,
-        sched: KeyScheduler,
-        model: str | None,
-    ) -> None:
-        self.upstream, self.ks, self.sink, self.attempts = upstream, ks, sink, attempts
-        self.stream = stream
-        self.transfer = Transfer(self.on_chunk if stream else None)
-        self.committed = False
-        self.pending = b""
-        self.error_body: list[bytes] = []
-        self.pre_error: Outcome | None = None
-        self.mid_error: dict | None = None
-        self.tail = b""
-        self.started = time.monotonic()
-        self.sched, self.model = sched, model
-        self.begun = sched.begin(ks)  # the attempt's start, as the scheduler knows it
-        self.waiting = True  # no answer yet: holds a place in the key's unanswered attempts
-        if stream:
-            # A stream's first byte (even a keep-alive comment) comes within seconds; past this
-            # the attempt is abandoned and the next key tried, nothing having been sent.
-            self.transfer.first_byte = upstream.config.first_byte_timeout
-
-    def start(
-        self, url: str, body: bytes | None, method: str, content_type: str | None
-    ) -> asyncio.Future:
-        """Send the attempt; the future is done when the transfer is (see ``result``)."""
-        self.sink.transfer = self.transfer  # lets the handler abort us on disconnect
-        return self.upstream.send(
-            self.ks.key, url, self.transfer, method=method, body=body, content_type=content_type
-        )
-
-    def result(self) -> Outcome | None:
-        """The finished attempt's outcome; None if the client went away."""
-        t, sink = self.transfer, self.sink
-        # The curl handle is back in the pool already. Break the handler -> transfer ->
-        # on_chunk -> attempt -> handler cycle, so the request's objects are freed now, not by
-        # a full GC pass (which freed thousands of streams at once: 40-50 ms pauses under 200
-        # streams).
-        t.on_chunk = None
-        sink.transfer = None
-        if sink.client_gone:
-            return None
-        if t.error is not None:
-            return self._transport_failed(t.error)
-        if not self.stream:
-            return self._buffered_done(t.status, t.body(), t.header)
-        return self._stream_done()
-
-    # ---- buffered ---------------------------------------------------------------------------
-
-    def _buffered_done(self, status: int, body: bytes, header) -> Outcome:
-        if not 200 <= status < 300:
-            return classify(status, body, header)
-        err = sse.error_of(body) if status == 200 else None  # an in-band error
-        if err is not None:
-            return classify(200, body, header, error=err)
-        content_type = header("Content-Type") or "application/json"
-        # A JSON answer that does not parse (cut short, garbled), or an HTML page where an API
-        # answer belongs (a captive portal, an error page), is no answer: the next key may do.
-        # Other types pass as they are (pass-through endpoints answer audio, for one).
-        if status == 200 and ("json" in content_type or "html" in content_type):
-            if not _looks_like_json(body):
-                return _not_json()
-        self._commit(status, content_type)
-        self.sink.send(body)
-        return Outcome(Verdict.OK, status)
-
-    def _commit(self, status: int, content_type: str | None) -> None:
-        out = [("Content-Type", content_type)] if content_type else list(STREAM_HEADERS)
-        for name in PASS_HEADERS:
-            value = self.transfer.header(name)
-            if value:
-                out.append((name, value))
-        out.append(("X-Orpoll-Attempts", str(len(self.attempts.items) + 1)))
-        self.attempts.status = status
-        self.attempts.first_byte = time.time()  # the access log subtracts request._start_time
-        self.sink.start(status, out)
-        self.committed = True
-        if self.waiting:
-            self.waiting = False
-            self.sched.answered(self.ks, self.begun, self.model)
-
-    # ---- streaming --------------------------------------------------------------------------
-
-    def on_chunk(self, chunk: bytes) -> None:
-        """curl streaming_callback (sync by contract): forward whole events once committed."""
-        if self.transfer.abort:
-            return
-        if self.sink.client_gone:
-            self.transfer.abort = True
-            return
-        if self.transfer.status != 200:
-            if sum(map(len, self.error_body)) < ERROR_BODY_LIMIT:
-                self.error_body.append(chunk)
-            return
-        pending = self.pending
-        if pending or not chunk.endswith(b"\n\n"):
-            if type(pending) is bytes:  # the first chunk that ends inside an event
-                self.pending = pending = bytearray()
-            complete = sse.feed(pending, chunk)
-            if len(pending) > self.upstream.config.max_sse_event_bytes:
-                return self._event_too_large()
-            if not complete:
-                return
-        else:  # the common case: the chunk ends on an event boundary
-            complete = chunk
-        if not self.committed:
-            complete = self._first_events(complete)
-            if not complete:
-                return
-        elif b'"error"' in complete:
-            self._watch_error(complete)
-        self.tail = complete  # a reference: only its end is read, once, at the end
-        self.sink.send(complete)
-
-    def _event_too_large(self) -> None:
-        """An event outgrew MAX_SSE_EVENT_BYTES: end the transfer (and the stream, with an error
-        event, if it was committed); not the key's fault, so another key may try."""
-        message = (
-            "an upstream stream event is larger than the proxy's limit "
-            f"({self.upstream.config.max_sse_event_bytes} bytes)"
-        )
-        self.pre_error = Outcome(Verdict.PROVIDER, 502, message, code="upstream_event_too_large")
-        self.pending = b""
-        self.transfer.abort = True
-        if self.committed:
-            self.sink.send(
-                sse.error_event(message, code="upstream_event_too_large", status=502) + sse.DONE
-            )
-
-    def _first_events(self, block: bytes) -> bytes:
-        """Before the first data event: drop comments, fail over on an error, else commit.
-
-        OpenRouter's ``: OPENROUTER PROCESSING`` keep-alives are dropped here: passing them on
-        would commit the 200 status and rule out failover. Once the first data event is later
-        than STREAM_KEEPALIVE_AFTER_SECONDS, they are passed on after all (committing the
-        stream to this key), so clients and proxies with read timeouts see a live stream.
-        """
-        for m in _EVENT_RE.finditer(block):
-            payload = sse.data_of(m.group().strip(b"\r\n"))
-            if payload is None:
-                continue
-            err = sse.error_of(payload)
-            if err is not None:
-                self.pre_error = classify(200, payload, self.transfer.header, error=err)
-                self.transfer.abort = True
-                return b""
-            if payload != b"[DONE]" and not _is_json(payload):
-                self.pre_error = _not_json()
-                self.transfer.abort = True
-                return b""
-            self._commit(200, None)
-            return block[m.start() :]
-        if time.monotonic() - self.started >= self.upstream.config.stream_keepalive_after:
-            self._commit(200, None)
-            return block
-        return b""
-
-    def _watch_error(self, block: bytes) -> None:
-        for event in sse.events(block):
-            payload = sse.data_of(event)
-            err = sse.error_of(payload) if payload else None
-            if err is not None:
-                self.mid_error = err
-
-    def _stream_done(self) -> Outcome:
-        t = self.transfer
-        if t.status != 200:
-            return classify(t.status, b"".join(self.error_body), t.header)
-        if self.pre_error is not None:
-            return self.pre_error
-        pending = bytes(self.pending)
-        if not self.committed:
-            leftover = pending.strip()
-            err = sse.error_of(sse.data_of(leftover) or leftover) if leftover else None
-            if err is not None:
-                return classify(200, leftover, t.header, error=err)
-            if leftover.startswith(b"{") and _is_json(leftover):  # a plain JSON answer
-                self._commit(200, "application/json")
-                self.sink.send(pending)
-                return Outcome(Verdict.OK, 200)
-            return Outcome(Verdict.TRANSIENT, 502, "upstream stream ended before any data")
-        if pending.strip():
-            self.sink.send(pending + b"\n\n")
-            self.tail = pending
-        if not sse.ends_with_done(self.tail):
-            self.sink.send(sse.DONE)
-        if self.mid_error is not None:
-            outcome = classify(200, b"", t.header, error=self.mid_error)
-            self.attempts.broken = outcome.message
-            return outcome
-        return Outcome(Verdict.OK, 200)
-
-    def _transport_failed(self, err: CurlError) -> Outcome | None:
-        if self.pre_error is not None:
-            return self.pre_error  # we aborted it ourselves after an error event
-        t = self.transfer
-        outcome = classify_transport(err, t)
-        if t.abort and self.sink.client_gone:
-            return None  # we ended it because the client left
-        if outcome.verdict is Verdict.TRANSIENT and not (t.status or t.timed_out or t.abort):
-            # No answer at all (refused, reset, name or TLS failure): no key can cause that.
-            outcome.verdict = Verdict.UPSTREAM
-        if self.committed:
-            # Mid-stream drop: end the stream cleanly, never a silent truncation. The partial
-            # event in ``pending`` is discarded so the client never sees broken JSON.
-            timed_out = self.transfer.timed_out
-            self.sink.send(
-                sse.error_event(
-                    outcome.message if timed_out else "upstream connection lost mid-stream",
-                    code="upstream_timeout" if timed_out else "upstream_disconnected",
-                    status=outcome.status,
-                )
-                + sse.DONE
-            )
-            self.attempts.broken = outcome.message
-        return outcome
-
-
-def _looks_like_json(body: bytes) -> bool:
-    """A JSON object or array from end to end, judged by its first and last bytes only: a body
-    cut short, or an HTML page, fails. Parsing a whole answer would cost time in proportion to
-    its size on every request; curl already refuses a body shorter than its framing says."""
-    head, tail = body[:64].lstrip(), body[-64:].rstrip()
-    return (head[:1], tail[-1:]) in ((b"{", b"}"), (b"[", b"]"))
-
-
-def _is_json(body: bytes) -> bool:
-    try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return True
-
-
-def _not_json() -> Outcome:
-    return Outcome(
-        Verdict.TRANSIENT,
-        502,
-        "upstream answered 200 with a body that is not JSON",
-        code="upstream_invalid_json",
-    )

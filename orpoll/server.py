@@ -21,7 +21,7 @@ from tornado.netutil import bind_sockets
 from . import __version__, cli
 from .app import OrpollApp, make_app
 from .config import ConfigError, Settings, load_dotenv_file
-from .connections import Server
+from .fast import HttpServer, make_server
 from .logs import plural, setup_logging
 from .store import StoreError
 
@@ -98,8 +98,8 @@ def event_loop(config: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
     """``asyncio.run`` or ``uvloop.run``, as EVENT_LOOP says and uvloop is installed.
 
     uvloop runs the loop itself (waiting for events, timers, the ready queue) in C; asyncio's
-    is Python. A/B, 8 rounds each: -4.5% CPU per stream at 200 streams, -5% per non-stream
-    request, -5 to -9% per stream at 9,950 streams, at ~1.5-4 KB more RSS per open stream."""
+    is Python: less CPU per request and per stream, for a little more memory per open stream
+    (bench/README.md)."""
     if config.event_loop == "uvloop":
         try:
             import uvloop
@@ -118,7 +118,12 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open the database in {config.data_dir}: {e}") from None
     app.ready = False
-    server = Server(app, xheaders=config.trust_proxy_headers, max_body_size=config.max_body_bytes)
+    server = make_server(
+        app,
+        fast=config.fast,
+        xheaders=config.trust_proxy_headers,
+        max_body_size=config.max_body_bytes,
+    )
     server.add_sockets(sockets)
     n = len(app.scheduler)
     log.info(
@@ -135,14 +140,14 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
     app.health.start(first_after=STARTUP_SWEEP_SECONDS)
     app.write_behind.start()
     app.ready = True
-    # What start-up built (modules, the app, the key pool: 100k+ objects with many keys) lives
+    # What start-up built (modules, the app, the key pool: many objects with many keys) lives
     # as long as the process. Freezing it keeps the collector's full passes from scanning it
-    # again and again: those passes were 10-50 ms stalls of every stream under load.
+    # again and again: those passes stalled every stream under load.
     gc.collect()
     gc.freeze()
     # Requests leave no reference cycles (tests/test_memory.py), so the young-generation
-    # passes Tornado's allocations would trigger every ~700 objects find nothing to free:
-    # 2-3% of the CPU under load. Collect a 30th as often.
+    # passes Tornado's allocations would trigger every few hundred objects find nothing to
+    # free, at a cost in CPU under load: collect far less often.
     gc.set_threshold(20_000, 10, 10)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -199,7 +204,7 @@ def is_loopback(host: str) -> bool:
         return False  # "", a name: possibly every interface
 
 
-async def drain(app: OrpollApp, server: Server, grace: float) -> None:
+async def drain(app: OrpollApp, server: HttpServer, grace: float) -> None:
     """Graceful shutdown: stop listening at once (requests on kept-alive connections are
     answered 503 while ``app.draining``), let requests and streams in flight finish within
     ``grace`` seconds, end the streams still open with an error event and ``[DONE]``, close

@@ -37,11 +37,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orpoll.app import make_app  # noqa: E402
 from orpoll.config import load_settings  # noqa: E402
-from orpoll.connections import Server  # noqa: E402
+from orpoll.fast import make_server  # noqa: E402
 from tests.fake_upstream import FakeOpenRouter, make_fake_app  # noqa: E402
 
 # The loop ``python run.py`` runs by default (EVENT_LOOP), for every in-process test too.
 asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+# FAST=0 runs the suite on the fallbacks (Tornado's and pycurl's public APIs only).
+FAST = os.environ.get("FAST", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def fast_only(reason: str):
+    """Skip a test of a fast path's own behaviour under FAST=0, saying what the fallback lacks."""
+    return pytest.mark.skipif(not FAST, reason=f"FAST=0: {reason}")
+
 
 KEYS = ["sk-or-v1-test-aaaa1111", "sk-or-v1-test-bbbb2222", "sk-or-v1-test-cccc3333"]
 
@@ -90,6 +99,7 @@ def env(upstream_url, keys, tmp_path) -> dict[str, str]:
         "DATA_DIR": str(tmp_path / "data"),
         "ADMIN_PASSWORD": "test-admin-password",
         "LOG_LEVEL": "debug",
+        "FAST": "1" if FAST else "0",  # the suite runs both ways
     }
 
 
@@ -107,8 +117,8 @@ def app(config):
 
 @pytest.fixture
 def http_server(request, io_loop, app, http_server_port):
-    """pytest-tornasync's fixture, serving ``app`` with orpoll's own Server class."""
-    server = Server(app)
+    """pytest-tornasync's fixture, serving ``app`` with the server FAST chooses."""
+    server = make_server(app, fast=app.config.fast)
     server.add_socket(http_server_port[0])
     yield server
     server.stop()
@@ -218,7 +228,7 @@ def serve(io_loop):
 
     def _serve(app) -> str:
         sock, port = bound_port()
-        server = Server(app)
+        server = make_server(app, fast=app.config.fast)
         server.add_sockets([sock])
         started.append((server, app))
         return f"http://127.0.0.1:{port}"

@@ -16,7 +16,7 @@ from tornado.testing import bind_unused_port
 
 from orpoll.app import make_app
 from orpoll.config import load_settings
-from orpoll.connections import Server
+from orpoll.fast import make_server
 
 
 class AppThread:
@@ -31,7 +31,7 @@ class AppThread:
 
             async def start() -> None:
                 self.app = make_app(load_settings(env))
-                Server(self.app).add_sockets([sock])
+                make_server(self.app, fast=self.app.config.fast).add_sockets([sock])
                 ready.set()
 
             self.loop.run_until_complete(start())

@@ -110,7 +110,7 @@ async def test_body_just_under_the_limit_passes(small_body, fake, api):
 
 
 async def test_body_larger_than_the_read_ahead_is_relayed_intact(fake, api):
-    """Bodies over 256 KiB take Tornado's streaming path (app.SmallBodyFirst reads only
+    """Bodies over 256 KiB take Tornado's streaming path (fast.SmallBodyFirst reads only
     smaller ones ahead); both must reach the upstream byte for byte."""
     text = "".join(chr(0x41 + i % 26) for i in range(600_000))
     body = json.dumps({"model": PAID, "messages": [{"role": "user", "content": text}]})

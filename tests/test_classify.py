@@ -14,8 +14,8 @@ from tornado.curl_httpclient import CurlError
 
 from orpoll import sse
 from orpoll.classify import classify, classify_transport, next_utc_midnight
+from orpoll.fast.transfer import CURLE_SETUP_FAILED, Transfer
 from orpoll.keys import Outcome, Verdict
-from orpoll.transfer import CURLE_SETUP_FAILED, Transfer
 
 NOW = 1_768_300_000.0  # 2026-01-13T10:26:40Z
 MIDNIGHT_MS = 1_768_348_800_000  # 2026-01-14T00:00Z, as OpenRouter sends X-RateLimit-Reset

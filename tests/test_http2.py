@@ -19,8 +19,8 @@ from hypercorn.config import Config
 from tornado.httpclient import AsyncHTTPClient
 from tornado.tcpclient import TCPClient
 
-from orpoll.upstream import SHARD_TRANSFERS
-from tests.conftest import raw_chat_request
+from orpoll.fast.shards import SHARD_TRANSFERS
+from tests.conftest import fast_only, raw_chat_request
 from tests.fake_upstream import chunk, usage_chunk
 from tests.test_streaming import (
     DONE,
@@ -137,6 +137,7 @@ async def test_a_stream_goes_over_http2(app, h2, sdk):
     assert [version for version, _ in state.seen] == ["2"]
 
 
+@fast_only("Tornado's curl setup has no PIPEWAIT: a cold burst opens connections")
 async def test_a_cold_burst_shares_one_connection(app, h2, base_url):
     """20 streams at once, before any upstream connection exists, are multiplexed on one
     HTTP/2 connection (curl's PIPEWAIT: wait for the first connection's handshake instead of
@@ -175,6 +176,7 @@ def with_h2c(env):
     env["UPSTREAM_H2C"] = "1"
 
 
+@fast_only("the fallback pool has no shards and speaks HTTP/1.1 to http:// URLs")
 async def test_h2c_multiplexes_only_the_streams_past_the_first_shard(with_h2c, app, h2c, base_url):
     """UPSTREAM_H2C=1, 300 streams at once: the first shard's 256 keep one HTTP/1.1 connection
     each (cheaper per chunk); the 44 past it share an HTTP/2 connection (curl's PIPEWAIT), and
@@ -186,7 +188,7 @@ async def test_h2c_multiplexes_only_the_streams_past_the_first_shard(with_h2c, a
     client = AsyncHTTPClient(force_instance=True, max_clients=300)
     job = asyncio.gather(*(stream_raw(base_url, client) for _ in range(300)))
     await wait_for(lambda: state.active == 300, 20)
-    assert [len(shard._running) for shard in pool.shards] == [256, 44]
+    assert [len(shard.running) for shard in pool.shards] == [256, 44]
     for raw in await job:
         assert raw.code == 200
         assert_clean_sse(raw)

@@ -15,7 +15,7 @@ from tornado.iostream import StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from tests.admin_helpers import child_env, wait_healthy
-from tests.conftest import raw_chat_request
+from tests.conftest import fast_only, raw_chat_request
 from tests.limits_helpers import run_with_fd_limit
 
 BODY = json.dumps({"model": "a/b", "messages": [{"role": "user", "content": "hi"}]})
@@ -66,6 +66,7 @@ async def assert_serving(api) -> None:
     assert resp.code == 200, resp.body
 
 
+@fast_only("Tornado's server closes the connection without an answer")
 async def test_a_stalled_small_body_is_answered_408_and_closed(port, api):
     stream = await TCPClient().connect("127.0.0.1", port)
     whole = raw_chat_request(BODY)
@@ -89,6 +90,7 @@ async def test_a_stalled_large_body_is_cut(port, api, app):
     await assert_serving(api)
 
 
+@fast_only("Tornado's body_timeout limits the whole body, not its silence")
 async def test_a_body_that_keeps_arriving_is_not_cut(port, fake):
     """The limit is on silence: a body sent slowly but steadily, over 3 x the limit, is read."""
     stream = await TCPClient().connect("127.0.0.1", port)
@@ -102,6 +104,7 @@ async def test_a_body_that_keeps_arriving_is_not_cut(port, fake):
     assert head.startswith(b"HTTP/1.1 200"), head
 
 
+@fast_only("Tornado's server closes the connection without an answer")
 async def test_headers_sent_too_slowly_get_408(port):
     stream = await TCPClient().connect("127.0.0.1", port)
     await stream.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
@@ -116,6 +119,7 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_header_limit(
     assert answer == b"" and 0.8 <= took < 5, took
 
 
+@fast_only("Tornado's server has one limit for idle and header time")
 async def test_an_idle_keep_alive_connection_lasts_the_idle_limit(port):
     stream = await TCPClient().connect("127.0.0.1", port)
     await stream.write(raw_chat_request(BODY))
@@ -149,6 +153,7 @@ async def assert_refused(port: int, request: bytes, status: int) -> dict:
     return error_of(await asyncio.get_running_loop().run_in_executor(None, exchange), status)
 
 
+@fast_only("Tornado's server closes the connection without an answer")
 async def test_a_header_block_over_64_kb_gets_431(port, api):
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n\r\n"
     err = await assert_refused(port, request, 431)
@@ -159,6 +164,7 @@ async def test_a_header_block_over_64_kb_gets_431(port, api):
 
 
 @pytest.mark.parametrize("length", [10_000, 100_000])
+@fast_only("Tornado's server closes the connection without an answer")
 async def test_a_request_line_over_8_kb_gets_414(port, api, length):
     request = b"GET /v1/models?q=" + b"a" * length + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     err = await assert_refused(port, request, 414)

@@ -16,10 +16,10 @@ import urllib.request
 
 import pytest
 
-from orpoll.app import load_env_keys, note_env_keys
 from orpoll.keys import key_id
 from orpoll.logs import plural
 from orpoll.scheduler import KeyScheduler
+from orpoll.seeding import load_env_keys, note_env_keys
 from tests.conftest import KEYS, assert_openai_error
 
 A, B, C = KEYS

@@ -13,7 +13,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.tcpclient import TCPClient
 
-from tests.conftest import KEYS, assert_openai_error, raw_chat_request
+from tests.conftest import KEYS, assert_openai_error, fast_only, raw_chat_request
 from tests.fake_upstream import chunk, content_of, usage_chunk
 
 A, B, C = KEYS
@@ -534,6 +534,7 @@ async def test_200_concurrent_streams_with_a_failing_key(app, fake, base_url):
     assert sum(int(r.headers["X-Orpoll-Attempts"]) for r in results) == 200 + fake.requests[A]
 
 
+@fast_only("reads the fast curl pool's handle lists")
 async def test_churn_leaves_no_transfer_or_handle_behind(short_timeout, app, fake, base_url):
     """Streams that finish, clients that leave at random moments, and upstreams that go
     silent (cut by the stall sweep), all at once: afterwards every curl handle is back in the
@@ -555,7 +556,7 @@ async def test_churn_leaves_no_transfer_or_handle_behind(short_timeout, app, fak
     for raw in raws:
         assert_clean_sse(raw)
     http = app.upstream.pool.first
-    await wait_for(lambda: app.inflight == 0 and not http._running, 5)
+    await wait_for(lambda: app.inflight == 0 and not http.running, 5)
     assert len(http._free_list) == len(http._curls)
     await wait_for(lambda: fake.active == 0, 5)  # the silent ones notice after their sleep
 
@@ -565,6 +566,7 @@ def four_connections(env):
     env["UPSTREAM_MAX_CONNECTIONS"] = "4"
 
 
+@fast_only("reads the fast curl pool's handle lists")
 async def test_streams_beyond_upstream_max_connections_wait_their_turn(
     four_connections, app, fake, base_url
 ):
@@ -583,11 +585,12 @@ async def test_streams_beyond_upstream_max_connections_wait_their_turn(
         assert_clean_sse(raw)
         assert raw.body == expected_stream(4)
     assert fake.peak == 4
-    await wait_for(lambda: app.inflight == 0 and not http._running and not http._waiting, 5)
+    await wait_for(lambda: app.inflight == 0 and not http.running and not http._waiting, 5)
     assert len(http._curls) == 4 and len(http._free_list) == 4
     assert sum(fake.requests.values()) == 12  # the leaver's transfer never started
 
 
+@fast_only("Tornado's server turns Nagle on between responses")
 async def test_client_connections_have_no_nagle_delay(fake, base_url):
     """TCP_NODELAY is on for every client connection, and stays on for the next request on a
     keep-alive connection (Tornado turns it off after each response), so a small chunk never

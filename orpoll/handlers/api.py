@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import tornado.web
-from tornado import httputil
-from tornado.iostream import IOStream
 
-from .. import errors, paths, sse, wire
+from .. import errors, paths, sse
 from ..auth import bearer
+from ..fast import Transfer
 from ..relay import Attempts, Relay
 from .base import ApiHandler, BaseHandler
 
@@ -28,10 +27,12 @@ class RelayHandler(ApiHandler):
     # Class defaults: on_connection_close also runs when prepare() raised before setting them
     # (a 401 or 413 answered before the body was read closes the connection).
     client_gone = False
-    transfer = None
+    transfer: Transfer | None = None
     counted = False  # holds an in-flight slot
     client = b""  # the client key whose admission slot it holds
-    buffer_small_bodies = True  # see app.SmallBodyFirst: such bodies arrive before prepare()
+    buffer_small_bodies = True  # see fast.SmallBodyFirst: such bodies arrive before prepare()
+    head_sent = False  # a stream's head is on its way to the client
+    ended = False  # done() answered the request
 
     def initialize(self) -> None:
         self._chunks: list[bytes] = []
@@ -48,7 +49,7 @@ class RelayHandler(ApiHandler):
                 self.client = token
         app.inflight += 1
         self.counted = True
-        self.client_gone, self.transfer, self.flushing, self.backlog = False, None, False, 0
+        self.client_gone, self.transfer, self.backlog = False, None, 0
         self.streaming = False
         self.attempts = Attempts()
         length = self.request.headers.get("Content-Length", "")
@@ -93,7 +94,7 @@ class RelayHandler(ApiHandler):
     def on_connection_close(self) -> None:
         self.client_gone = True
         if self.transfer is not None:
-            self.transfer.abort = True  # ends the upstream transfer now
+            self.transfer.abort()  # ends the upstream transfer now
         # Tornado's own ends a body still arriving: the handler then returns before its method
         # runs, and neither finish() nor on_finish() follows. So the body read so far and the
         # slot are let go here, or a cut upload would hold both for good.
@@ -115,7 +116,7 @@ class RelayHandler(ApiHandler):
         """End an open stream because the process is stopping: an SSE error event and
         ``[DONE]``, never a silent cut; the upstream transfer is aborted, and what it still
         delivers (and the relay's own ending) is dropped."""
-        if self._finished or self.client_gone:
+        if self.ended or self.client_gone:
             return
         self.send(
             sse.error_event(
@@ -127,62 +128,33 @@ class RelayHandler(ApiHandler):
             + sse.DONE
         )
         if self.transfer is not None:
-            self.transfer.abort = True
+            self.transfer.abort()
         self.done()
         self.client_gone = True
 
     def send(self, data: bytes) -> None:
-        """Write ``data`` to the client; a stream's chunks go out at once.
+        """Write ``data`` to the client; a stream's chunks go out at once (the app's writer).
 
-        After the headers, a chunk goes to the socket itself, framed as an HTTP/1.1 chunk,
-        whenever the IOStream has nothing queued (the common case); what the kernel does not
-        take, and everything while something is queued, goes through the IOStream in order.
-        Tornado's write path costs two futures and a scheduled callback per chunk: skipping it
-        cut the proxy's CPU per stream by ~14% (bench streams200). A client that stops reading
-        shows as the IOStream still ``writing()``; past MAX_STREAM_BACKLOG_BYTES it is dropped.
-        (So there is no one-flush-in-flight rule here; plain TCP only.)
+        A client that stops reading shows as bytes still queued after a chunk; past
+        MAX_STREAM_BACKLOG_BYTES of them it is dropped.
         """
         if self.client_gone:
             return
-        if not self.streaming or not self._headers_written:
-            if self.streaming and wire.start_stream(self, data):
-                return
+        if not self.streaming:
             self.write(data)
-            if self.streaming:
-                self.flush()
-                # The headers are on the wire and Tornado never reads them again; a stream
-                # may last minutes, so let go of the filled dict (~2 KB per open stream).
-                self._headers = httputil.HTTPHeaders()
             return
-        conn = self.request.connection
-        stream = conn.stream
-        # Only where Tornado itself frames chunks (HTTP/1.1 clients), on plain TCP. Inline,
-        # not through wire.py: this runs per chunk, and two calls more cost 2% of its CPU.
-        direct = getattr(conn, "_chunking_output", False) and type(stream) is IOStream
-        if direct and not stream.writing() and not stream.closed():
-            # Nothing queued in the IOStream: try the socket first. A chunk the kernel takes
-            # whole costs no write future and no callback (Tornado schedules one per write).
-            framed = b"%x\r\n%b\r\n" % (len(data), data)
-            try:
-                sent = stream.socket.send(framed)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.on_connection_close()
-                return
-            if sent == len(framed):
-                self.backlog = 0
-                return
-            stream.write(framed[sent:])  # the rest in order, behind nothing else
-        else:
-            conn.write(data)
-        if not stream.writing():
+        writer = self.application.writer
+        if not self.head_sent:
+            self.head_sent = True
+            writer.start_stream(self, data)
+            return
+        if not writer.send_chunk(self, data):
             self.backlog = 0
             return
         self.backlog += len(data)
         if self.backlog > self.config.max_backlog_bytes:
             log.warning("client too slow (%d bytes unsent); dropping it", self.backlog)
-            conn.close()
+            self.request.connection.close()  # type: ignore[union-attr]
             self.on_connection_close()
 
     def relay(self, *, stream: bool) -> Relay:
@@ -199,14 +171,11 @@ class RelayHandler(ApiHandler):
         )
 
     def done(self) -> None:
-        if self._finished or self.client_gone:
+        """Finish the answer (after the relay ran, or to end a stream at shutdown), once."""
+        if self.ended or self.client_gone:
             return
-        if self._headers_written:
-            direct = self.streaming and wire.end_stream(self)
-        else:
-            direct = not self.streaming and wire.respond(self)
-        if not direct:
-            self.finish()
+        self.ended = True
+        self.application.writer.finish(self, self.streaming)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         attempts = getattr(self, "attempts", None)
@@ -285,7 +254,7 @@ class PassThroughHandler(RelayHandler):
         # Multipart etc. go as they are; a POST that says JSON must be JSON, even when empty.
         said_json = "json" in ctype.lower()
         if (body and (not ctype or said_json)) or (said_json and self.request.method == "POST"):
-            obj = parse_json_body(body)
+            obj = parse_json_body(body or b"")
             model = obj.get("model") if isinstance(obj.get("model"), str) else None
             stream = obj.get("stream") is True
             del obj  # as in ChatHandler: only the bytes are kept while the answer streams

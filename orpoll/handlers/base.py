@@ -61,11 +61,14 @@ class BaseHandler(tornado.web.RequestHandler):
             msg = value.log_message
             self.error_note = msg % value.args if msg and value.args else msg
         else:  # Tornado's own line adds a repr of the request
+            req = self.request
             log.error(
-                "uncaught exception in %s (request %s)",
-                self._request_summary(),
+                "uncaught exception in %s %s (%s) (request %s)",
+                req.method,
+                req.uri,
+                req.remote_ip,
                 self.request_id,
-                exc_info=(typ, value, tb),
+                exc_info=value,
             )
 
     def write_json(self, obj: Any, status: int = 200) -> None:
@@ -95,7 +98,9 @@ class BaseHandler(tornado.web.RequestHandler):
         if exc.headers.get("Connection") == "close":
             # Tornado keeps a connection open whatever the response's Connection header says;
             # close it once the answer is out.
-            sent.add_done_callback(lambda _: self.request.connection.close())
+            conn = self.request.connection
+            if conn is not None:
+                sent.add_done_callback(lambda _: conn.close())  # type: ignore[attr-defined]
 
 
 class ApiHandler(BaseHandler):

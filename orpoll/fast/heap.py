@@ -6,15 +6,15 @@ from __future__ import annotations
 import ctypes
 
 # During a burst, blocks of this many bytes or more that free heap space cannot serve are
-# mmap'd instead of growing the heap (in a burst, nearly all of them). libcurl keeps a 16 KB
+# mmap'd instead of growing the heap (in a burst, nearly all of them). libcurl keeps an
 # upload buffer (its minimum, UPLOAD_BUFFERSIZE) per transfer, calloc'd. From the heap, calloc
-# zeroes all 16 KB, so all of it is resident; an mmap'd block is zero already, and only the
-# page the request fills is touched. Bench, 9,950 streams: 39-42 -> 29-31 KB RSS per stream.
+# zeroes all of it, so all of it is resident; an mmap'd block is zero already, and only the
+# page the request fills is touched.
 BURST_MMAP_THRESHOLD = 16 * 1024 + 1
 # After a burst: where glibc's own sliding threshold ends up (its ceiling on 64-bit, and the
 # trim threshold at twice that, as glibc sets them), so request bodies and answers are served
-# from the heap again. A fixed threshold of 16 KB costs an mmap, page faults and a munmap per
-# large block: joining and parsing a 200 KB body took 258 instead of 81 us.
+# from the heap again. A fixed low threshold costs an mmap, page faults and a munmap per large
+# block, such as a request body being joined and parsed.
 CALM_MMAP_THRESHOLD = 32 * 1024 * 1024
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 _bursts = [0]  # how many curl pools are in a burst now (one in production: one app)
@@ -54,8 +54,8 @@ def burst(on: bool) -> bool:
 
 def release_heap() -> None:
     """Hand memory that is free but kept by the C heap back to the system (glibc's
-    malloc_trim). After a burst of thousands of streams, glibc kept ~110 MB of freed memory
-    (bench: 242 -> 128 MB RSS, one 9 ms call)."""
+    malloc_trim). After a burst of thousands of streams, glibc keeps much of the freed
+    memory otherwise."""
     trim = _libc("malloc_trim")
     if trim is not None:
         trim(0)

@@ -1,7 +1,7 @@
 """``Transfer``: one upstream attempt, as orpoll's own request object on a curl handle.
 
-Split from curlpool.py to keep modules under ~400 lines. With curlpool.py
-and upstream.py, the only modules importing pycurl; curlpool.LazyCurlClient runs transfers.
+``curlpool.LazyCurlClient`` runs transfers (the fast path); ``plain.PlainPool`` runs them
+through Tornado's public ``fetch`` (FAST=0).
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pycurl
 from tornado.curl_httpclient import CurlError
-
-if TYPE_CHECKING:
-    from .curlpool import LazyCurlClient
 
 log = logging.getLogger("orpoll.upstream")
 _HTTP_S = pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS
@@ -35,21 +32,27 @@ _NO_LINES: list[bytes] = []
 _NOSIGNAL = bool(pycurl.version_info()[4] & pycurl.VERSION_ASYNCHDNS)
 
 
+class Aborter(Protocol):
+    """What runs a transfer, as far as ``Transfer.abort`` needs it."""
+
+    def abort(self, curl: pycurl.Curl) -> None: ...
+
+
 class Transfer:
     """One upstream attempt, from request to result: what curl needs to send it, what came back,
     an abort switch and a stall timer.
 
     It is its own request object: ``LazyCurlClient.send`` runs it on a curl handle without
-    Tornado's HTTPRequest, header dicts and HTTPResponse (about 4 KB and 40 us per request that
-    nothing here reads). The result is on the transfer itself: ``status``, ``header()``,
+    Tornado's HTTPRequest, header dicts and HTTPResponse (memory and time per request for
+    what nothing here reads). The result is on the transfer itself: ``status``, ``header()``,
     ``body()`` (buffered mode), or ``error`` when it failed below HTTP.
 
     ``stall`` (seconds, 0 = off) ends a transfer that moves no body byte for that long, before
     the first byte or between chunks; ``first_byte`` (seconds, 0 = off) ends one that has
     received no body byte at all that long after it started; ``timed_out`` tells that one of
-    them is why it ended. Both the
-    abort and the stall check work without a per-transfer curl progress callback (that was
-    two Python calls per chunk, ~6% of a stream's CPU): see LazyCurlClient.
+    them is why it ended. On the fast pool, both the abort and the stall check work without a
+    per-transfer curl progress callback (two Python calls per chunk): see LazyCurlClient.
+    On the fallback (``plain.PlainPool``) they go through that callback.
     """
 
     __slots__ = (
@@ -66,7 +69,7 @@ class Transfer:
         "timed_out",
         "_in_write",
         "_moved",
-        "_quiet_since",
+        "quiet_since",
         "error",
         "os_errno",
         "chunks",
@@ -85,7 +88,7 @@ class Transfer:
         self.headers: list[bytes] = []
         self._abort = False
         self.curl: pycurl.Curl | None = None  # the handle, while the transfer runs
-        self.client: LazyCurlClient | None = None
+        self.client: Aborter | None = None  # what runs it, while it runs
         self.on_chunk = on_chunk  # None: buffer the body (``body()``)
         self.stall = 0.0
         self.first_byte = 0.0
@@ -93,7 +96,7 @@ class Transfer:
         self.timed_out = False
         self._in_write = False
         self._moved = -1
-        self._quiet_since = 0.0
+        self.quiet_since = 0.0
         self.error: CurlError | None = None
         self.os_errno = 0  # the OS error behind ``error``, when curl saw one
         self.chunks: list[bytes] = []
@@ -108,16 +111,15 @@ class Transfer:
         self.ca_bundle = ""  # a PEM file to trust instead of the system's CAs
 
     @property
-    def abort(self) -> bool:
+    def aborted(self) -> bool:
         return self._abort
 
-    @abort.setter
-    def abort(self, value: bool) -> None:
-        """Setting it ends the transfer now, so a client that leaves stops the upstream (and
-        its billing) at once. Inside curl's write callback the callback's short return does
-        it instead: curl must not be re-entered from its own callbacks."""
-        self._abort = value
-        if value and self.curl is not None and not self._in_write and self.client is not None:
+    def abort(self) -> None:
+        """End the transfer now, so a client that leaves stops the upstream (and its billing)
+        at once. Inside curl's write callback the callback's short return does it instead:
+        curl must not be re-entered from its own callbacks."""
+        self._abort = True
+        if self.curl is not None and not self._in_write and self.client is not None:
             self.client.abort(self.curl)
 
     def write(self, chunk: bytes) -> int | None:
@@ -165,6 +167,10 @@ class Transfer:
         elif raw.strip():
             self.headers.append(raw)
 
+    def on_header_line(self, line: str) -> None:
+        """Tornado's ``header_callback``: ``on_header`` for a line it decoded."""
+        self.on_header(line.encode("latin1"))
+
     def header(self, name: str) -> str | None:
         name = name.lower()
         for raw in self.headers:
@@ -182,25 +188,29 @@ class Transfer:
         return (stall or first) / 4
 
     def stalled(self, now: float) -> bool:
-        """True once no body byte moved, either way, for ``stall`` seconds, or none came in
-        ``first_byte`` seconds after the start (sweep-time check)."""
+        """``stalled_at`` for a transfer on a curl handle (sweep-time check)."""
         curl = self.curl
         if curl is None:
             return False
         down = curl.getinfo(pycurl.SIZE_DOWNLOAD_T)
+        # A long request upload is not silence either.
+        return self.stalled_at(now, down, down + curl.getinfo(pycurl.SIZE_UPLOAD_T))
+
+    def stalled_at(self, now: float, down: int, moved: int) -> bool:
+        """True once no body byte moved, either way, for ``stall`` seconds, or none came in
+        ``first_byte`` seconds after the start; ``down`` and ``moved`` are the bytes received,
+        and received plus sent, so far."""
         if self.first_byte and not down and now - self.begun >= self.first_byte:
             self.stall = self.first_byte  # the silence classify_transport reports
             return True
         if not self.stall:
             return False
-        # A long request upload is not silence either.
-        moved = down + curl.getinfo(pycurl.SIZE_UPLOAD_T)
         if moved != self._moved:
-            self._moved, self._quiet_since = moved, now
+            self._moved, self.quiet_since = moved, now
             return False
-        return now - self._quiet_since >= self.stall
+        return now - self.quiet_since >= self.stall
 
-    def _setup(self, curl: pycurl.Curl) -> None:
+    def setup(self, curl: pycurl.Curl) -> None:
         """Options for a handle fresh from ``curl.reset()``: only what differs from reset's
         defaults (Tornado's generic setup sets some 40 options and parses every header line)."""
         curl.setopt(pycurl.PROTOCOLS, _HTTP_S)
@@ -222,8 +232,8 @@ class Transfer:
         elif self.h2c:
             curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
             curl.setopt(pycurl.PIPEWAIT, 1)
-        # libcurl's 64 KB default upload buffer is most of a stream's memory; bodies are sent
-        # from memory, so the 16 KB minimum costs nothing (measured: 72 -> 42 KB per stream).
+        # libcurl's default upload buffer is most of a stream's memory; bodies are sent from
+        # memory, so its minimum size costs nothing.
         curl.setopt(pycurl.UPLOAD_BUFFERSIZE, 16384)
         body = self.payload
         if body is not None:

@@ -1,4 +1,4 @@
-"""orpoll.headers.parse against Tornado's HTTPHeaders.parse (the oracle), and through the server."""
+"""orpoll.fast.headers.parse against Tornado's HTTPHeaders.parse (the oracle), and in the server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from tornado import httputil
 from tornado.tcpclient import TCPClient
 
-from orpoll.headers import _BLOCK, parse
+from orpoll.fast.headers import _BLOCK, parse
 from tests.conftest import raw_chat_request
 
 

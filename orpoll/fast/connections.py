@@ -8,22 +8,18 @@ import asyncio
 import collections
 import functools
 import logging
-import resource
 import socket
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import tornado.httpserver
 from tornado import httputil, iostream
 from tornado.http1connection import HTTP1ServerConnection
-from tornado.ioloop import IOLoop, PeriodicCallback
+from tornado.ioloop import PeriodicCallback
 
-from .classify import LOCAL_ERRNOS
-from .headers import HTTP1Connection
-from .heap import BURST_MMAP_THRESHOLD
-from .limits import (
+from ..limits import (
     MAX_HEADER_BYTES,
     Limits,
     RequestTooLarge,
@@ -31,12 +27,13 @@ from .limits import (
     oversized,
     silent_for,
 )
-from .logs import plural
+from .accept import Acceptor
+from .headers import HTTP1Connection
+from .heap import BURST_MMAP_THRESHOLD
 
 log = logging.getLogger("orpoll")
-# Bytes read from a client socket at a time. Tornado's default, 64 KB, is a zeroed bytearray
-# per read; it stays under the heap's mmap threshold in a burst (heap.py), or each read then
-# would mmap it.
+# Bytes read from a client socket at a time. Tornado's default is a zeroed bytearray per read
+# above the heap's mmap threshold in a burst (heap.py): each read would mmap it.
 READ_CHUNK_BYTES = BURST_MMAP_THRESHOLD - 1024
 # Out of descriptors, connections that have not completed a request and have sent nothing for
 # this long are closed first: a client still sending is spared.
@@ -51,8 +48,8 @@ class _Connection(HTTP1ServerConnection):
     That sleep is for fairness to other connections when requests are queued in the buffer.
     With nothing queued the next read waits for the socket anyway, and the extra loop pass
     was a wait behind every other ready event before a keep-alive client's next request was
-    read (traced under 200 streams: previous response end -> next request parsed, p50 2.4 ->
-    1.0 ms). Mirrors ``HTTP1ServerConnection._server_request_loop`` (Tornado 6.x, pinned < 7).
+    read. Mirrors ``HTTP1ServerConnection._server_request_loop``; differs in that sleep, in
+    timing the wait for headers (``waiting_since``) and in answering an over-long request line.
     """
 
     current: HTTP1Connection | None = None
@@ -101,7 +98,7 @@ class _Connection(HTTP1ServerConnection):
 
     def reusable(self) -> bool:
         """True while a keep-alive client that was served already sends nothing: the
-        connection can be closed to free its descriptor (see Server._accept_from), as nginx
+        connection can be closed to free its descriptor (see accept.Acceptor), as nginx
         closes its idle keep-alive connections when it runs out of them."""
         conn, stream = self.current, self.stream
         if not self.served or conn is None or conn._request_start_line is not None:
@@ -149,10 +146,10 @@ class _Connection(HTTP1ServerConnection):
 class _LazyDeque:
     """The part of a deque IOStream uses, made on first append and let go of when emptied.
 
-    An IOStream keeps two deques (its write buffer's pieces and its write futures), 760 bytes
-    each even while empty, which is most of the time: a response's bytes usually leave in
-    one ``send``. Across thousands of open streams that was 1.5 KB each (bench slow_streams).
-    Covers what ``iostream`` does with them (Tornado 6.x, pinned < 7).
+    An IOStream keeps two deques (its write buffer's pieces and its write futures), sizeable
+    even while empty, which is most of the time: a response's bytes usually leave in one
+    ``send``. Across thousands of open streams that adds up. Covers what ``iostream`` does
+    with them.
     """
 
     __slots__ = ("_d",)
@@ -208,8 +205,8 @@ class Server(tornado.httpserver.HTTPServer):
         """Tornado's, but the client time limits (``limits``; by default the app's
         CLIENT_*_TIMEOUT_SECONDS) are enforced by a sweep of the open connections
         (``_sweep``) instead of a timer per request. Tornado arms ``gen.with_timeout`` around
-        every request's header read; that was 7% of a non-stream request's CPU (A/B: 0.281 ->
-        0.262 ms) for a limit of seconds."""
+        every request's header read: a real share of a short request's CPU, for a limit of
+        seconds."""
         kw.setdefault("chunk_size", READ_CHUNK_BYTES)
         kw.setdefault("max_header_size", MAX_HEADER_BYTES)
         super().initialize(*args, **kw)
@@ -220,7 +217,14 @@ class Server(tornado.httpserver.HTTPServer):
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         for sock in sockets:
             self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = self._accept_from(sock)
+            acceptor = Acceptor(
+                sock,
+                self._handle_connection,
+                self.shed,
+                batch=self.ACCEPT_BATCH,
+                pause_seconds=self.ACCEPT_PAUSE,
+            )
+            self._handlers[sock.fileno()] = acceptor.remove
         if self._sweeper is None:
             self._sweeper = PeriodicCallback(self._sweep, 1000 * self.limits.sweep_every())
             self._sweeper.start()
@@ -268,80 +272,19 @@ class Server(tornado.httpserver.HTTPServer):
             conn.stream.close()
         return len(victims)
 
-    def _accept_from(self, sock: socket.socket) -> Callable[[], None]:
-        """Tornado's ``add_accept_handler``, except when accept() fails for want of file
-        descriptors (EMFILE, ENFILE) or kernel memory. Tornado lets that error out of the
-        handler while the listening socket stays readable: the loop spun at 100% CPU and
-        logged a traceback per pass (a million in a minute, measured) until a descriptor
-        freed. Here accepting pauses for ACCEPT_PAUSE seconds instead: the running streams go
-        on, new clients wait in the listen queue, and one warning (at most every 10 s) says why.
-        """
-        io_loop = IOLoop.current()
-        state = {"removed": False, "paused": False, "warned": 0.0, "refused": 0, "closed": 0}
-
-        def accept(fd: socket.socket, events: int) -> None:
-            for _ in range(self.ACCEPT_BATCH):
-                if state["removed"] or state["paused"]:
-                    return
-                try:
-                    connection, address = sock.accept()
-                except BlockingIOError:
-                    return
-                except ConnectionAbortedError:
-                    continue
-                except OSError as e:
-                    if e.errno not in LOCAL_ERRNOS:
-                        raise
-                    pause(e)
-                    return
-                self._handle_connection(connection, address)
-
-        def pause(e: OSError) -> None:
-            state["paused"] = True
-            state["refused"] += 1
-            io_loop.remove_handler(sock)
-            io_loop.call_later(self.ACCEPT_PAUSE, resume)
-            # Stalled and idle keep-alive clients would otherwise hold every descriptor while
-            # the clients in the listen queue wait for one: close them.
-            closed = self.shed()
-            state["closed"] += closed
-            now = time.monotonic()
-            if now - state["warned"] >= 10.0:
-                log.warning(
-                    "cannot accept connections (%s; fd limit %d): pausing accept() for %g s; "
-                    "new clients wait in the listen queue (%s, %s closed so far)",
-                    e.strerror,
-                    resource.getrlimit(resource.RLIMIT_NOFILE)[0],
-                    self.ACCEPT_PAUSE,
-                    plural(state["refused"], "pause"),
-                    plural(state["closed"], "stalled or idle connection"),
-                )
-                state["warned"] = now
-
-        def resume() -> None:
-            state["paused"] = False
-            if not state["removed"]:
-                io_loop.add_handler(sock, accept, IOLoop.READ)
-
-        def remove() -> None:
-            if not state["removed"] and not state["paused"]:
-                io_loop.remove_handler(sock)
-            state["removed"] = True
-
-        io_loop.add_handler(sock, accept, IOLoop.READ)
-        return remove
-
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
         # No Nagle delay, for the whole connection: set once here. Tornado's HTTP1Connection
         # turns it on at each response's end and off again after it (two setsockopt calls
-        # and two enum conversions per request, 5% of a non-stream request's CPU), which also
-        # left every stream after the first on a keep-alive connection with Nagle on.
+        # and two enum conversions per request), which also left every stream after the
+        # first on a keep-alive connection with Nagle on.
         stream.set_nodelay(True)
         stream.set_nodelay = _nodelay_stays  # type: ignore[method-assign]
         stream._write_futures = _LazyDeque()  # type: ignore[assignment]
         # Weakly: the stream holding a strong reference to itself would be a reference cycle,
         # freed only by the collector's full passes.
-        stream._check_max_bytes = functools.partial(_check_header_bytes, weakref.proxy(stream))
+        stream._check_max_bytes = functools.partial(  # type: ignore[method-assign]
+            _check_header_bytes, weakref.proxy(stream)
+        )
         stream._write_buffer._buffers = _LazyDeque()  # type: ignore[assignment]
         context = tornado.httpserver._HTTPRequestContext(
             stream, address, self.protocol, self.trusted_downstream

@@ -1,10 +1,11 @@
 """Client connections: the idle timeout (a sweep, not a timer per request), and handlers that
-start in the pass that read their request (app.start_eagerly)."""
+start in the pass that read their request (fast.start_eagerly)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -12,8 +13,8 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.tcpclient import TCPClient
 
-from orpoll.app import _resume, start_eagerly
-from orpoll.connections import Server
+from orpoll.fast.connections import Server
+from orpoll.fast.eager import _resume, start_eagerly
 from orpoll.limits import Limits
 from tests.conftest import raw_chat_request
 
@@ -143,6 +144,23 @@ async def test_start_eagerly_passes_errors_and_cancellation_through():
     with pytest.raises(asyncio.CancelledError):
         await task
     assert cleaned == [True] and task.cancelled()
+
+
+async def test_a_cancelled_eager_task_logs_nothing(caplog):
+    """As Tornado's own handler start: a cancelled handler task is not an error to log."""
+    loop = asyncio.get_running_loop()
+
+    async def waits_forever():
+        await loop.create_future()
+
+    task = start_eagerly(waits_forever())
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        task.cancel()
+        for _ in range(3):  # the Task ends, then its done-callbacks run
+            await asyncio.sleep(0)
+    assert task.cancelled()
+    assert not [r for r in caplog.records if "CancelledError" in r.getMessage() + str(r.exc_info)]
 
 
 async def test_a_dropped_eager_task_closes_its_coroutine():

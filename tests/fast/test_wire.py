@@ -1,4 +1,4 @@
-"""What orpoll writes to the client's socket itself (orpoll/wire.py): the same bytes Tornado's
+"""What orpoll writes to the client's socket itself (orpoll/fast/wire.py): the same bytes Tornado's
 own write path would send, and a connection that goes on serving."""
 
 from __future__ import annotations

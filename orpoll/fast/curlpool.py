@@ -1,8 +1,7 @@
 """``LazyCurlClient``: the curl handles and the multi that upstream transfers run on.
 
-Split from upstream.py to keep modules under ~400 lines, as ``Transfer`` is
-(transfer.py); the three are the only modules importing pycurl. upstream.CurlPool runs
-transfers on several of these clients.
+``shards.CurlPool`` runs relayed transfers (``transfer.Transfer``) on several of these
+clients; ``control_client`` makes one for orpoll's own fetches.
 """
 
 from __future__ import annotations
@@ -48,15 +47,15 @@ class LazyCurlClient(CurlAsyncHTTPClient):
     """CurlAsyncHTTPClient that creates its curl handles as load needs them, runs orpoll's own
     ``Transfer`` requests on them, and can end a transfer on demand.
 
-    Tornado (6.6) builds all ``max_clients`` handles up front: about 4 KB each, 40 MB for the
-    10,000 transfers we allow. Growing ``_curls``/``_free_list`` on demand keeps an idle proxy
-    small. ``send`` runs a Transfer (the relay's shards, upstream.CurlPool); Tornado's
+    Tornado builds all ``max_clients`` handles up front, for every transfer we allow. Growing
+    ``_curls``/``_free_list`` on demand keeps an idle proxy small. ``send`` runs a Transfer
+    (the relay's shards, shards.CurlPool); Tornado's
     ``fetch`` still works (the health checks' and the model list's own client), and waiting
     transfers go first when a handle frees.
     Tornado has no cancel for a fetch: ``abort`` finishes one the way curl would have, with an
     error, and a sweep every ``SWEEP_SECONDS`` (at most) ends transfers that stalled. All of it
     relies on ``_curls``, ``_free_list``, ``_requests``, ``_multi``, ``_fds``, ``_finish``,
-    ``curl.info`` and the IOLoop's ``asyncio_loop``, stable across Tornado 6.x (pinned < 7).
+    ``curl.info`` and the IOLoop's ``asyncio_loop`` (see the package's docstring).
     """
 
     SWEEP_SECONDS = 1.0
@@ -71,16 +70,20 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         # First: curl calls _set_timeout from within Tornado's initialize.
         self._aloop = IOLoop.current().asyncio_loop  # type: ignore[attr-defined]
         super().initialize(max_clients=min(max_clients, 16), **kwargs)
-        self._limit = max_clients
+        self.limit = max_clients
         self._pass_started = False  # a transfer was started at once in this loop pass
         self.h2c: H2c | None = None  # transfers to http:// URLs speak HTTP/2 while it is on
-        self._running: dict[pycurl.Curl, Transfer] = {}
+        self.running: dict[pycurl.Curl, Transfer] = {}
         self._waiting = collections.deque() if waiting is None else waiting
         self._sweeper: PeriodicCallback | None = None
         self.idle_since = time.monotonic()  # when its last running transfer finished
 
+    def has_room(self) -> bool:
+        """Whether a transfer sent now starts at once (a handle is free or can be made)."""
+        return len(self.running) < self.limit
+
     def _grow(self) -> None:
-        if not self._free_list and len(self._curls) < self._limit:
+        if not self._free_list and len(self._curls) < self.limit:
             curl = self._curl_create()
             self._curls.append(curl)
             self._free_list.append(curl)
@@ -105,14 +108,13 @@ class LazyCurlClient(CurlAsyncHTTPClient):
     def _start_now(self) -> None:
         """Let curl start the first new transfer of a loop pass at once: run its due timers now,
         as ``_handle_timeout`` would on the next pass. Later ones in the same pass wait for that
-        next pass and start together, one ``socket_action`` for all (a non-stream request's
-        CPU rose 25% when each started on its own). Waiting behind the rest of the pass's
-        events was ~0.15 ms of a stream's time to its first chunk at 200 streams; A/B: p50
-        -0.15 ms, p99 -0.26 ms, CPU +2.8% per stream and +7.5% per non-stream request."""
+        next pass and start together, one ``socket_action`` for all (each on its own cost
+        far more CPU). Waiting behind the rest of the pass's events delayed a stream's first
+        chunk under load."""
         self._pass_started = True
         self._aloop.call_soon(self._next_pass)
         if self._timeout is not None:
-            self._timeout.cancel()
+            self._timeout.cancel()  # type: ignore[attr-defined]  # our asyncio TimerHandle
         self._handle_timeout()
 
     def _next_pass(self) -> None:
@@ -130,17 +132,17 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         waiting, free = self._waiting, self._free_list
         while waiting and free:
             transfer = waiting.popleft()
-            if transfer._abort:  # its client left while it waited
+            if transfer.aborted:  # its client left while it waited
                 transfer.error = CurlError(CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
                 self._resolve(transfer)
                 continue
             curl = free.pop()
-            curl.info = transfer
+            curl.info = transfer  # type: ignore[attr-defined]  # Tornado's per-handle slot
             transfer.h2c = self.h2c is not None and self.h2c.on
             try:
-                transfer._setup(curl)
+                transfer.setup(curl)
             except Exception as e:  # a bad option value: fail this attempt, not the loop
-                curl.info = None
+                curl.info = None  # type: ignore[attr-defined]
                 curl.reset()
                 free.append(curl)
                 transfer.error = CurlError(CURLE_SETUP_FAILED, f"request setup failed: {e}")
@@ -154,9 +156,9 @@ class LazyCurlClient(CurlAsyncHTTPClient):
     def _started(self, curl: pycurl.Curl, transfer: Transfer) -> None:
         """``transfer`` runs on ``curl`` from now until curl or ``abort`` finishes it."""
         transfer.curl, transfer.client = curl, self
-        self._running[curl] = transfer
+        self.running[curl] = transfer
         if transfer.stall or transfer.first_byte:
-            transfer._quiet_since = transfer.begun = time.monotonic()
+            transfer.quiet_since = transfer.begun = time.monotonic()
             interval = min(self.SWEEP_SECONDS, max(0.05, transfer.sweep_every))
             sweeper = self._sweeper
             if sweeper is None or sweeper.callback_time > 1000 * interval:
@@ -167,14 +169,14 @@ class LazyCurlClient(CurlAsyncHTTPClient):
 
     def abort(self, curl: pycurl.Curl) -> None:
         """End the transfer running on ``curl`` now; it finishes with curl error 42."""
-        if curl not in self._running or getattr(curl, "info", None) is None:
+        if curl not in self.running or getattr(curl, "info", None) is None:
             return  # already finished: the handle may serve another request by now
         self._finish(curl, CURLE_ABORTED_BY_CALLBACK, "aborted by orpoll")
         self._process_queue()  # a request may be waiting for this handle
 
     def _handle_socket(self, event: int, fd: int, multi: Any, data: Any) -> None:
         """curl SOCKETFUNCTION, on the asyncio loop itself, not through IOLoop.add_handler
-        and its wrapper call per socket event (each chunk is one): -2.4% CPU at 200 streams.
+        and its wrapper call per socket event (each chunk is one).
         As Tornado's, it drops the old registration before adding the new: curl may have
         closed the descriptor and opened another with the same number."""
         loop = self._aloop
@@ -195,7 +197,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         """curl TIMERFUNCTION on the asyncio loop, not IOLoop.add_timeout (an ABC isinstance
         check, a partial and a wrapper call each time); as Tornado's, -1 runs it at once."""
         if self._timeout is not None:
-            self._timeout.cancel()
+            self._timeout.cancel()  # type: ignore[attr-defined]  # our asyncio TimerHandle
         self._timeout = self._aloop.call_later(max(msecs, 0) / 1000.0, self._handle_timeout)
 
     def _handle_timeout(self) -> None:
@@ -219,14 +221,14 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             try:
                 ret, running = self._multi.socket_action(fd, action)
             except pycurl.error as e:
-                ret, running = e.args[0], -1
+                ret, running = int(e.args[0]), -1
             if ret != pycurl.E_CALL_MULTI_PERFORM:
                 break
         if running < len(self._curls) - len(self._free_list) or self._requests or self._waiting:
             self._finish_pending_requests()
 
     def _finish(self, curl: pycurl.Curl, *args: Any, **kwargs: Any) -> None:
-        transfer = curl.info
+        transfer = curl.info  # type: ignore[attr-defined]
         if type(transfer) is not Transfer:  # a Tornado fetch
             return super()._finish(curl, *args, **kwargs)
         self._finish_transfer(curl, transfer, *args, **kwargs)
@@ -238,8 +240,8 @@ class LazyCurlClient(CurlAsyncHTTPClient):
         curl_error: int | None = None,
         curl_message: str | None = None,
     ) -> None:
-        curl.info = None
-        del self._running[curl]
+        curl.info = None  # type: ignore[attr-defined]
+        del self.running[curl]
         transfer.curl = None  # from here on the handle belongs to the pool
         self._multi.remove_handle(curl)
         if transfer.h2c and self._h2c_refused(transfer, curl_error, curl_message):
@@ -256,7 +258,7 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             transfer.status = curl.getinfo(pycurl.RESPONSE_CODE)
         curl.reset()
         self._free_list.append(curl)
-        if not self._running:
+        if not self.running:
             self.idle_since = time.monotonic()
         self._resolve(transfer)
 
@@ -291,13 +293,13 @@ class LazyCurlClient(CurlAsyncHTTPClient):
             future.set_result(transfer)
 
     def _sweep(self) -> None:
-        if not self._running:
+        if not self.running:
             return
         now = time.monotonic()
-        for transfer in list(self._running.values()):
+        for transfer in list(self.running.values()):
             if transfer.stalled(now):
                 transfer.timed_out = True  # classify_transport words the error from this
-                transfer.abort = True
+                transfer.abort()
 
 
 def _socket_errno(curl_error: int) -> int:

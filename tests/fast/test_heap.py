@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from orpoll import heap
+from orpoll.fast import heap
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 
 PROBE = textwrap.dedent(
     """
     import ctypes, json
-    from orpoll import heap
-    from orpoll.connections import READ_CHUNK_BYTES
+    from orpoll.fast import heap
+    from orpoll.fast.connections import READ_CHUNK_BYTES
 
     libc = ctypes.CDLL(None)
     libc.calloc.restype = libc.malloc.restype = ctypes.c_void_p

@@ -2,16 +2,15 @@
 
 Tornado writes a response through ``RequestHandler.write``/``flush``/``finish`` and
 ``HTTP1Connection.write_headers``/``write``/``finish``: per write a Future, an IOStream write
-with its own Future and done-callback, and for the head a CR/LF regex per line. In A/Bs
-(bench.ab, in the commits), writing directly saved ~37 us per stream head and ~34 us per
-stream end (5% of a stream's CPU each) and ~22 us per non-stream answer (11%); per stream
-chunk (inline in api.RelayHandler.send) 14%. Each is one ``send`` when the client is an
+with its own Future and done-callback, and for the head a CR/LF regex per line: a real
+share of a stream's and a short answer's CPU (bench/README.md). Each is one ``send`` when the
+client is an
 HTTP/1.1 keep-alive client on plain TCP with nothing queued, and the connection is left in
 the state Tornado's own calls would leave (``_chunking_output``,
 ``_expected_content_remaining``, ``_pending_write``), so ``HTTP1Connection.finish`` and the
 next request on the connection go on as usual. Every other case returns False or None, and
-the caller takes Tornado's path. Relies on those HTTP1Connection attributes, stable across
-Tornado 6.x (pinned < 7), as connections.py does.
+the caller takes Tornado's path. ``FastWriter`` is what relay handlers use; its fallback is
+``plain.PlainWriter``.
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ def _head(handler: RequestHandler, last: bytes) -> tuple[IOStream, bytes] | None
     return stream, b"\r\n".join(lines)
 
 
-def start_stream(handler: RequestHandler, chunk: bytes) -> bool:
+def _start_stream(handler: RequestHandler, chunk: bytes) -> bool:
     """A stream's head with its first chunk, chunked (as ``write_headers`` frames it)."""
     head = _head(handler, b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n" % (len(chunk), chunk))
     if head is None:
@@ -87,7 +86,7 @@ def start_stream(handler: RequestHandler, chunk: bytes) -> bool:
     return True
 
 
-def respond(handler: RequestHandler) -> bool:
+def _respond(handler: RequestHandler) -> bool:
     """A whole response (a non-stream POST's): head, Content-Length and the written body in
     one send, then ``finish``'s bookkeeping. Not for statuses without a body, nor GET/HEAD
     (Tornado's finish adds an Etag to those)."""
@@ -111,14 +110,15 @@ def respond(handler: RequestHandler) -> bool:
     return True
 
 
-def end_stream(handler: RequestHandler) -> bool:
+def _end_stream(handler: RequestHandler) -> bool:
     """A stream's last chunk, then ``finish``'s bookkeeping (its flush would cost an empty
     IOStream write, and HTTP1Connection.finish another write for the last chunk)."""
     conn = handler.request.connection
     stream = idle_stream(handler)
     if stream is None or not getattr(conn, "_chunking_output", False) or handler._write_buffer:
         return False
-    conn._chunking_output = False  # the last chunk is written here: finish() must not add one
+    # The last chunk is written here: finish() must not add one.
+    conn._chunking_output = False  # type: ignore[union-attr]
     _finish(handler, stream, END)
     return True
 
@@ -133,3 +133,59 @@ def _finish(handler: RequestHandler, stream: IOStream, data: bytes) -> None:
     handler._finished = True
     handler.on_finish()
     handler._break_cycles()
+
+
+def _send_chunk(handler: RequestHandler, data: bytes) -> bool:
+    """A stream's chunk after its head: to the socket itself, framed as an HTTP/1.1 chunk,
+    when the IOStream has nothing queued; what the kernel does not take, and everything while
+    something is queued, through the IOStream in order. True while bytes wait for the client.
+    """
+    conn = handler.request.connection
+    stream = conn.stream  # type: ignore[union-attr]
+    # Only where Tornado itself frames chunks (HTTP/1.1 clients), on plain TCP.
+    direct = getattr(conn, "_chunking_output", False) and type(stream) is IOStream
+    if direct and not stream.writing() and not stream.closed():
+        # A chunk the kernel takes whole costs no write future and no callback.
+        framed = b"%x\r\n%b\r\n" % (len(data), data)
+        try:
+            sent = stream.socket.send(framed)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            handler.on_connection_close()
+            return False
+        if sent == len(framed):
+            return False
+        stream.write(framed[sent:])  # the rest in order, behind nothing else
+    else:
+        conn.write(data)  # type: ignore[union-attr]
+    return stream.writing()
+
+
+class FastWriter:
+    """A relay handler's answer written to the socket itself where it can be (see above), else
+    through Tornado's write path; the same interface as ``plain.PlainWriter``."""
+
+    fast = True
+    send_chunk = staticmethod(_send_chunk)
+
+    @staticmethod
+    def start_stream(handler: RequestHandler, chunk: bytes) -> None:
+        """A stream's head and first chunk."""
+        if _start_stream(handler, chunk):
+            return
+        handler.write(chunk)
+        handler.flush()
+        # The headers are on the wire and Tornado never reads them again; a stream may last
+        # minutes, so let go of the filled dict.
+        handler._headers = httputil.HTTPHeaders()
+
+    @staticmethod
+    def finish(handler: RequestHandler, streaming: bool) -> None:
+        """The end of the answer: a stream's last chunk, or a whole buffered answer."""
+        if handler._headers_written:
+            if streaming and _end_stream(handler):
+                return
+        elif not streaming and _respond(handler):
+            return
+        handler.finish()

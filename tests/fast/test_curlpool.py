@@ -10,10 +10,13 @@ import time
 
 import pytest
 
-from orpoll import heap
+from orpoll.fast import heap
+from orpoll.fast.shards import SHARD_TRANSFERS
 from orpoll.keys import key_id
-from orpoll.upstream import SHARD_TRANSFERS
+from tests.conftest import fast_only
 from tests.test_streaming import assert_clean_sse, expected_stream, stream_raw, wait_for
+
+pytestmark = fast_only("the fallback pool is one Tornado curl client: no shards, no queue")
 
 
 @pytest.fixture
@@ -41,15 +44,15 @@ async def test_streams_beyond_a_shard_run_on_another_within_the_cap(cap_300, app
     pool = app.upstream.pool
     job = asyncio.gather(*(stream_raw(base_url) for _ in range(320)))
     await wait_for(lambda: fake.active == 300 and len(pool.waiting) == 20, 10)
-    assert [shard._limit for shard in pool.shards] == [256, 44]
-    assert [len(shard._running) for shard in pool.shards] == [256, 44]
+    assert [shard.limit for shard in pool.shards] == [256, 44]
+    assert [len(shard.running) for shard in pool.shards] == [256, 44]
     raws = await job
     assert fake.peak == 300  # the cap held, across both shards
     for raw in raws:
         assert raw.code == 200
         assert_clean_sse(raw)
         assert raw.body == expected_stream(2)
-    assert not pool.waiting and not any(shard._running for shard in pool.shards)
+    assert not pool.waiting and not any(shard.running for shard in pool.shards)
     connections = len(fake.peers)
     assert connections <= 300
 
@@ -88,7 +91,7 @@ async def test_an_idle_extra_shard_is_closed_with_its_connections(cap_300, app, 
     fake.default = {"chunks": 2, "interval": 1.0}
     job = asyncio.gather(*(stream_raw(base_url) for _ in range(300)))
     await wait_for(lambda: fake.active == 300, 10)
-    assert [shard._limit for shard in pool.shards] == [256, 44]
+    assert [shard.limit for shard in pool.shards] == [256, 44]
     assert heap.in_burst()  # the extra shard's upload buffers are mmap'd (test_heap.py)
     extra = pool.shards[1]
     raws = await job
@@ -107,7 +110,7 @@ async def test_an_idle_extra_shard_is_closed_with_its_connections(cap_300, app, 
 
     job = asyncio.gather(*(stream_raw(base_url) for _ in range(300)))
     await wait_for(lambda: fake.active == 300, 10)
-    assert [shard._limit for shard in pool.shards] == [256, 44]
+    assert [shard.limit for shard in pool.shards] == [256, 44]
     raws = await job
     assert all(raw.code == 200 and raw.body == expected_stream(2) for raw in raws)
     await wait_for(lambda: len(pool.shards) == 1, 5)
