@@ -76,29 +76,8 @@ class OrpollApp(tornado.web.Application):
         self.started_at = time.time()
         self.traffic = Traffic()
         self.write_behind = WriteBehind(store, scheduler)
-        self.ledger = ledger or Ledger.open(
-            config.data_dir,
-            record_days=config.request_log_retention_days,
-            usage_days=config.usage_retention_days,
-        )
-        self.ledger.backfill = Backfill(
-            lambda kid: getattr(scheduler.get(kid), "key", None), lambda: self.config.upstream_base
-        )
-        self.metrics_registry = make_registry(
-            Collector(
-                self.ledger.counters, lambda: len(self.streams), lambda: pool_figures(scheduler)
-            )
-        )
-        self.sessions = Sessions(store, lambda: self.config.session_lifetime)
-        self.sessions.load()
-        self.password = AdminPassword(store, config.admin_password)
-        self.generated_password = self.password.setup(self.sessions)  # server.py logs it once
-        self.login_throttle = LoginThrottle(lambda: self.config.login_max_failures)
-        self.jinja = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(os.path.join(ROOT, "templates")),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-        )
+        self._open_usage(ledger)
+        self._open_admin()
         settings = {
             "default_handler_class": NotFoundHandler,
             "log_function": log_request,
@@ -115,6 +94,37 @@ class OrpollApp(tornado.web.Application):
         routes = api.routes + admin.routes + admin_settings.routes + admin_keys.routes
         routes += admin_usage.routes
         super().__init__(routes, **settings)
+
+    def _open_usage(self, ledger: Ledger | None) -> None:
+        """The request ledger, its /generation backfill and the /metrics registry."""
+        config, scheduler = self.config, self.scheduler
+        self.ledger = ledger or Ledger.open(
+            config.data_dir,
+            record_days=config.request_log_retention_days,
+            usage_days=config.usage_retention_days,
+        )
+        self.ledger.backfill = Backfill(
+            lambda kid: getattr(scheduler.get(kid), "key", None), lambda: self.config.upstream_base
+        )
+        self.metrics_registry = make_registry(
+            Collector(
+                self.ledger.counters, lambda: len(self.streams), lambda: pool_figures(scheduler)
+            )
+        )
+
+    def _open_admin(self) -> None:
+        """Admin sessions, the password, the login throttle and the page templates."""
+        config, store = self.config, self.store
+        self.sessions = Sessions(store, lambda: self.config.session_lifetime)
+        self.sessions.load()
+        self.password = AdminPassword(store, config.admin_password)
+        self.generated_password = self.password.setup(self.sessions)  # server.py logs it once
+        self.login_throttle = LoginThrottle(lambda: self.config.login_max_failures)
+        self.jinja = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(os.path.join(ROOT, "templates")),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
 
     def get_handler_delegate(self, request, target_class, *args: Any, **kwargs: Any):
         delegate = super().get_handler_delegate(request, target_class, *args, **kwargs)
