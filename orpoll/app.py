@@ -143,7 +143,8 @@ class OrpollApp(tornado.web.Application):
         self.write_behind.stop()
         await self.write_behind.flush()
         self.store.close()
-        await self.ledger.backfill.close()
+        if self.ledger.backfill is not None:
+            await self.ledger.backfill.close()
         self.ledger.close()
 
     def apply_settings(self, config: Settings) -> None:
