@@ -78,7 +78,7 @@ class Settings:
     event_loop: str = _opt(
         "uvloop",
         "EVENT_LOOP",
-        "uvloop (libuv's loop, in C: 5% less CPU per request) or asyncio (Python's own); "
+        "uvloop (libuv's loop, in C: less CPU per request) or asyncio (Python's own); "
         "asyncio when uvloop is not installed",
         choices=EVENT_LOOPS,
     )
