@@ -23,14 +23,24 @@ var wrap = func(h http.Handler) http.Handler { return h }
 // Bytes of one SSE chunk; the stream is n of these followed by doneEvent.
 var chunkEvent = []byte(`data: {"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m",` +
 	`"choices":[{"index":0,"delta":{"content":"tok"},"finish_reason":null}]}` + "\n\n")
-var doneEvent = []byte("data: [DONE]\n\n")
 
-// A ~400-byte non-stream answer, built once.
+// The stream's end as OpenRouter sends it: one last chunk with empty choices and the usage of
+// the whole answer, then [DONE].
+var doneEvent = []byte(`data: {"id":"gen-1","object":"chat.completion.chunk","created":1,"model":"m",` +
+	`"choices":[],"usage":` + usageJSON + "}\n\ndata: [DONE]\n\n")
+
+// OpenRouter's usage object: token counts, their details and the cost in USD.
+const usageJSON = `{"prompt_tokens":12,"completion_tokens":14,"total_tokens":26,"cost":0.00017,` +
+	`"is_byok":false,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},` +
+	`"completion_tokens_details":{"reasoning_tokens":0,"image_tokens":0},` +
+	`"cost_details":{"upstream_inference_cost":null}}`
+
+// A ~600-byte non-stream answer, built once.
 var completionBody = []byte(`{"id":"gen-1","object":"chat.completion","created":1,"model":"m",` +
 	`"provider":"fake","system_fingerprint":null,"choices":[{"index":0,"logprobs":null,` +
 	`"finish_reason":"stop","native_finish_reason":"stop","message":{"role":"assistant",` +
 	`"content":"Hello! This is the fake upstream answering a benchmark request.","refusal":null,` +
-	`"reasoning":null}}],"usage":{"prompt_tokens":12,"completion_tokens":14,"total_tokens":26}}`)
+	`"reasoning":null}}],"usage":` + usageJSON + `}`)
 
 var modelsBody = []byte(`{"data":[{"id":"a/b","canonical_slug":"a/b","name":"A: B","created":1,` +
 	`"description":"fake model","context_length":8192,"architecture":{"modality":"text->text"},` +

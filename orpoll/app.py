@@ -25,6 +25,7 @@ from .keys import CooldownPolicy
 from .ledger import Ledger
 from .metrics import Collector, make_registry, pool_figures
 from .overlay import overlay_settings
+from .recording import record_of
 from .scheduler import KeyScheduler
 from .seal import ensure_secret
 from .seeding import seed_pool
@@ -80,7 +81,6 @@ class OrpollApp(tornado.web.Application):
         self._open_admin()
         settings = {
             "default_handler_class": NotFoundHandler,
-            "log_function": log_request,
             "static_path": os.path.join(ROOT, "static"),
             "static_handler_class": StaticHandler,
             "template_path": os.path.join(ROOT, "templates"),
@@ -132,6 +132,12 @@ class OrpollApp(tornado.web.Application):
             limit = min(fast.SMALL_BODY, self.config.max_body_bytes)
             return fast.SmallBodyFirst(delegate, limit)
         return delegate
+
+    def log_request(self, handler: tornado.web.RequestHandler) -> None:
+        """A finished request: its access line, and for /v1 its record in the ledger."""
+        log_request(handler)
+        if handler.request.path.startswith("/v1/"):
+            self.ledger.add(record_of(handler))
 
     def next_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._request_ids)}"

@@ -44,19 +44,43 @@ class Sink(Protocol):
 
 
 class Attempts:
-    """What happened to one request: keys tried and their verdicts (for logs and headers)."""
+    """What happened to one request: keys tried and their verdicts, the key that served it and
+    where its usage figures are (for the access log, headers and the request ledger)."""
 
-    __slots__ = ("items", "first_byte", "status", "broken")
+    __slots__ = (
+        "items",
+        "ms",
+        "first_byte",
+        "status",
+        "broken",
+        "broken_code",
+        "served",
+        "body",
+        "tail",
+        "head",
+        "generation_id",
+    )
 
     def __init__(self) -> None:
         self.items: list[tuple[str, str, int]] = []
+        self.ms: list[float] = []  # each attempt's duration, beside ``items``
         self.first_byte = 0.0
         self.status = 0
         self.broken = ""  # why a stream failed after its 200 went out ("" = it did not)
+        self.broken_code = ""
+        self.served: KeyState | None = None  # the key whose answer went to the client
+        # Where the usage is read from once the answer is over, never while it flows: a
+        # non-stream answer's body, a stream's last events, and its first committed block
+        # (which names the generation when the usage never came).
+        self.body = b""
+        self.tail = b""
+        self.head = b""
+        self.generation_id = ""
 
-    def add(self, ks: KeyState, outcome: Outcome | None) -> None:
+    def add(self, ks: KeyState, outcome: Outcome | None, ms: float = 0.0) -> None:
         verdict = outcome.verdict.value if outcome else "aborted"
         self.items.append((ks.id, verdict, outcome.status if outcome else 0))
+        self.ms.append(ms)
 
     def __str__(self) -> str:
         return ",".join(f"{kid}:{v}:{s}" for kid, v, s in self.items) or "-"
@@ -77,6 +101,7 @@ class Attempt:
         "error_body",
         "pre_error",
         "tail",
+        "prev",
         "mid_error",
         "started",
         "sched",
@@ -103,7 +128,7 @@ class Attempt:
         self.error_body: list[bytes] = []
         self.pre_error: Outcome | None = None
         self.mid_error: dict | None = None
-        self.tail = b""
+        self.tail = self.prev = b""
         self.started = time.monotonic()
         self.sched, self.model = sched, model
         self.begun = sched.begin(ks)  # the attempt's start, as the scheduler knows it
@@ -154,6 +179,7 @@ class Attempt:
             if not _looks_like_json(body):
                 return _not_json()
         self._commit(status, content_type)
+        self.attempts.body = body
         self.sink.send(body)
         return Outcome(Verdict.OK, status)
 
@@ -164,8 +190,10 @@ class Attempt:
             if value:
                 out.append((name, value))
         out.append(("X-Orpoll-Attempts", str(len(self.attempts.items) + 1)))
-        self.attempts.status = status
-        self.attempts.first_byte = time.time()  # the access log measures ttfb from it
+        attempts = self.attempts
+        attempts.status, attempts.served = status, self.ks
+        attempts.generation_id = self.transfer.header("X-Generation-Id") or ""
+        attempts.first_byte = time.time()  # the access log measures ttfb from it
         self.sink.start(status, out)
         self.committed = True
         if self.waiting:
@@ -204,7 +232,9 @@ class Attempt:
                 return
         elif b'"error"' in complete:
             self._watch_error(complete)
-        self.tail = complete  # a reference: only its end is read, once, at the end
+        # References, not copies: the usage event is in the last block or the one before it
+        # ([DONE] may come on its own), read once when the stream is over.
+        self.prev, self.tail = self.tail, complete
         self.sink.send(complete)
 
     def _event_too_large(self) -> None:
@@ -244,7 +274,8 @@ class Attempt:
                 self.transfer.abort()
                 return b""
             self._commit(200, None)
-            return block[m.start() :]
+            self.attempts.head = block = block[m.start() :]
+            return block
         if time.monotonic() - self.started >= self.upstream.config.stream_keepalive_after:
             self._commit(200, None)
             return block
@@ -271,6 +302,7 @@ class Attempt:
                 return classify(200, leftover, t.header, error=err)
             if leftover.startswith(b"{") and _is_json(leftover):  # a plain JSON answer
                 self._commit(200, "application/json")
+                self.attempts.body = pending
                 self.sink.send(pending)
                 return Outcome(Verdict.OK, 200)
             return Outcome(Verdict.TRANSIENT, 502, "upstream stream ended before any data")
@@ -279,9 +311,11 @@ class Attempt:
             self.tail = pending
         if not sse.ends_with_done(self.tail):
             self.sink.send(sse.DONE)
+        self.attempts.tail = self.prev + self.tail
         if self.mid_error is not None:
             outcome = classify(200, b"", t.header, error=self.mid_error)
             self.attempts.broken = outcome.message
+            self.attempts.broken_code = str(outcome.code or "upstream_error")
             return outcome
         return Outcome(Verdict.OK, 200)
 
@@ -299,15 +333,16 @@ class Attempt:
             # Mid-stream drop: end the stream cleanly, never a silent truncation. The partial
             # event in ``pending`` is discarded so the client never sees broken JSON.
             timed_out = self.transfer.timed_out
+            code = "upstream_timeout" if timed_out else "upstream_disconnected"
             self.sink.send(
                 sse.error_event(
                     outcome.message if timed_out else "upstream connection lost mid-stream",
-                    code="upstream_timeout" if timed_out else "upstream_disconnected",
+                    code=code,
                     status=outcome.status,
                 )
                 + sse.DONE
             )
-            self.attempts.broken = outcome.message
+            self.attempts.broken, self.attempts.broken_code = outcome.message, code
         return outcome
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from urllib.parse import urlsplit
 
 from . import errors
@@ -78,7 +79,7 @@ class Relay:
             finally:  # whatever ends it (disconnect, cancellation): the key's count goes down
                 sched.end(ks, once.begun, once.waiting)
                 once.waiting = False
-            self.attempts.add(ks, outcome)
+            self.attempts.add(ks, outcome, 1000.0 * (time.monotonic() - once.started))
             if outcome is None:  # client went away: nothing to say about the key
                 return
             _mask_key(outcome, ks)

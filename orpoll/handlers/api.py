@@ -30,6 +30,8 @@ class RelayHandler(ApiHandler):
     transfer: Transfer | None = None
     counted = False  # holds an in-flight slot
     client = b""  # the client key whose admission slot it holds
+    bytes_out = 0  # body bytes written to the client
+    disconnected = False  # the client left before the answer was over
     buffer_small_bodies = True  # see fast.SmallBodyFirst: such bodies arrive before prepare()
     head_sent = False  # a stream's head is on its way to the client
     ended = False  # done() answered the request
@@ -92,7 +94,7 @@ class RelayHandler(ApiHandler):
         return body
 
     def on_connection_close(self) -> None:
-        self.client_gone = True
+        self.client_gone = self.disconnected = True
         if self.transfer is not None:
             self.transfer.abort()  # ends the upstream transfer now
         # Tornado's own ends a body still arriving: the handler then returns before its method
@@ -140,6 +142,7 @@ class RelayHandler(ApiHandler):
         """
         if self.client_gone:
             return
+        self.bytes_out += len(data)
         if not self.streaming:
             self.write(data)
             return

@@ -51,10 +51,12 @@ class BaseHandler(tornado.web.RequestHandler):
         return self._request_id
 
     error_note: str | None = None  # why the request was refused, for its access line
+    error: BaseException | None = None  # what ended it, for the request ledger
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         """A refusal (any HTTPError) goes into the request's one access line (``error=``)
         instead of a second line from Tornado; anything else is logged with its traceback."""
+        self.error = value
         if isinstance(value, errors.ApiError):
             self.error_note = value.message
         elif isinstance(value, tornado.web.HTTPError):
