@@ -116,6 +116,7 @@
       cell(t("col.status"), "status-cell", statusCell(k, now)),
       cell(t("col.weight"), "num", weight),
       cell(t("col.requests"), "traffic", ...trafficCell(k)),
+      cell(t("col.today"), "today", ...todayCell(k)),
       cell(t("col.inflight"), "inflight", k.inflight
         ? t("key.inflight", { n: num(k.inflight), age: duration(k.oldest_inflight_age || 0) }) : NONE),
       cell(t("col.last_error"), "error-cell", err),
@@ -136,6 +137,15 @@
     const rate = num(k.success_rate, { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 });
     return [el("span", { className: "line" }, tn("key.requests", k.requests)),
       el("span", { className: "line small" }, failed, " · " + t("key.success", { rate }))];
+  }
+
+  /** Today's figures from the request log (UTC day): requests, failed, tokens, cost. */
+  function todayCell(k) {
+    if (!k.today_requests) return [el("span", { className: "muted" }, NONE)];
+    const failed = { requests: num(k.today_requests), errors: num(k.today_errors) };
+    return [el("span", { className: "line" }, t("key.today", failed)),
+      el("span", { className: "line small" },
+        t("key.today_usage", { tokens: num(k.today_tokens), cost: money(k.today_cost) }))];
   }
 
   function probeCell(k, now) {
