@@ -81,7 +81,7 @@
     const todayRow = rows.find((r) => r.time === today);
     setKpi("cost_today", money(todayRow ? todayRow.cost : 0));
     const tokens = todayRow ? todayRow.prompt_tokens + todayRow.completion_tokens : 0;
-    setKpi("tokens_today", t("kpi.tokens", { n: num(tokens) }));
+    setKpi("tokens_today", num(tokens));
     setKpi("cost_30d", money(rows.reduce((a, r) => a + r.cost, 0)));
   }
 
@@ -120,10 +120,6 @@
     try {
       const o = await api("GET", "/admin/overview");
       setKpi("streams_open", num(o.streams_open));
-      setKpi("keys_total", num(o.keys.total));
-      setKpi("keys_states", t("kpi.key_states", {
-        available: num(o.keys.available), cooling: num(o.keys.cooling),
-        disabled: num(o.keys.disabled), paused: num(o.keys.paused) }));
     } catch (e) { setKpi("streams_open", "—"); }
   }
 
