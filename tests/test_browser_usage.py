@@ -58,7 +58,7 @@ def records() -> list[RequestRecord]:
         out.append(record(NOW - 3600 * (i - 28), i, A))
     for i in range(60, 66):  # earlier days: C costs most
         out.append(record(NOW - 86400 * (i - 59), i, C, cost=0.5))
-    return out
+    return sorted(out, key=lambda r: r.time)  # the order requests finish in
 
 
 @pytest.fixture
