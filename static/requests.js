@@ -3,7 +3,7 @@
 "use strict";
 
 (() => {
-  const { api, el, t, tOr, num, money } = orpoll;
+  const { api, el, t, tOr, num } = orpoll;
   const $ = (id) => document.getElementById(id);
   const tbody = document.querySelector("#log tbody");
   const NONE = "—";
@@ -12,6 +12,8 @@
   const view = { cursors: [null], page: 0, next: null, open: new Set() };
   const lang = document.documentElement.lang || "en";
   const stamp = new Intl.DateTimeFormat(lang, { dateStyle: "short", timeStyle: "medium" });
+  // One request often costs a fraction of a cent: cents alone would show most as zero.
+  const cost = (v) => num(v, { style: "currency", currency: "USD", minimumFractionDigits: 2, maximumFractionDigits: 6 });
 
   /** The filters as query parameters (times as epoch seconds from the local inputs). */
   function filters() {
@@ -87,7 +89,7 @@
       cell(t("log.col_attempts"), "num", num(r.attempts.length)),
       cell(t("log.col_duration"), "num", t("unit.ms", { n: num(Math.round(r.duration_ms)) })),
       cell(t("log.col_tokens"), "num", tokens),
-      cell(t("log.col_cost"), "num", r.cost === null ? NONE : money(r.cost)),
+      cell(t("log.col_cost"), "num", r.cost === null ? NONE : cost(r.cost)),
       el("td", { className: "actions" }, toggle));
   }
 
