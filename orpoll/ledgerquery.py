@@ -18,8 +18,7 @@ import orjson
 from .ledger import COLUMNS, DAY, HOUR, NANO
 
 GROUPS = ("key", "model", "account", "client", "minute", "hour", "day")
-MINUTE = 60
-# Minute figures come from the records themselves: a range past a day would scan too many.
+# Minute figures are the ledger's in memory, kept for a day and an hour.
 MAX_MINUTE_RANGE = DAY + HOUR
 KEY_ID = re.compile(r"[0-9a-f]{12}")
 SUFFIX = re.compile(r"\.\.\.[!-~]{1,8}")
@@ -227,20 +226,6 @@ def totals_json(group: Any, sums: tuple) -> dict[str, Any]:
 
 def iso(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
-
-
-def minute_totals(db: sqlite3.Connection, since: float, until: float) -> list[dict[str, Any]]:
-    """Totals per UTC minute over [since, until), summed from the records (only minutes that
-    have any), oldest first. The caller keeps the range within MAX_MINUTE_RANGE."""
-    rows = db.execute(
-        f"SELECT CAST(ts / {MINUTE} AS INTEGER) * {MINUTE} AS m, COUNT(*), SUM({FAILED}), "
-        "SUM(IFNULL(prompt_tokens, 0)), SUM(IFNULL(completion_tokens, 0)), "
-        "SUM(IFNULL(cached_tokens, 0)), SUM(IFNULL(reasoning_tokens, 0)), "
-        "SUM(CAST(ROUND(IFNULL(cost, 0) * 1e9) AS INTEGER)) "
-        "FROM requests WHERE ts >= ? AND ts < ? GROUP BY m ORDER BY m",
-        (since, until),
-    ).fetchall()
-    return [{**totals_json(iso(m), tuple(sums)), "time": m} for m, *sums in rows]
 
 
 def usage_totals(

@@ -36,7 +36,7 @@ async def add(app, records: list[RequestRecord]) -> None:
     await app.ledger.flush()
 
 
-async def test_requests_per_minute_come_from_the_records(app, admin):
+async def test_requests_per_minute(app, admin):
     minute = NOW // 60 * 60
     await add(
         app,

@@ -23,7 +23,6 @@ from ..ledgerquery import (
     BadFilter,
     Filters,
     csv_chunk,
-    minute_totals,
     parse_time,
     requests_page,
     usage_totals,
@@ -96,9 +95,9 @@ class RequestsCsvHandler(LedgerHandler):
 
 class UsageHandler(LedgerHandler):
     """GET ?group_by=key|model|account|client|minute|hour|day&since=&until=&top=: usage
-    totals. ``minute`` is summed from the records, so its range is at most a day and an hour
-    (default: the last hour). ``top=N`` (not for time groups): the N groups that cost most;
-    a key's row then names it by its shown suffix too."""
+    totals. ``minute`` comes from the ledger's per-minute figures in memory, so its range is at
+    most a day and an hour (default: the last hour). ``top=N`` (not for time groups): the N
+    groups that cost most; a key's row then names it by its shown suffix too."""
 
     async def get(self) -> None:
         group_by = self.get_argument("group_by", "model")
@@ -114,7 +113,7 @@ class UsageHandler(LedgerHandler):
         except BadFilter as e:
             raise errors.BadRequest(str(e), param=e.param, code="invalid_parameter") from None
         if group_by == "minute":
-            rows = await self.minutes(since, until)
+            rows = self.minutes(since, until)
         else:
             rows = await self.ledger.read(usage_totals, group_by, since, until, self.top(group_by))
         if group_by == "key":
@@ -135,7 +134,7 @@ class UsageHandler(LedgerHandler):
             )
         return int(raw)
 
-    async def minutes(self, since: float | None, until: float | None) -> list[dict[str, Any]]:
+    def minutes(self, since: float | None, until: float | None) -> list[dict[str, Any]]:
         until = self.ledger.clock() if until is None else until
         since = until - HOUR if since is None else since
         if not 0 <= until - since <= MAX_MINUTE_RANGE:
@@ -144,7 +143,7 @@ class UsageHandler(LedgerHandler):
                 param="since",
                 code="invalid_parameter",
             )
-        return await self.ledger.read(minute_totals, since, until)
+        return self.ledger.minutes.between(since, until)
 
 
 class OverviewHandler(LedgerHandler):
