@@ -36,14 +36,13 @@
     }
   }
 
-  const SHOWN_IN_CARDS = new Set(["requests_last_hour", "errors_last_hour"]);
   const humanize = (name) => (name.charAt(0).toUpperCase() + name.slice(1)).replace(/_/g, " ");
   const probeName = (result) => tOr("probe." + result, result.replace(/_/g, " "));
 
   /** Every request counter the server reports (new ones appear without a change here). */
   function renderTraffic(requests) {
     const parts = Object.entries(requests || {})
-      .filter(([name, value]) => !SHOWN_IN_CARDS.has(name) && typeof value === "number")
+      .filter(([, value]) => typeof value === "number")
       .map(([name, value]) => tOr("traffic." + name, humanize(name)) + " " + num(value));
     $("traffic").textContent = parts.join(" · ");
   }
@@ -69,8 +68,7 @@
   function render(data) {
     for (const node of document.querySelectorAll("[data-count]")) {
       const name = node.dataset.count;
-      const value = name in data.counts ? data.counts[name] : data.requests[name];
-      node.textContent = num(Number(value));
+      node.textContent = num(Number(data.counts[name]));
     }
     $("total").textContent = t("dash.total", { n: num(data.counts.total) });
     $("page-info").textContent = t("dash.page_info",

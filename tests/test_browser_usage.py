@@ -201,6 +201,7 @@ def test_the_request_log_becomes_cards_at_phone_width(served, browser):
     check_charts(page)
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390
+    shot(page, "dashboard-usage-phone.png")
     page.goto(served.url + "/admin/requests-log")
     expect = sync_api.expect
     expect(page.locator("#log tbody tr.log-row")).to_have_count(50)
