@@ -120,3 +120,16 @@ async def test_requests_page_needs_a_session_and_renders(admin):
     text = page.body.decode()
     assert 'id="log"' in text and "requests.js" in text
     assert 'href="/admin/requests-log" aria-current="page"' in text
+
+
+async def test_the_vendored_chart_library_is_served_with_the_admin_headers(admin):
+    for path, ctype in (
+        ("/static/vendor/uplot/uPlot.iife.min.js", "javascript"),
+        ("/static/vendor/uplot/uPlot.min.css", "text/css"),
+    ):
+        resp = await admin.get(path)
+        assert resp.code == 200 and ctype in resp.headers["Content-Type"]
+        assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    page = (await admin.get("/admin/dashboard")).body.decode()
+    assert "/static/vendor/uplot/uPlot.iife.min.js?v=" in page and "/static/usage.js?v=" in page
