@@ -141,9 +141,12 @@
   function todayCell(k) {
     if (!k.today_requests) return [el("span", { className: "muted" }, NONE)];
     const failed = { requests: num(k.today_requests), errors: num(k.today_errors) };
+    const log = el("a", { href: "/admin/requests-log?key=" + encodeURIComponent(k.id), className: "small" },
+      t("key.requests_log"));
     return [el("span", { className: "line" }, t("key.today", failed)),
       el("span", { className: "line small" },
-        t("key.today_usage", { tokens: num(k.today_tokens), cost: money(k.today_cost) }))];
+        t("key.today_usage", { tokens: num(k.today_tokens), cost: money(k.today_cost) })),
+      el("span", { className: "line" }, log)];
   }
 
   function probeCell(k, now) {

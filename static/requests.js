@@ -29,9 +29,21 @@
     return params;
   }
 
+  /** Filters named in the page's address (a key's link from the dashboard, a reload). */
+  function fromAddress() {
+    const given = new URLSearchParams(location.search);
+    for (const name of ["status", "model", "key", "client", "stream"]) {
+      if (given.has(name)) $("f-" + name).value = given.get(name);
+    }
+  }
+
   async function load() {
     const params = filters();
     $("csv").href = "/admin/requests.csv?" + params;
+    const keep = new URLSearchParams(params);
+    keep.delete("since");
+    keep.delete("until");
+    history.replaceState(null, "", location.pathname + (String(keep) ? "?" + keep : ""));
     params.set("limit", String(LIMIT));
     const cursor = view.cursors[view.page];
     if (cursor) params.set("cursor", cursor);
@@ -136,5 +148,6 @@
     load();
   });
   $("newer").addEventListener("click", () => { view.page = Math.max(0, view.page - 1); load(); });
+  fromAddress();
   load();
 })();

@@ -41,7 +41,6 @@
   function draw(id, data, seriesList, xFormat, yFormat) {
     const box = $(id);
     box.dataset.points = String(data[0].length);
-    box.dataset.total = String(data.slice(1).flat().reduce((a, b) => a + b, 0));
     if (charts[id]) { charts[id].setData(data); return; }
     if (typeof uPlot !== "function") return;
     const opts = {

@@ -145,6 +145,13 @@ def test_dashboard_usage_and_request_traces_in_english(served, browser):
     for key in KEYS:
         assert key not in page.content()
 
+    # A key's link opens the Requests page filtered to it.
+    page.locator(f'#keys tbody tr[data-id="{key_id(C)}"] td.today a').click()
+    expect(page.locator("#f-key")).to_have_value(key_id(C))
+    expect(page.locator("#log-total")).to_have_text("(21 matching)")
+    page.click("#clear")
+    expect(page).to_have_url(served.url + "/admin/requests-log")
+
     page.click('nav a[href="/admin/requests-log"]')
     expect(page.locator("#log tbody tr.log-row")).to_have_count(50)
     expect(page.locator("#log-total")).to_have_text("(66 matching)")
