@@ -160,6 +160,20 @@ def test_dashboard_usage_and_request_traces_in_english(served, browser):
     expect(page.locator("#log tbody tr.log-row")).to_have_count(3)
     assert "status=error" in page.get_attribute("#csv", "href")
 
+    # A time from the browser's own clock and zone: the last 90 minutes hold the first 30.
+    since = page.evaluate(
+        """() => { const d = new Date(Date.now() - 90 * 60000);
+          const p = (n) => String(n).padStart(2, "0");
+          const day = `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`;
+          return `${day}T${p(d.getHours())}:${p(d.getMinutes())}`; }"""
+    )
+    page.select_option("#f-status", "")
+    page.fill("#f-since", since)
+    page.click("#apply")
+    expect(page.locator("#log-total")).to_have_text("(30 matching)")
+    assert "since=" in page.get_attribute("#csv", "href")
+    page.fill("#f-since", "")
+
     page.select_option("#f-status", "ok")
     page.click("#apply")
     newest = page.locator("#log tbody tr.log-row").first
@@ -171,6 +185,8 @@ def test_dashboard_usage_and_request_traces_in_english(served, browser):
     expect(steps.nth(0)).to_contain_text("429")
     expect(steps.nth(1)).to_contain_text(key_id(C))
     expect(steps.nth(1)).to_contain_text("answered")
+    for key in KEYS:
+        assert key not in page.content()
     page.click("#older")
     expect(page.locator("#log-page")).to_contain_text("51–")
     shot(page, "requests.png")
