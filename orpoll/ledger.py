@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from .metrics import Counters
+from .minutes import MinuteTotals
 from .usage import RequestRecord
 
 if TYPE_CHECKING:
@@ -131,9 +132,11 @@ class Ledger:
         self.today_keys: dict[str, list[int]] = {}  # key id -> [requests, errors, nanos, tokens]
         # No connection or thread is kept until one is needed: the writer's opens with the
         # first record, a reader's with its first query (an idle ledger holds no descriptor).
+        self.minutes = MinuteTotals()  # the dashboard's per-minute figures
         with contextlib.closing(connect(path)) as db:
             db.executescript(SCHEMA)
             self._load_today(db)
+            self.minutes.load(db, clock())
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="orpoll-ledger-read")
         self._local = threading.local()
         self._reader_dbs: list[sqlite3.Connection] = []
@@ -168,6 +171,8 @@ class Ledger:
     def commit(self, record: RequestRecord) -> None:
         """Count ``record`` (metrics, today's sums) and queue it for the writer."""
         self.counters.observe(record)
+        cost = nanos(record.cost)
+        self.minutes.add(record, cost)
         if record.key_id:
             day = int(record.time // DAY)
             if day > self.today_day:  # a new UTC day (a record from before it is not today's)
@@ -176,7 +181,7 @@ class Ledger:
                 sums = self.today_keys.setdefault(record.key_id, [0, 0, 0, 0])
                 sums[0] += 1
                 sums[1] += record.failed
-                sums[2] += nanos(record.cost)
+                sums[2] += cost
                 sums[3] += record.tokens
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)

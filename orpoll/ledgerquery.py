@@ -17,7 +17,9 @@ import orjson
 
 from .ledger import COLUMNS, DAY, HOUR, NANO
 
-GROUPS = ("key", "model", "account", "client", "hour", "day")
+GROUPS = ("key", "model", "account", "client", "minute", "hour", "day")
+# Minute figures are the ledger's in memory, kept for a day and an hour.
+MAX_MINUTE_RANGE = DAY + HOUR
 KEY_ID = re.compile(r"[0-9a-f]{12}")
 SUFFIX = re.compile(r"\.\.\.[!-~]{1,8}")
 # Spelled as the partial index requests_failed is, so that SQLite uses it.
@@ -208,8 +210,30 @@ def period_of(group_by: str, since: float | None, until: float | None) -> int:
     return DAY if aligned else HOUR
 
 
+def totals_json(group: Any, sums: tuple) -> dict[str, Any]:
+    requests, errs, prompt, completion, cached, reasoning, cost = sums
+    return {
+        "group": group,
+        "requests": requests,
+        "errors": errs,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "cached_tokens": cached,
+        "reasoning_tokens": reasoning,
+        "cost": cost / NANO,
+    }
+
+
+def iso(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
+
+
 def usage_totals(
-    db: sqlite3.Connection, group_by: str, since: float | None, until: float | None
+    db: sqlite3.Connection,
+    group_by: str,
+    since: float | None,
+    until: float | None,
+    top: int | None = None,
 ) -> list[dict[str, Any]]:
     """Totals per ``group_by`` value over [since, until). Totals are kept per hour and per day:
     a bound inside one takes it whole (since rounds down, until up), so a range of whole
@@ -219,27 +243,15 @@ def usage_totals(
     group = "bucket" if dim == "all" else "value"
     low = -(2**62) if since is None else int(since // period * period)
     high = 2**62 if until is None else int(-(-until // period) * period)
+    # top: the groups that cost most (then by requests), for "top 10" views.
+    order = group if top is None else "SUM(cost_nanos) DESC, SUM(requests) DESC, value"
     rows = db.execute(
         f"SELECT {group}, SUM(requests), SUM(errors), SUM(prompt_tokens), "
         "SUM(completion_tokens), SUM(cached_tokens), SUM(reasoning_tokens), SUM(cost_nanos) "
         "FROM usage WHERE period = ? AND dim = ? AND bucket >= ? AND bucket < ? "
-        f"GROUP BY {group} ORDER BY {group}",
-        (period, dim, low, high),
+        f"GROUP BY {group} ORDER BY {order} LIMIT ?",
+        (period, dim, low, high, -1 if top is None else top),
     ).fetchall()
-    out = []
-    for value, requests, errs, prompt, completion, cached, reasoning, cost in rows:
-        if dim == "all":
-            value = datetime.datetime.fromtimestamp(value, datetime.UTC).isoformat()
-        out.append(
-            {
-                "group": value,
-                "requests": requests,
-                "errors": errs,
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "cached_tokens": cached,
-                "reasoning_tokens": reasoning,
-                "cost": cost / NANO,
-            }
-        )
-    return out
+    if dim != "all":
+        return [totals_json(value, tuple(sums)) for value, *sums in rows]
+    return [{**totals_json(iso(value), tuple(sums)), "time": value} for value, *sums in rows]

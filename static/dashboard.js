@@ -36,14 +36,13 @@
     }
   }
 
-  const SHOWN_IN_CARDS = new Set(["requests_last_hour", "errors_last_hour"]);
   const humanize = (name) => (name.charAt(0).toUpperCase() + name.slice(1)).replace(/_/g, " ");
   const probeName = (result) => tOr("probe." + result, result.replace(/_/g, " "));
 
   /** Every request counter the server reports (new ones appear without a change here). */
   function renderTraffic(requests) {
     const parts = Object.entries(requests || {})
-      .filter(([name, value]) => !SHOWN_IN_CARDS.has(name) && typeof value === "number")
+      .filter(([, value]) => typeof value === "number")
       .map(([name, value]) => tOr("traffic." + name, humanize(name)) + " " + num(value));
     $("traffic").textContent = parts.join(" · ");
   }
@@ -69,8 +68,7 @@
   function render(data) {
     for (const node of document.querySelectorAll("[data-count]")) {
       const name = node.dataset.count;
-      const value = name in data.counts ? data.counts[name] : data.requests[name];
-      node.textContent = num(Number(value));
+      node.textContent = num(Number(data.counts[name]));
     }
     $("total").textContent = t("dash.total", { n: num(data.counts.total) });
     $("page-info").textContent = t("dash.page_info",
@@ -116,6 +114,7 @@
       cell(t("col.status"), "status-cell", statusCell(k, now)),
       cell(t("col.weight"), "num", weight),
       cell(t("col.requests"), "traffic", ...trafficCell(k)),
+      cell(t("col.today"), "today", ...todayCell(k)),
       cell(t("col.inflight"), "inflight", k.inflight
         ? t("key.inflight", { n: num(k.inflight), age: duration(k.oldest_inflight_age || 0) }) : NONE),
       cell(t("col.last_error"), "error-cell", err),
@@ -136,6 +135,18 @@
     const rate = num(k.success_rate, { style: "percent", minimumFractionDigits: 1, maximumFractionDigits: 1 });
     return [el("span", { className: "line" }, tn("key.requests", k.requests)),
       el("span", { className: "line small" }, failed, " · " + t("key.success", { rate }))];
+  }
+
+  /** Today's figures from the request log (UTC day): requests, failed, tokens, cost. */
+  function todayCell(k) {
+    if (!k.today_requests) return [el("span", { className: "muted" }, NONE)];
+    const failed = { requests: num(k.today_requests), errors: num(k.today_errors) };
+    const log = el("a", { href: "/admin/requests-log?key=" + encodeURIComponent(k.id), className: "small" },
+      t("key.requests_log"));
+    return [el("span", { className: "line" }, t("key.today", failed)),
+      el("span", { className: "line small" },
+        t("key.today_usage", { tokens: num(k.today_tokens), cost: money(k.today_cost) })),
+      el("span", { className: "line" }, log)];
   }
 
   function probeCell(k, now) {

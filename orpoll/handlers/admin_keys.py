@@ -7,6 +7,7 @@ and before the answer, so an acknowledged change survives a crash.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import re
@@ -22,6 +23,8 @@ from .admin import AdminApiHandler, text_field
 
 log = logging.getLogger("orpoll.admin")
 MAX_LABEL = 200
+# Sorts by today's ledger figures (the names Ledger.today gives them).
+TODAY_SORTS = ("today_requests", "today_errors", "today_cost", "today_tokens")
 
 
 def label_of(body: dict[str, Any]) -> str:
@@ -74,9 +77,12 @@ class KeyStatusHandler(KeysHandler):
             )
         q, sort = self.get_argument("q", "")[:100], self.get_argument("sort", "added")
         now, ledger = self.now(), self.application.ledger
-        rows, total = page_of(
-            self.scheduler, now, q=q, status=status, sort=sort, page=page, limit=limit
-        )
+        if sort.lstrip("-") in TODAY_SORTS:
+            rows, total = self.page_by_today(now, q, status, sort, page, limit)
+        else:
+            rows, total = page_of(
+                self.scheduler, now, q=q, status=status, sort=sort, page=page, limit=limit
+            )
         self.write_json(
             {
                 "keys": [{**key_row(ks, now), **ledger.today(ks.id)} for ks in rows],
@@ -91,6 +97,20 @@ class KeyStatusHandler(KeysHandler):
                 "now": now,
             }
         )
+
+    def page_by_today(
+        self, now: float, q: str, status: str, sort: str, page: int, limit: int
+    ) -> tuple[list[KeyState], int]:
+        """A page ordered by one of today's ledger figures (the ledger's sums, not the key's),
+        ties in the order keys were added."""
+        rows, total = page_of(
+            self.scheduler, now, q=q, status=status, sort="added", page=1, limit=10**9
+        )
+        name, today = sort.lstrip("-"), self.application.ledger.today
+        figures = {ks.id: today(ks.id)[name] for ks in rows}
+        end = page * limit
+        pick = heapq.nlargest if sort.startswith("-") else heapq.nsmallest
+        return pick(end, rows, key=lambda ks: figures[ks.id])[end - limit :], total
 
     def int_arg(self, name: str, default: int, low: int, high: int) -> int:
         raw = self.get_argument(name, "")

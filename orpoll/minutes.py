@@ -1,0 +1,81 @@
+"""Requests, failures, tokens and cost per UTC minute over the last day and a bit, kept in
+memory by the ledger: the dashboard's per-minute charts read them without touching the records
+(summing a day of records per refresh grows with the traffic).
+
+Loaded from the records once when the ledger opens; then every committed record is counted on
+the loop. Used on the loop only, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sqlite3
+from typing import Any
+
+from .usage import RequestRecord
+
+MINUTE = 60
+SPAN = 25 * 60  # minutes kept: a day and an hour
+NANO = 1_000_000_000
+FIELDS = (
+    "requests errors prompt_tokens completion_tokens cached_tokens reasoning_tokens cost"
+).split()
+LOAD = (
+    f"SELECT CAST(ts / {MINUTE} AS INTEGER), COUNT(*), SUM(status >= 400 OR error_type != ''), "
+    "SUM(IFNULL(prompt_tokens, 0)), SUM(IFNULL(completion_tokens, 0)), "
+    "SUM(IFNULL(cached_tokens, 0)), SUM(IFNULL(reasoning_tokens, 0)), "
+    "SUM(CAST(ROUND(IFNULL(cost, 0) * 1e9) AS INTEGER)) "
+    "FROM requests WHERE ts >= ? GROUP BY 1"
+)
+
+
+class MinuteTotals:
+    def __init__(self, span: int = SPAN) -> None:
+        self.span = span
+        # minute number -> [requests, errors, prompt, completion, cached, reasoning, nano-dollars]
+        self.slots: dict[int, list[int]] = {}
+        self.newest = 0
+
+    def load(self, db: sqlite3.Connection, now: float) -> None:
+        """Take the minutes of the records already written (the ledger's start)."""
+        for minute, *sums in db.execute(LOAD, ((now // MINUTE - self.span) * MINUTE,)):
+            self.slots[minute] = list(sums)
+        self.newest = max(self.slots, default=0)
+
+    def add(self, r: RequestRecord, nanos: int) -> None:
+        minute = int(r.time // MINUTE)
+        slot = self.slots.get(minute)
+        if slot is None:
+            if minute <= self.newest - self.span:
+                return  # older than the window (a late backfill)
+            slot = self.slots[minute] = [0, 0, 0, 0, 0, 0, 0]
+            if minute > self.newest:
+                self.newest = minute
+                if len(self.slots) > self.span + MINUTE:  # dropped an hour at a time
+                    self._drop()
+        slot[0] += 1
+        slot[1] += r.failed
+        slot[2] += r.prompt_tokens or 0
+        slot[3] += r.completion_tokens or 0
+        slot[4] += r.cached_tokens or 0
+        slot[5] += r.reasoning_tokens or 0
+        slot[6] += nanos
+
+    def _drop(self) -> None:
+        oldest = self.newest - self.span
+        for minute in [m for m in self.slots if m <= oldest]:
+            del self.slots[minute]
+
+    def between(self, since: float, until: float) -> list[dict[str, Any]]:
+        """The minutes that had requests in [since, until) (the minute holding ``since``
+        whole), oldest first; only the last ``span`` minutes are held."""
+        low, high = since // MINUTE, -(-until // MINUTE)
+        out = []
+        for minute in sorted(m for m in self.slots if low <= m < high):
+            sums = self.slots[minute]
+            start = minute * MINUTE
+            row: dict[str, Any] = dict(zip(FIELDS, sums, strict=True))
+            row["cost"] = sums[6] / NANO
+            when = datetime.datetime.fromtimestamp(start, datetime.UTC).isoformat()
+            out.append({"group": when, **row, "time": start})
+        return out
