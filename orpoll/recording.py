@@ -52,8 +52,8 @@ def record_of(handler: tornado.web.RequestHandler) -> RequestRecord:
     if handler.application.client_keys:  # type: ignore[attr-defined]
         rec.client = _client(bearer(req.headers))
     error = getattr(handler, "error", None)
-    if isinstance(error, errors.ApiError):
-        rec.error_type, rec.error_code = error.error_type, str(error.code or "")
+    if error is not None:
+        rec.error_type, rec.error_code = error
     elif rec.status >= 400:
         rec.error_type = errors.from_status(rec.status).error_type
     attempts = getattr(handler, "attempts", None)

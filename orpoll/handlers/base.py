@@ -51,13 +51,15 @@ class BaseHandler(tornado.web.RequestHandler):
         return self._request_id
 
     error_note: str | None = None  # why the request was refused, for its access line
-    error: BaseException | None = None  # what ended it, for the request ledger
+    # What ended it, for the request ledger: (type, code) of the error answered, not the
+    # exception itself (its traceback would hold the handler in a reference cycle).
+    error: tuple[str, str] | None = None
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         """A refusal (any HTTPError) goes into the request's one access line (``error=``)
         instead of a second line from Tornado; anything else is logged with its traceback."""
-        self.error = value
         if isinstance(value, errors.ApiError):
+            self.error = (value.error_type, str(value.code or ""))
             self.error_note = value.message
         elif isinstance(value, tornado.web.HTTPError):
             msg = value.log_message
