@@ -24,8 +24,8 @@ STREAM_HEADERS = (
     ("Cache-Control", "no-cache"),
     ("X-Accel-Buffering", "no"),
 )
-# Upstream response headers worth passing on to the client.
-PASS_HEADERS = ("X-Generation-Id",)
+# The upstream response header worth passing on to the client.
+PASS_HEADER = "X-Generation-Id"
 _EVENT_RE = re.compile(rb".*?(?:\r\n\r\n|\n\n|\r\r)", re.S)
 
 
@@ -185,14 +185,14 @@ class Attempt:
 
     def _commit(self, status: int, content_type: str | None) -> None:
         out = [("Content-Type", content_type)] if content_type else list(STREAM_HEADERS)
-        for name in PASS_HEADERS:
-            value = self.transfer.header(name)
-            if value:
-                out.append((name, value))
+        # The one header passed on names the generation, which the request ledger keeps too.
+        generation_id = self.transfer.header(PASS_HEADER)
+        if generation_id:
+            out.append((PASS_HEADER, generation_id))
         out.append(("X-Orpoll-Attempts", str(len(self.attempts.items) + 1)))
         attempts = self.attempts
         attempts.status, attempts.served = status, self.ks
-        attempts.generation_id = self.transfer.header("X-Generation-Id") or ""
+        attempts.generation_id = generation_id or ""
         attempts.first_byte = time.time()  # the access log measures ttfb from it
         self.sink.start(status, out)
         self.committed = True

@@ -117,7 +117,7 @@ class Ledger:
         *,
         record_days: float = 7,
         usage_days: float = 400,
-        interval: float = 0.25,
+        interval: float = 1.0,
         batch: int = 5000,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -242,11 +242,27 @@ class Ledger:
     def _run(self) -> None:
         # Asleep until a record comes (no polling while idle), then gathers a batch for
         # ``interval`` seconds (less when a batch fills, a flush asks or the ledger closes).
-        db = connect(self.path)
+        db = self._connect()
+        if db is None:
+            return
         try:
             self._loop(db)
         finally:
             db.close()
+
+    def _connect(self) -> sqlite3.Connection | None:
+        # Opening can fail for a while (no descriptor left, the directory gone): the records
+        # wait in memory and the writer tries again, rather than the thread dying for good.
+        failing = False
+        while True:
+            try:
+                return connect(self.path)
+            except sqlite3.Error as e:
+                if not failing:
+                    log.error("ledger: cannot open %s (%s); trying again", self.path, e)
+                    failing = True
+            if self._stop.wait(max(self.interval, 0.1)) and not self.pending:
+                return None
 
     def _loop(self, db: sqlite3.Connection) -> None:
         while True:

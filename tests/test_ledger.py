@@ -231,3 +231,24 @@ async def test_totals_are_exact_with_unknown_usage_and_empty_dimensions(ledger):
         rows = await ledger.read(usage_totals, group_by, None, None)
         assert "" not in {row["group"] for row in rows}
         assert sum(row["requests"] for row in rows) == sum(1 for r in records if getattr(r, field))
+
+
+async def test_the_writer_outlives_a_database_it_cannot_open(tmp_path, caplog):
+    """The writer thread opens its connection with the first record; when that fails (the
+    directory gone for a moment, no descriptor left) it tries again instead of dying, and the
+    records wait in memory meanwhile."""
+    data, away = tmp_path / "data", tmp_path / "away"
+    data.mkdir()
+    ledger = Ledger.open(str(data), interval=0.02)
+    data.rename(away)
+    ledger.add(record(1))
+    await asyncio.sleep(0.3)
+    assert ledger.written == 0
+    assert "cannot open" in caplog.text
+    away.rename(data)
+    await ledger.flush(timeout=10)
+    assert ledger.written == 1
+    ledger.add(record(2))
+    await ledger.flush(timeout=10)
+    assert ledger.written == 2
+    ledger.close()
