@@ -65,8 +65,9 @@ class AdminHandler(BaseHandler):
             or config.public_url.startswith("https:")
         )
 
-    def set_cookie(self, name: str, value: str | bytes, **kwargs: Any) -> None:
-        # Every admin cookie (the session's and Tornado's _xsrf) passes through here.
+    def set_cookie(self, name: str, value: str | bytes, **kwargs: Any) -> None:  # type: ignore[override]
+        # Every admin cookie (the session's and Tornado's _xsrf) passes through here; the
+        # options are keywords only, as every caller passes them.
         super().set_cookie(name, value, **cookie_options(self.secure, **kwargs))
 
     def origin_hosts(self) -> tuple[str, ...]:
@@ -123,7 +124,7 @@ class AdminHandler(BaseHandler):
 
     async def prepare(self) -> None:
         session, sessions = self.current_user, self.application.sessions
-        if session is not None and sessions.stale(session):
+        if session is not None and self._token and sessions.stale(session):
             await sessions.refresh(session)  # sliding expiry; the cookie is renewed with it
             self.set_session_cookie(self._token)
 
@@ -259,8 +260,8 @@ class LoginHandler(AdminHandler):
         log.info("admin login from %s", self.request.remote_ip)
         if form:
             return self.redirect(local_path(self.get_body_argument("next", None), DASHBOARD))
-        expires = self.application.sessions.get(self._token).expires
-        self.write_json({"message": "logged in", "expires_at": expires})
+        session = self.application.sessions.get(self._token)
+        self.write_json({"message": "logged in", "expires_at": session and session.expires})
 
     def refuse(self, form: bool, err: errors.ApiError) -> None:
         if not form:
@@ -277,7 +278,7 @@ class LogoutHandler(AdminHandler):
     """POST: end the session server-side (the cookie is useless from now on)."""
 
     async def post(self) -> None:
-        if self.current_user is not None:
+        if self.current_user is not None and self._token:
             await self.application.sessions.revoke(self._token)
         self.clear_cookie(SESSION_COOKIE, path="/admin")
         if is_json(self.request) or not self.request.body:
