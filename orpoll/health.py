@@ -18,23 +18,14 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from .config import Settings
 from .keys import KeyState, Verdict
+from .keyview import CREDIT_FIELDS
 from .logs import plural
 from .scheduler import KeyScheduler
 from .upstream import OpenRouterClient
 
 log = logging.getLogger("orpoll.health")
 PROBE_DISPROVES = (Verdict.KEY_INVALID.value, Verdict.KEY_CREDIT.value)
-INFO_FIELDS = (
-    "label",
-    "limit",
-    "limit_remaining",
-    "limit_reset",
-    "usage",
-    "usage_daily",
-    "usage_monthly",
-    "is_free_tier",
-    "creator_user_id",
-)
+INFO_FIELDS = ("label", *CREDIT_FIELDS, "creator_user_id")
 
 
 class HealthChecker:

@@ -270,3 +270,15 @@ def spawn(tmp_path):
     yield _spawn
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, driven by Playwright."""
+    from tests.dash_helpers import ARGS, CHROMIUM
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()

@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tornado.testing import bind_unused_port
@@ -17,6 +19,17 @@ from tornado.testing import bind_unused_port
 from orpoll.app import make_app
 from orpoll.config import load_settings
 from orpoll.fast import make_server
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# Headless chromium as root, on a machine whose only network is loopback.
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class AppThread:
@@ -53,3 +66,19 @@ class AppThread:
         asyncio.run_coroutine_threadsafe(self.app.shutdown(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+@contextlib.contextmanager
+def served_app(data_dir: str) -> Iterator[AppThread]:
+    """orpoll with the test keys, in a thread, against a fake OpenRouter of its own."""
+    from tests.admin_helpers import PASSWORD, FakeUpstream, child_env
+    from tests.conftest import KEYS
+
+    upstream = FakeUpstream()
+    env = child_env(upstream, data_dir, ADMIN_PASSWORD=PASSWORD, OPENROUTER_API_KEYS=",".join(KEYS))
+    app = AppThread(env)
+    try:
+        yield app
+    finally:
+        app.stop()
+        upstream.stop()

@@ -26,18 +26,9 @@ from tests.admin_helpers import (
     child_env,
 )
 from tests.conftest import KEYS
-from tests.dash_helpers import AppThread
+from tests.dash_helpers import CHROMIUM, AppThread
 
 sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ARTIFACTS = os.path.join(ROOT, "test-artifacts")
 XSS = '<img src=x onerror="window.__xss=1;alert(1)">'
 XSS_KEY = "sk-or-v1-xss-dddd4444"
@@ -87,14 +78,6 @@ def traffic(proc: OrpollProcess, api: SyncAdmin, upstream: FakeUpstream) -> None
         if keys[key_id(XSS_KEY)]["status"] == "cooling" and keys[key_id(KEYS[0])]["errors"]:
             return
     raise AssertionError("the scripted failures never happened")
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 class Watch:

@@ -8,10 +8,9 @@ import shutil
 
 import pytest
 
-from tests.admin_helpers import PASSWORD, FakeUpstream, child_env
-from tests.conftest import KEYS
-from tests.dash_helpers import AppThread
-from tests.test_browser import ARGS, CHROMIUM, Watch, shot
+from tests.admin_helpers import PASSWORD
+from tests.dash_helpers import CHROMIUM, served_app
+from tests.test_browser import Watch, shot
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="chromium is not installed")
@@ -19,27 +18,8 @@ pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="chromium is 
 
 @pytest.fixture
 def served(tmp_path):
-    upstream = FakeUpstream()
-    env = child_env(
-        upstream,
-        str(tmp_path / "data"),
-        ADMIN_PASSWORD=PASSWORD,
-        OPENROUTER_API_KEYS=",".join(KEYS),
-    )
-    app = AppThread(env)
-    try:
+    with served_app(str(tmp_path / "data")) as app:
         yield app
-    finally:
-        app.stop()
-        upstream.stop()
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def test_switching_to_chinese_translates_every_page_and_is_remembered(served, browser):

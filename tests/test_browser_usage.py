@@ -13,10 +13,10 @@ import pytest
 
 from orpoll.keys import key_id, mask
 from orpoll.usage import RequestRecord
-from tests.admin_helpers import PASSWORD, FakeUpstream, child_env
+from tests.admin_helpers import PASSWORD
 from tests.conftest import KEYS
-from tests.dash_helpers import AppThread
-from tests.test_browser import ARGS, CHROMIUM, Watch, shot
+from tests.dash_helpers import CHROMIUM, served_app
+from tests.test_browser import Watch, shot
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM), reason="chromium is not installed")
@@ -63,30 +63,11 @@ def records() -> list[RequestRecord]:
 
 @pytest.fixture
 def served(tmp_path):
-    upstream = FakeUpstream()
-    env = child_env(
-        upstream,
-        str(tmp_path / "data"),
-        ADMIN_PASSWORD=PASSWORD,
-        OPENROUTER_API_KEYS=",".join(KEYS),
-    )
-    app = AppThread(env)
-    try:
+    with served_app(str(tmp_path / "data")) as app:
         rows = records()
         app.call(lambda a: [a.ledger.add(r) for r in rows])
         asyncio.run_coroutine_threadsafe(app.app.ledger.flush(), app.loop).result(30)
         yield app
-    finally:
-        app.stop()
-        upstream.stop()
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def login(page, url: str, lang: str = "") -> None:

@@ -24,6 +24,7 @@ from tornado.iostream import IOStream
 from tornado.web import RequestHandler
 
 from ..limits import MAX_HEADER_BYTES, Limits
+from .connections import limits_of
 from .transfer import BODY_LIMIT, USER_AGENT, Transfer
 
 # Tornado's curl client builds all its handles up front; past this many transfers at once the
@@ -36,7 +37,7 @@ class PlainServer(tornado.httpserver.HTTPServer):
     """Tornado's HTTPServer: its own connections, header parsing and time limits."""
 
     def initialize(self, *args: Any, limits: Limits | None = None, **kw: Any) -> None:
-        limits = limits or _limits_of(args[0] if args else kw.get("request_callback"))
+        limits = limits or limits_of(args[0] if args else kw.get("request_callback"))
         kw.setdefault("max_header_size", MAX_HEADER_BYTES)
         kw.setdefault("idle_connection_timeout", limits.header)
         kw.setdefault("body_timeout", limits.body)
@@ -54,17 +55,6 @@ class PlainServer(tornado.httpserver.HTTPServer):
             s.writing() for s in list(self.streams) if not s.closed()
         ):
             await asyncio.sleep(0.02)
-
-
-def _limits_of(app: Any) -> Limits:
-    config = getattr(app, "config", None)
-    if config is None:
-        return Limits()
-    return Limits(
-        header=config.client_header_timeout,
-        body=config.client_body_timeout,
-        idle=config.client_idle_timeout,
-    )
 
 
 class PlainWriter:
