@@ -85,7 +85,7 @@ def _fast_rows(ns: dict, st: dict) -> list[list[str]]:
             "",
             "",
             _f(ns.get("cpu_vs_bare"), ".2f", "x"),
-            "(info: the issue's 0.30 ms on a ~0.25 ms floor is 1.2x)",
+            "(info: the 0.30 ms target on a ~0.25 ms floor is 1.2x)",
         ),
         _row(
             "200 streams: streams/s",

@@ -19,7 +19,7 @@ from orpoll.config import ConfigError, Settings, load_settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "run.py")
 
-# The Go original's variables and defaults (ADMIN_PASSWORD/SESSION_SECRET_KEY: admin issue).
+# The Go original's variables and defaults (ADMIN_PASSWORD/SESSION_SECRET_KEY: the admin's).
 ORIGINAL = {
     "OPENROUTER_API_KEYS": "",
     "APP_API_KEY": "",
