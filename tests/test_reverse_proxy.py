@@ -217,7 +217,7 @@ def test_chromium_is_told_what_to_set_then_logs_in_through_the_readme_block(tmp_
     """Debian's chromium (Playwright) through nginx to ``python run.py``: the browser's own
     Origin and form post, not a client imitating them."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    from tests.test_browser import ARGS, CHROMIUM
+    from tests.dash_helpers import ARGS, CHROMIUM
 
     if not shutil.which(CHROMIUM):
         pytest.skip("chromium is not installed")
