@@ -2,13 +2,12 @@
 
 Built once the answer is over (from ``OrpollApp.log_request``, beside the access line), so
 nothing here runs while the answer flows: the relay only keeps references to where the
-figures are (``attempt.Attempts``), and the usage is parsed here, from a non-stream body or a
-stream's last events.
+figures are (``attempt.Attempts``), and the usage is read here (``usage.py``), from a
+non-stream body or a stream's last events.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from typing import Any
@@ -22,15 +21,6 @@ from .usage import RequestRecord, client_fingerprint, usage_from_body, usage_fro
 # A generation's id in a stream's first data event (when its usage never came, the ledger asks
 # /generation for it by this id).
 _GENERATION_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
-# Beyond this size, a non-stream body's usage is read from its end only (where OpenRouter puts
-# it), so the cost of a record does not grow with the answer.
-_WHOLE_BODY = 64 * 1024
-_BODY_END = 16 * 1024
-
-
-@functools.lru_cache(maxsize=256)
-def _client(token: str) -> str:
-    return client_fingerprint(token)
 
 
 def record_of(handler: tornado.web.RequestHandler) -> RequestRecord:
@@ -50,7 +40,7 @@ def record_of(handler: tornado.web.RequestHandler) -> RequestRecord:
         client_disconnected=bool(getattr(handler, "disconnected", False)),
     )
     if handler.application.client_keys:  # type: ignore[attr-defined]
-        rec.client = _client(bearer(req.headers))
+        rec.client = client_fingerprint(bearer(req.headers))
     error = getattr(handler, "error", None)
     if error is not None:
         rec.error_type, rec.error_code = error
@@ -75,31 +65,10 @@ def _from_attempts(rec: RequestRecord, attempts: Any, started: float) -> None:
     rec.serve(ks.id, ks.masked, ks.group)
     rec.generation_id = attempts.generation_id
     if attempts.body:
-        rec.apply(_body_usage(attempts.body))
+        rec.apply(usage_from_body(attempts.body))
     elif attempts.tail:
         rec.apply(usage_from_stream_tail(attempts.tail))
     if not rec.generation_id and attempts.head:
         found = _GENERATION_ID.search(attempts.head)
         if found:
             rec.generation_id = found.group(1).decode("ascii", "replace")
-
-
-def _body_usage(body: bytes) -> Any:
-    if len(body) <= _WHOLE_BODY:
-        return usage_from_body(body)
-    # A large answer: its usage object is near the end; parse only that object.
-    end = body[-_BODY_END:]
-    at = end.rfind(b'"usage"')
-    if at < 0:
-        return None
-    start = end.find(b"{", at)
-    depth = 0
-    for i in range(start, len(end)):
-        c = end[i]
-        if c == 0x7B:
-            depth += 1
-        elif c == 0x7D:
-            depth -= 1
-            if depth == 0:
-                return usage_from_body(b'{"usage":' + end[start : i + 1] + b"}")
-    return None

@@ -7,6 +7,7 @@ unknown figure is never summed as a zero by mistake.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,8 +20,12 @@ import orjson
 TAIL_BYTES = 16 * 1024
 # Events read back from the end of a stream before giving up on finding usage.
 TAIL_EVENTS = 4
+# A non-stream answer over WHOLE_BODY bytes has its usage read from its last BODY_END bytes.
+WHOLE_BODY = 64 * 1024
+BODY_END = 16 * 1024
 
 
+@functools.lru_cache(maxsize=256)  # the same few client keys, on every request
 def client_fingerprint(token: str) -> str:
     """A client key as the ledger names it: 8 hex characters of its SHA-256, never the token
     ('' for a request without one, as on an open /v1)."""
@@ -169,11 +174,36 @@ def usage_of(event: Any) -> Usage | None:
 
 
 def usage_from_body(body: bytes) -> Usage | None:
-    """Usage of a non-stream answer (None if the body is not JSON or has no usage)."""
+    """Usage of a non-stream answer (None if the body is not JSON or has no usage).
+
+    An answer over WHOLE_BODY bytes is not parsed whole: its usage object, near the end where
+    OpenRouter puts it, is parsed alone, so the cost does not grow with the answer.
+    """
+    if len(body) > WHOLE_BODY:
+        body = _usage_at_end(body)
     try:
-        return usage_of(orjson.loads(body))
+        return usage_of(orjson.loads(body)) if body else None
     except orjson.JSONDecodeError:
         return None
+
+
+def _usage_at_end(body: bytes) -> bytes:
+    """``{"usage": {...}}`` from the last ``"usage"`` object in the body's end, or b''."""
+    end = body[-BODY_END:]
+    at = end.rfind(b'"usage"')
+    start = end.find(b"{", at) if at >= 0 else -1
+    if start < 0:
+        return b""
+    depth = 0
+    for i in range(start, len(end)):
+        c = end[i]
+        if c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return b'{"usage":' + end[start : i + 1] + b"}"
+    return b""
 
 
 def usage_from_stream_tail(tail: bytes) -> Usage | None:

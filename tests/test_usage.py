@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
 from orpoll.ledgerquery import BadFilter, Filters, parse_time
@@ -180,3 +181,18 @@ def test_route_labels_are_capped():
     routes = {route for route, _, _ in c.requests}
     assert len(routes) == 51 and "other" in routes
     assert c.requests[("other", "404", "false")] == 30
+
+
+def test_a_large_answer_has_its_usage_read_from_its_end():
+    content = "x" * 200_000 + '"usage": {"prompt_tokens": 999}'  # a decoy inside the text
+    body = orjson.dumps(
+        {
+            "id": "gen-big",
+            "model": "m",
+            "choices": [{"message": {"content": content}}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 50_000, "cost": 0.5},
+        }
+    )
+    u = usage_from_body(body)
+    assert u is not None and (u.prompt, u.completion, u.cost) == (7, 50_000, 0.5)
+    assert usage_from_body(orjson.dumps({"choices": [{"text": "y" * 100_000}]})) is None
