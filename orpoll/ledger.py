@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from operator import add
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -55,22 +56,9 @@ CREATE TABLE IF NOT EXISTS usage (
 ) WITHOUT ROWID;
 """
 TOTALS = "requests errors prompt_tokens completion_tokens cached_tokens reasoning_tokens cost_nanos"
-# The batch's additions to the totals, summed by SQLite from the rows just inserted (ids above
-# the batch's first): the summing runs in C, off the GIL, not in Python on the writer thread.
-DIM_VALUES = {
-    "all": "''",
-    "key": "key_id",
-    "model": "CASE WHEN answered_model != '' THEN answered_model ELSE model END",
-    "account": "account",
-    "client": "client",
-}
 ADD_TOTALS = (
     f"INSERT INTO usage (period, dim, bucket, value, {', '.join(TOTALS.split())}) "
-    "SELECT :period, :dim, CAST(ts / :period AS INTEGER) * :period, {value}, COUNT(*), "
-    "SUM(status >= 400 OR error_type != ''), SUM(IFNULL(prompt_tokens, 0)), "
-    "SUM(IFNULL(completion_tokens, 0)), SUM(IFNULL(cached_tokens, 0)), "
-    "SUM(IFNULL(reasoning_tokens, 0)), SUM(CAST(ROUND(IFNULL(cost, 0) * 1e9) AS INTEGER)) "
-    "FROM requests WHERE id > :after AND {value} != :skip GROUP BY 3, 4 "
+    f"VALUES ({', '.join('?' * (4 + len(TOTALS.split())))}) "
     "ON CONFLICT (period, dim, bucket, value) DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in TOTALS.split())
 )
@@ -102,6 +90,39 @@ def row_of(r: RequestRecord) -> tuple:
         r.cached_tokens, r.reasoning_tokens, r.cost, r.generation_id, int(r.client_disconnected),
         int(r.usage_known),
     )  # fmt: skip
+
+
+def totals_rows(batch: list[RequestRecord]) -> list[tuple]:
+    """The ``usage`` rows a batch adds to, with what it adds.
+
+    Summed here in two steps rather than by SQL from the rows just inserted (one pass per
+    period and dimension): first per hour and distinct (key, model, account, client), of
+    which a batch holds few, then those into each period and dimension.
+    """
+    combos: dict[tuple, list[int]] = {}
+    for r in batch:
+        combo = (int(r.time // HOUR), r.key_id, r.answered_model or r.model, r.account, r.client)
+        sums = combos.get(combo)
+        if sums is None:
+            sums = combos[combo] = [0, 0, 0, 0, 0, 0, 0]
+        sums[0] += 1
+        sums[1] += r.failed
+        sums[2] += r.prompt_tokens or 0
+        sums[3] += r.completion_tokens or 0
+        sums[4] += r.cached_tokens or 0
+        sums[5] += r.reasoning_tokens or 0
+        sums[6] += nanos(r.cost)
+    out: dict[tuple, list[int]] = {}
+    for (hour, *values), sums in combos.items():
+        for period in (HOUR, DAY):
+            bucket = hour * HOUR // period * period
+            # "all" counts every record; the other dimensions skip records without a value.
+            for dim, value in zip(DIMS, ("", *values), strict=True):
+                if value or dim == "all":
+                    where = (period, dim, bucket, value)
+                    into = out.get(where)
+                    out[where] = sums if into is None else list(map(add, into, sums))
+    return [(*where, *sums) for where, sums in out.items()]
 
 
 class Ledger:
@@ -290,15 +311,8 @@ class Ledger:
         rows = [row_of(r) for r in batch]
         try:
             db.execute("BEGIN IMMEDIATE")
-            after = db.execute("SELECT IFNULL(MAX(id), 0) FROM requests").fetchone()[0]
             db.executemany(INSERT, rows)
-            for period in (HOUR, DAY):
-                for dim, value in DIM_VALUES.items():
-                    skip = "-" if dim == "all" else ""  # other dims skip records without one
-                    db.execute(
-                        ADD_TOTALS.format(value=value),
-                        {"period": period, "dim": dim, "after": after, "skip": skip},
-                    )
+            db.executemany(ADD_TOTALS, totals_rows(batch))
             db.execute("COMMIT")
         except sqlite3.Error:
             if db.in_transaction:
