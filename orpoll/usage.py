@@ -23,6 +23,8 @@ TAIL_EVENTS = 4
 # A non-stream answer over WHOLE_BODY bytes has its usage read from its last BODY_END bytes.
 WHOLE_BODY = 64 * 1024
 BODY_END = 16 * 1024
+# Where a non-stream answer's ``choices`` are looked for: its ``id`` and ``model`` come first.
+HEAD_BYTES = 2048
 
 
 @functools.lru_cache(maxsize=256)  # the same few client keys, on every request
@@ -133,17 +135,17 @@ class RequestRecord:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return int(value)
+    kind = type(value)  # exact types: JSON gives no subclasses, and bool is not a count
+    if kind is int:
+        return value
+    return int(value) if kind is float else None
 
 
 def _float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
+    kind = type(value)
+    if kind is float or kind is int:
         return float(value)
-    if isinstance(value, str):  # OpenRouter writes prices as strings elsewhere; accept them
+    if kind is str:  # OpenRouter writes prices as strings elsewhere; accept them
         try:
             return float(value)
         except ValueError:
@@ -151,34 +153,45 @@ def _float(value: Any) -> float | None:
     return None
 
 
+def _str(value: Any) -> str:
+    return value if type(value) is str else ""
+
+
 def _sub(obj: Any, name: str) -> dict:
-    value = obj.get(name) if isinstance(obj, dict) else None
-    return value if isinstance(value, dict) else {}
+    value = obj.get(name) if type(obj) is dict else None
+    return value if type(value) is dict else {}
 
 
 def usage_of(event: Any) -> Usage | None:
     """The ``usage`` of a parsed completion or chunk (None when it has none)."""
-    if not isinstance(event, dict) or not isinstance(event.get("usage"), dict):
+    u = event.get("usage") if type(event) is dict else None
+    if type(u) is not dict:
         return None
-    u = event["usage"]
-    model, gid = event.get("model"), event.get("id")
+    prompt, completion = u.get("prompt_tokens_details"), u.get("completion_tokens_details")
     return Usage(
-        prompt=_int(u.get("prompt_tokens")),
-        completion=_int(u.get("completion_tokens")),
-        cached=_int(_sub(u, "prompt_tokens_details").get("cached_tokens")),
-        reasoning=_int(_sub(u, "completion_tokens_details").get("reasoning_tokens")),
-        cost=_float(u.get("cost")),
-        model=model if isinstance(model, str) else "",
-        generation_id=gid if isinstance(gid, str) else "",
+        _int(u.get("prompt_tokens")),
+        _int(u.get("completion_tokens")),
+        _int(prompt.get("cached_tokens")) if type(prompt) is dict else None,
+        _int(completion.get("reasoning_tokens")) if type(completion) is dict else None,
+        _float(u.get("cost")),
+        _str(event.get("model")),
+        _str(event.get("id")),
     )
 
 
 def usage_from_body(body: bytes) -> Usage | None:
     """Usage of a non-stream answer (None if the body is not JSON or has no usage).
 
-    An answer over WHOLE_BODY bytes is not parsed whole: its usage object, near the end where
-    OpenRouter puts it, is parsed alone, so the cost does not grow with the answer.
+    OpenRouter puts ``usage`` last, and the answer's ``id`` and ``model`` before its
+    ``choices``: those two ends are read, not the answer between them, so the cost does not
+    grow with the answer. A body laid out otherwise is parsed whole (up to WHOLE_BODY bytes;
+    past that, its last ``usage`` object alone).
     """
+    usage = _last_member_usage(body)
+    if usage is not None:
+        head = _head_fields(body)
+        head["usage"] = usage
+        return usage_of(head)
     if len(body) > WHOLE_BODY:
         body = _usage_at_end(body)
     try:
@@ -204,6 +217,33 @@ def _usage_at_end(body: bytes) -> bytes:
             if depth == 0:
                 return b'{"usage":' + end[start : i + 1] + b"}"
     return b""
+
+
+def _last_member_usage(body: bytes) -> dict | None:
+    """The ``usage`` object when it is the body's last member, else None."""
+    end = body[-BODY_END:]
+    at = end.rfind(b'"usage"')
+    start = end.find(b"{", at) if at >= 0 else -1
+    if start < 0 or end[at + 7 : start].strip() != b":":
+        return None
+    close = end.rstrip().rfind(b"}")  # the body's own closing brace
+    try:
+        usage = orjson.loads(end[start:close])
+    except orjson.JSONDecodeError:
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def _head_fields(body: bytes) -> dict:
+    """The members before ``choices`` (``id`` and ``model`` among them), or {}."""
+    choices = body.find(b'"choices"', 0, HEAD_BYTES)
+    if choices < 0:
+        return {}
+    try:
+        head = orjson.loads(body[:choices] + b'"choices":0}')
+    except orjson.JSONDecodeError:
+        return {}
+    return head if type(head) is dict else {}
 
 
 def usage_from_stream_tail(tail: bytes) -> Usage | None:

@@ -196,3 +196,25 @@ def test_a_large_answer_has_its_usage_read_from_its_end():
     u = usage_from_body(body)
     assert u is not None and (u.prompt, u.completion, u.cost) == (7, 50_000, 0.5)
     assert usage_from_body(orjson.dumps({"choices": [{"text": "y" * 100_000}]})) is None
+
+
+def test_a_body_read_from_its_two_ends_names_its_model_and_generation():
+    body = orjson.dumps(
+        {
+            "id": "gen-ends",
+            "model": "vendor/model-x",
+            "choices": [{"message": {"content": "z" * 100_000}}],
+            "usage": {"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 2}},
+        }
+    )
+    u = usage_from_body(body)
+    assert u is not None and (u.prompt, u.cached) == (5, 2)
+    assert (u.model, u.generation_id) == ("vendor/model-x", "gen-ends")
+
+
+def test_usage_that_is_not_the_last_member_is_still_read():
+    body = (
+        b'{"usage": {"prompt_tokens": 4, "cost": 0.25}, "id": "gen-1", "model": "m", "choices": []}'
+    )
+    u = usage_from_body(body)
+    assert u is not None and (u.prompt, u.cost, u.model, u.generation_id) == (4, 0.25, "m", "gen-1")
