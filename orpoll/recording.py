@@ -16,7 +16,13 @@ import tornado.web
 
 from . import errors
 from .auth import bearer
-from .usage import RequestRecord, client_fingerprint, usage_from_body, usage_from_stream_tail
+from .usage import (
+    RequestRecord,
+    client_fingerprint,
+    tenths,
+    usage_from_body,
+    usage_from_stream_tail,
+)
 
 # A generation's id in a stream's first data event (when its usage never came, the ledger asks
 # /generation for it by this id).
@@ -35,7 +41,7 @@ def record_of(handler: tornado.web.RequestHandler) -> RequestRecord:
         stream=bool(getattr(handler, "streaming", False)),
         status=handler.get_status(),
         client_addr=req.remote_ip or "",
-        duration_ms=round(1000.0 * total, 1),
+        duration_ms=tenths(1000.0 * total),
         bytes_out=getattr(handler, "bytes_out", 0),
         client_disconnected=bool(getattr(handler, "disconnected", False)),
     )
@@ -56,7 +62,7 @@ def _from_attempts(rec: RequestRecord, attempts: Any, started: float) -> None:
     for (key, verdict, status), ms in zip(attempts.items, attempts.ms, strict=False):
         rec.attempt(key, verdict, status, ms)
     if attempts.first_byte:
-        rec.ttfb_ms = round(1000.0 * (attempts.first_byte - started), 1)
+        rec.ttfb_ms = tenths(1000.0 * (attempts.first_byte - started))
     if attempts.broken:  # a stream that failed after its 200: counted as an error
         rec.error_type, rec.error_code = "upstream_error", attempts.broken_code
     ks = attempts.served
