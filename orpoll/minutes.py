@@ -42,7 +42,7 @@ class MinuteTotals:
             self.slots[minute] = list(sums)
         self.newest = max(self.slots, default=0)
 
-    def add(self, r: RequestRecord, nanos: int) -> None:
+    def add(self, r: RequestRecord, nanos: int, failed: bool | None = None) -> None:
         minute = int(r.time // MINUTE)
         slot = self.slots.get(minute)
         if slot is None:
@@ -54,7 +54,7 @@ class MinuteTotals:
                 if len(self.slots) > self.span + MINUTE:  # dropped an hour at a time
                     self._drop()
         slot[0] += 1
-        slot[1] += r.failed
+        slot[1] += r.failed if failed is None else failed
         slot[2] += r.prompt_tokens or 0
         slot[3] += r.completion_tokens or 0
         slot[4] += r.cached_tokens or 0

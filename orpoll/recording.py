@@ -17,6 +17,7 @@ import tornado.web
 from . import errors
 from .auth import bearer
 from .usage import (
+    Attempt,
     RequestRecord,
     client_fingerprint,
     tenths,
@@ -33,34 +34,39 @@ def record_of(handler: tornado.web.RequestHandler) -> RequestRecord:
     """The ledger record of a finished /v1 request."""
     req = handler.request
     total = req.request_time()
+    started = time.time() - total
+    status = handler.get_status()
+    error = getattr(handler, "error", None)
+    error_type, error_code = error if error is not None else ("", "")
+    if error is None and status >= 400:
+        error_type = errors.from_status(status).error_type
+    client_keys = handler.application.client_keys  # type: ignore[attr-defined]
     rec = RequestRecord(
-        time=time.time() - total,
+        time=started,
         request_id=getattr(handler, "request_id", ""),
         route=req.path,
         model=getattr(handler, "model", None) or "",
         stream=bool(getattr(handler, "streaming", False)),
-        status=handler.get_status(),
+        status=status,
+        error_type=error_type,
+        error_code=error_code,
         client_addr=req.remote_ip or "",
+        client=client_fingerprint(bearer(req.headers)) if client_keys else "",
         duration_ms=tenths(1000.0 * total),
         bytes_out=getattr(handler, "bytes_out", 0),
         client_disconnected=bool(getattr(handler, "disconnected", False)),
     )
-    if handler.application.client_keys:  # type: ignore[attr-defined]
-        rec.client = client_fingerprint(bearer(req.headers))
-    error = getattr(handler, "error", None)
-    if error is not None:
-        rec.error_type, rec.error_code = error
-    elif rec.status >= 400:
-        rec.error_type = errors.from_status(rec.status).error_type
     attempts = getattr(handler, "attempts", None)
     if attempts is not None:
-        _from_attempts(rec, attempts, rec.time)
+        _from_attempts(rec, attempts, started)
     return rec
 
 
 def _from_attempts(rec: RequestRecord, attempts: Any, started: float) -> None:
-    for (key, verdict, status), ms in zip(attempts.items, attempts.ms, strict=False):
-        rec.attempt(key, verdict, status, ms)
+    rec.attempts = [
+        Attempt(key, verdict, status, tenths(ms))
+        for (key, verdict, status), ms in zip(attempts.items, attempts.ms, strict=False)
+    ]
     if attempts.first_byte:
         rec.ttfb_ms = tenths(1000.0 * (attempts.first_byte - started))
     if attempts.broken:  # a stream that failed after its 200: counted as an error
@@ -68,7 +74,7 @@ def _from_attempts(rec: RequestRecord, attempts: Any, started: float) -> None:
     ks = attempts.served
     if ks is None:
         return
-    rec.serve(ks.id, ks.masked, ks.group)
+    rec.key_id, rec.key_masked, rec.account = ks.id, ks.masked, ks.group
     rec.generation_id = attempts.generation_id
     if attempts.body:
         rec.apply(usage_from_body(attempts.body))

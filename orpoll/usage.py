@@ -124,15 +124,17 @@ class RequestRecord:
         """Take ``usage`` in (figures it lacks stay as they were); True if it held any."""
         if usage is None:
             return False
-        for name, value in (
-            ("prompt_tokens", usage.prompt),
-            ("completion_tokens", usage.completion),
-            ("cached_tokens", usage.cached),
-            ("reasoning_tokens", usage.reasoning),
-            ("cost", usage.cost),
-        ):
-            if value is not None:
-                setattr(self, name, value)
+        # One test per figure, not a loop over (name, value) pairs: this runs for every request.
+        if usage.prompt is not None:
+            self.prompt_tokens = usage.prompt
+        if usage.completion is not None:
+            self.completion_tokens = usage.completion
+        if usage.cached is not None:
+            self.cached_tokens = usage.cached
+        if usage.reasoning is not None:
+            self.reasoning_tokens = usage.reasoning
+        if usage.cost is not None:
+            self.cost = usage.cost
         self.answered_model = self.answered_model or usage.model
         self.generation_id = self.generation_id or usage.generation_id
         known = usage.prompt is not None or usage.completion is not None or usage.cost is not None
