@@ -12,19 +12,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from operator import add
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from .metrics import Counters
 from .minutes import MinuteTotals
+from .tally import Sums, Tally, totals_rows
 from .usage import RequestRecord
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("orpoll.ledger")
 T = TypeVar("T")
 DB_NAME = "ledger.sqlite3"
+Batch = tuple[list[RequestRecord], dict[tuple, list[int]]]
 HOUR, DAY = 3600, 86400
 NANO = 1_000_000_000  # totals keep cost in integer nano-dollars, so sums are exact
 DIMS = ("all", "key", "model", "account", "client")
@@ -92,39 +93,6 @@ def row_of(r: RequestRecord) -> tuple:
     )  # fmt: skip
 
 
-def totals_rows(batch: list[RequestRecord]) -> list[tuple]:
-    """The ``usage`` rows a batch adds to, with what it adds.
-
-    Summed here in two steps rather than by SQL from the rows just inserted (one pass per
-    period and dimension): first per hour and distinct (key, model, account, client), of
-    which a batch holds few, then those into each period and dimension.
-    """
-    combos: dict[tuple, list[int]] = {}
-    for r in batch:
-        combo = (int(r.time // HOUR), r.key_id, r.answered_model or r.model, r.account, r.client)
-        sums = combos.get(combo)
-        if sums is None:
-            sums = combos[combo] = [0, 0, 0, 0, 0, 0, 0]
-        sums[0] += 1
-        sums[1] += r.failed
-        sums[2] += r.prompt_tokens or 0
-        sums[3] += r.completion_tokens or 0
-        sums[4] += r.cached_tokens or 0
-        sums[5] += r.reasoning_tokens or 0
-        sums[6] += nanos(r.cost)
-    out: dict[tuple, list[int]] = {}
-    for (hour, *values), sums in combos.items():
-        for period in (HOUR, DAY):
-            bucket = hour * HOUR // period * period
-            # "all" counts every record; the other dimensions skip records without a value.
-            for dim, value in zip(DIMS, ("", *values), strict=True):
-                if value or dim == "all":
-                    where = (period, dim, bucket, value)
-                    into = out.get(where)
-                    out[where] = sums if into is None else list(map(add, into, sums))
-    return [(*where, *sums) for where, sums in out.items()]
-
-
 class Ledger:
     """Owns ledger.sqlite3: the write-behind thread, readers, pruning and today's per-key sums.
 
@@ -145,15 +113,14 @@ class Ledger:
         self.path, self.clock = path, clock
         self.record_days, self.usage_days = record_days, usage_days
         self.interval, self.batch = interval, batch
-        self.pending: deque[RequestRecord] = deque()
+        self.pending: list[RequestRecord] = []  # on the loop, not yet handed to the writer
         self.added = self.written = 0
         self.counters = Counters()
         self.backfill: Backfill | None = None  # set by the app; None = no backfill
-        self.today_day = -1
-        self.today_keys: dict[str, list[int]] = {}  # key id -> [requests, errors, nanos, tokens]
+        self.minutes = MinuteTotals()  # the dashboard's per-minute figures
+        self.tally = Tally(self.minutes, self.counters)
         # No connection or thread is kept until one is needed: the writer's opens with the
         # first record, a reader's with its first query (an idle ledger holds no descriptor).
-        self.minutes = MinuteTotals()  # the dashboard's per-minute figures
         with contextlib.closing(connect(path)) as db:
             db.executescript(SCHEMA)
             self._load_today(db)
@@ -161,8 +128,11 @@ class Ledger:
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="orpoll-ledger-read")
         self._local = threading.local()
         self._reader_dbs: list[sqlite3.Connection] = []
-        # _wake: something is queued; _now: write it without waiting for more.
-        self._wake, self._now, self._stop = threading.Event(), threading.Event(), threading.Event()
+        # Batches for the writer: (records, their hour totals), or None to stop. The loop hands
+        # a batch over at most ``interval`` seconds after its first record.
+        self._batches: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._handoff: asyncio.TimerHandle | None = None
+        self._stopping = False
         self.pruned_at = 0.0
         self._thread: threading.Thread | None = None
 
@@ -190,38 +160,48 @@ class Ledger:
             self.commit(record)
 
     def commit(self, record: RequestRecord) -> None:
-        """Count ``record`` (metrics, today's sums) and queue it for the writer."""
+        """Count ``record`` (metrics, the tally) and queue it for the writer."""
         self.counters.observe(record)
-        cost = record.cost
-        nano = int(cost * NANO + 0.5) if cost is not None and cost > 0 else 0  # nanos(), inline
-        failed = record.status >= 400 or bool(record.error_type)
-        self.minutes.add(record, nano, failed)
-        if record.key_id:
-            day = int(record.time // DAY)
-            if day > self.today_day:  # a new UTC day (a record from before it is not today's)
-                self.today_day, self.today_keys = day, {}
-            if day == self.today_day:
-                sums = self.today_keys.get(record.key_id)
-                if sums is None:
-                    sums = self.today_keys[record.key_id] = [0, 0, 0, 0]
-                sums[0] += 1
-                sums[1] += failed
-                sums[2] += nano
-                sums[3] += (record.prompt_tokens or 0) + (record.completion_tokens or 0)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)
-            self._thread.start()
+        self.tally.count(record)
         pending = self.pending
         pending.append(record)
         self.added += 1
-        if len(pending) == 1:
-            self._wake.set()
-        elif len(pending) >= self.batch:
-            self._now.set()
+        if len(pending) >= self.batch:
+            self.hand_over()
+        elif self._handoff is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a script, a test): hand over at once
+                self.hand_over()
+            else:
+                self._handoff = loop.call_later(self.interval, self.hand_over)
+
+    def hand_over(self) -> None:
+        """Queue what is pending for the writer, with its totals (loop side)."""
+        if self._handoff is not None:
+            self._handoff.cancel()
+            self._handoff = None
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        self._batches.put((batch, self.tally.take_unwritten()))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)
+            self._thread.start()
+
+    def fold(self) -> None:
+        """Bring the in-memory figures (minutes, today's, per model) up to the last record."""
+        self.tally.fold()
+
+    def minutes_between(self, since: float, until: float) -> list[dict[str, Any]]:
+        self.tally.fold()
+        return self.minutes.between(since, until)
 
     def today(self, key_id: str) -> dict[str, Any]:
         """Today's (UTC) figures of a key, for the key listing."""
-        sums = self.today_keys.get(key_id) if self.today_day == int(self.clock() // DAY) else None
+        tally = self.tally
+        tally.fold()
+        sums = tally.today_keys.get(key_id) if tally.today_day == int(self.clock() // DAY) else None
         requests, errors, cost, tokens = sums or (0, 0, 0, 0)
         return {
             "today_requests": requests,
@@ -234,7 +214,7 @@ class Ledger:
         """Wait until every record added so far is on disk (records held by the backfill are
         not added yet)."""
         target, deadline = self.added, time.monotonic() + timeout
-        self._now.set()
+        self.hand_over()
         while self.written < target and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
 
@@ -253,10 +233,10 @@ class Ledger:
 
     def close(self) -> None:
         """Write what is queued, stop the writer and the readers."""
-        self._stop.set()
-        self._wake.set()
-        self._now.set()
+        self.hand_over()
+        self._stopping = True
         if self._thread is not None:
+            self._batches.put(None)
             self._thread.join(timeout=30)
         self._readers.shutdown(wait=True)
         for db in self._reader_dbs:
@@ -265,8 +245,7 @@ class Ledger:
     # ---- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        # Asleep until a record comes (no polling while idle), then gathers a batch for
-        # ``interval`` seconds (less when a batch fills, a flush asks or the ledger closes).
+        # Asleep until the loop hands a batch over (no polling while idle).
         db = self._connect()
         if db is None:
             return
@@ -276,8 +255,8 @@ class Ledger:
             db.close()
 
     def _connect(self) -> sqlite3.Connection | None:
-        # Opening can fail for a while (no descriptor left, the directory gone): the records
-        # wait in memory and the writer tries again, rather than the thread dying for good.
+        # Opening can fail for a while (no descriptor left, the directory gone): the batches
+        # wait in the queue and the writer tries again, rather than the thread dying for good.
         failing = False
         while True:
             try:
@@ -286,44 +265,42 @@ class Ledger:
                 if not failing:
                     log.error("ledger: cannot open %s (%s); trying again", self.path, e)
                     failing = True
-            if self._stop.wait(max(self.interval, 0.1)) and not self.pending:
+            if self._stopping and self._batches.empty():
                 return None
+            time.sleep(max(self.interval, 0.1))
 
     def _loop(self, db: sqlite3.Connection) -> None:
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            self._now.wait(self.interval)
-            self._now.clear()
-            stopping = self._stop.is_set()
-            try:
-                while self.pending:
-                    self._write_batch(db)
-                if self.clock() - self.pruned_at >= HOUR:
-                    self.prune(db)
-            except sqlite3.Error:
-                log.exception("ledger: writing failed; retrying in %.2f s", self.interval)
-                time.sleep(self.interval)
-                self._wake.set()
-            if stopping and not self.pending:
+            batch = self._batches.get()
+            if batch is None:
                 return
+            while True:
+                try:
+                    self._write_batch(db, *batch)
+                    break
+                except sqlite3.Error:
+                    log.exception("ledger: writing failed; retrying in %.2f s", self.interval)
+                    time.sleep(self.interval)
+            if self.clock() - self.pruned_at >= HOUR:
+                try:
+                    self.prune(db)
+                except sqlite3.Error:
+                    log.exception("ledger: pruning failed")
 
-    def _write_batch(self, db: sqlite3.Connection) -> None:
-        batch: list[RequestRecord] = []
-        while self.pending and len(batch) < self.batch:
-            batch.append(self.pending.popleft())
-        rows = [row_of(r) for r in batch]
+    def _write_batch(
+        self, db: sqlite3.Connection, records: list[RequestRecord], hours: dict[tuple, Sums]
+    ) -> None:
+        rows = [row_of(r) for r in records]
         try:
             db.execute("BEGIN IMMEDIATE")
             db.executemany(INSERT, rows)
-            db.executemany(ADD_TOTALS, totals_rows(batch))
+            db.executemany(ADD_TOTALS, totals_rows(hours))
             db.execute("COMMIT")
         except sqlite3.Error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            self.pending.extendleft(reversed(batch))
             raise
-        self.written += len(batch)
+        self.written += len(records)
 
     def prune(self, db: sqlite3.Connection, chunk: int = 20000) -> int:
         """Delete records and totals past their retention, a chunk per transaction so that a
@@ -353,5 +330,5 @@ class Ledger:
             "FROM usage WHERE period = ? AND dim = 'key' AND bucket = ?",
             (DAY, day * DAY),
         )
-        self.today_day = day
-        self.today_keys = {value: list(rest) for value, *rest in rows}
+        self.tally.today_day = day
+        self.tally.today_keys = {value: list(rest) for value, *rest in rows}

@@ -86,7 +86,6 @@ class Counters:
             self.verdicts[a.verdict] = self.verdicts.get(a.verdict, 0) + 1
         self.failovers += max(len(r.attempts) - 1, 0)
         self.exhausted += r.error_code in ("no_key_available", "no_keys")
-        self._model(r)
 
     def _route(self, route: str) -> str:
         # Pass-through routes are whatever path a client sends: past ROUTES distinct ones,
@@ -98,19 +97,20 @@ class Counters:
         self.routes.add(route)
         return route
 
-    def _model(self, r: RequestRecord) -> None:
-        name = r.answered_model or r.model or "unknown"
-        sums = self.models.get(name)
-        if sums is None:
+    def add_model(self, name: str, sums: list[int]) -> None:
+        """Add a model's sums (requests, errors, four token counts, nano-dollars): the
+        ledger's tally folds them in per distinct model, not per request."""
+        totals = self.models.get(name)
+        if totals is None:
             if len(self.models) >= MODELS_TRACKED:
                 name = "other"
-            sums = self.models.setdefault(name, [0, 0, 0, 0, 0, 0.0])
-        sums[0] += 1
-        sums[1] += r.prompt_tokens or 0
-        sums[2] += r.completion_tokens or 0
-        sums[3] += r.cached_tokens or 0
-        sums[4] += r.reasoning_tokens or 0
-        sums[5] += r.cost or 0.0
+            totals = self.models.setdefault(name, [0, 0, 0, 0, 0, 0.0])
+        totals[0] += sums[0]
+        totals[1] += sums[2]
+        totals[2] += sums[3]
+        totals[3] += sums[4]
+        totals[4] += sums[5]
+        totals[5] += sums[6] / 1e9
 
     def model_totals(self, top: int = MODEL_LABELS) -> dict[str, list[float]]:
         """Per model label: the ``top`` busiest by requests by name, the rest summed as

@@ -2,8 +2,8 @@
 memory by the ledger: the dashboard's per-minute charts read them without touching the records
 (summing a day of records per refresh grows with the traffic).
 
-Loaded from the records once when the ledger opens; then every committed record is counted on
-the loop. Used on the loop only, so it needs no lock.
+Loaded from the records once when the ledger opens; then the ledger's tally adds what its
+records add up to, per minute. Used on the loop only, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime
 import sqlite3
 from typing import Any
-
-from .usage import RequestRecord
 
 MINUTE = 60
 SPAN = 25 * 60  # minutes kept: a day and an hour
@@ -42,24 +40,20 @@ class MinuteTotals:
             self.slots[minute] = list(sums)
         self.newest = max(self.slots, default=0)
 
-    def add(self, r: RequestRecord, nanos: int, failed: bool | None = None) -> None:
-        minute = int(r.time // MINUTE)
+    def add_sums(self, minute: int, sums: list[int]) -> None:
+        """Add a minute's sums (requests, errors, four token counts, nano-dollars)."""
         slot = self.slots.get(minute)
         if slot is None:
             if minute <= self.newest - self.span:
                 return  # older than the window (a late backfill)
-            slot = self.slots[minute] = [0, 0, 0, 0, 0, 0, 0]
+            self.slots[minute] = list(sums)
             if minute > self.newest:
                 self.newest = minute
                 if len(self.slots) > self.span + MINUTE:  # dropped an hour at a time
                     self._drop()
-        slot[0] += 1
-        slot[1] += r.failed if failed is None else failed
-        slot[2] += r.prompt_tokens or 0
-        slot[3] += r.completion_tokens or 0
-        slot[4] += r.cached_tokens or 0
-        slot[5] += r.reasoning_tokens or 0
-        slot[6] += nanos
+            return
+        for i, n in enumerate(sums):
+            slot[i] += n
 
     def _drop(self) -> None:
         oldest = self.newest - self.span

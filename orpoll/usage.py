@@ -161,29 +161,34 @@ def _float(value: Any) -> float | None:
     return None
 
 
-def _str(value: Any) -> str:
-    return value if type(value) is str else ""
-
-
 def _sub(obj: Any, name: str) -> dict:
     value = obj.get(name) if type(obj) is dict else None
     return value if type(value) is dict else {}
 
 
 def usage_of(event: Any) -> Usage | None:
-    """The ``usage`` of a parsed completion or chunk (None when it has none)."""
+    """The ``usage`` of a parsed completion or chunk (None when it has none).
+
+    Written out flat, with the usual types tested inline before any helper is called: it
+    runs for every request.
+    """
     u = event.get("usage") if type(event) is dict else None
     if type(u) is not dict:
         return None
-    prompt, completion = u.get("prompt_tokens_details"), u.get("completion_tokens_details")
+    get = u.get
+    prompt, completion, cost = get("prompt_tokens"), get("completion_tokens"), get("cost")
+    details, more = get("prompt_tokens_details"), get("completion_tokens_details")
+    cached = details.get("cached_tokens") if type(details) is dict else None
+    reasoning = more.get("reasoning_tokens") if type(more) is dict else None
+    model, gid = event.get("model"), event.get("id")
     return Usage(
-        _int(u.get("prompt_tokens")),
-        _int(u.get("completion_tokens")),
-        _int(prompt.get("cached_tokens")) if type(prompt) is dict else None,
-        _int(completion.get("reasoning_tokens")) if type(completion) is dict else None,
-        _float(u.get("cost")),
-        _str(event.get("model")),
-        _str(event.get("id")),
+        prompt if type(prompt) is int else _int(prompt),
+        completion if type(completion) is int else _int(completion),
+        cached if type(cached) is int else _int(cached),
+        reasoning if type(reasoning) is int else _int(reasoning),
+        cost if type(cost) is float else _float(cost),
+        model if type(model) is str else "",
+        gid if type(gid) is str else "",
     )
 
 

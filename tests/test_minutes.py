@@ -24,19 +24,19 @@ async def test_minutes_are_counted_and_survive_a_restart(tmp_path):
     for at, status in ((now - 119, 200), (now - 100, 502), (now - 30, 200), (now - 2 * 86400, 200)):
         led.add(record(at, status=status))
     led.add(record(now - 5, cost=None))
-    rows = led.minutes.between(now - 3600, now)
+    rows = led.minutes_between(now - 3600, now)
     assert [r["time"] for r in rows] == [now - 120, now - 60]
     assert [(r["requests"], r["errors"]) for r in rows] == [(2, 1), (2, 0)]
     assert rows[0]["cost"] == pytest.approx(0.5) and rows[1]["cost"] == pytest.approx(0.25)
     assert rows[0]["prompt_tokens"] == 4 and rows[0]["completion_tokens"] == 6
     assert rows[0]["group"].endswith("+00:00")
-    assert led.minutes.between(now - 60, now) == rows[1:]
+    assert led.minutes_between(now - 60, now) == rows[1:]
     await led.flush()
     led.close()
     again = Ledger.open(str(tmp_path), clock=lambda: now)
     try:
-        assert again.minutes.between(now - 3600, now) == rows
-        assert again.minutes.between(now - 3 * 86400, now) == rows  # 2 days back is not held
+        assert again.minutes_between(now - 3600, now) == rows
+        assert again.minutes_between(now - 3 * 86400, now) == rows  # 2 days back is not held
     finally:
         again.close()
 
@@ -47,11 +47,12 @@ async def test_only_the_last_day_and_an_hour_is_kept(tmp_path):
         for minute in range(SPAN + 2 * MINUTE):
             led.add(record(T0 + minute * MINUTE))
         newest = T0 + (SPAN + 2 * MINUTE - 1) * MINUTE
+        led.fold()
         assert len(led.minutes.slots) <= SPAN + MINUTE
-        kept = led.minutes.between(T0, newest + MINUTE)
+        kept = led.minutes_between(T0, newest + MINUTE)
         assert kept[-1]["time"] == newest and len(kept) >= SPAN
         led.add(record(T0))  # a late record from before the window: not counted
-        assert led.minutes.between(T0, T0 + MINUTE) == []
+        assert led.minutes_between(T0, T0 + MINUTE) == []
     finally:
         await led.flush()
         led.close()

@@ -135,7 +135,7 @@ def test_histogram_buckets_are_cumulative():
 def test_model_labels_are_capped():
     c = Counters()
     for i in range(MODELS_TRACKED + 50):
-        c.observe(RequestRecord(time=0, status=200, model=f"m{i}", route="/v1/chat/completions"))
+        c.add_model(f"m{i}", [1, 0, 2, 3, 0, 0, 500])
     assert len(c.models) == MODELS_TRACKED + 1  # the rest went to "other" at once
     totals = c.model_totals(top=100)
     assert len(totals) == 101 and totals["other"][0] == MODELS_TRACKED + 50 - 100

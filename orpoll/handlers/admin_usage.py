@@ -143,7 +143,7 @@ class UsageHandler(LedgerHandler):
                 param="since",
                 code="invalid_parameter",
             )
-        return self.ledger.minutes.between(since, until)
+        return self.ledger.minutes_between(since, until)
 
 
 class OverviewHandler(LedgerHandler):
@@ -184,6 +184,7 @@ class MetricsHandler(BaseHandler):
             raise errors.Unauthorized(
                 "invalid or missing metrics token", code="invalid_metrics_token"
             )
+        self.application.ledger.fold()  # the per-model figures, up to the last request
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(self.application.metrics_registry))
 
