@@ -69,23 +69,37 @@ class Counters:
         self.routes: set[str] = set()
 
     def observe(self, r: RequestRecord) -> None:
-        stream, route = "true" if r.stream else "false", self._route(r.route)
+        # Written out (the histograms' bucket counts too): it runs for every request.
+        stream, route = "true" if r.stream else "false", r.route
+        if route not in self.routes:
+            route = self._route(route)
         key = (route, str(r.status), stream)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         pair = (route, stream)
         hist = self.durations.get(pair) or self.durations.setdefault(
             pair, Histogram(DURATION_BUCKETS)
         )
-        hist.observe(r.duration_ms / 1000)
+        seconds = r.duration_ms / 1000
+        hist.counts[bisect.bisect_left(hist.bounds, seconds)] += 1
+        hist.total += seconds
         if r.ttfb_ms is not None:
             hist = self.first_chunk.get(pair) or self.first_chunk.setdefault(
                 pair, Histogram(FIRST_CHUNK_BUCKETS)
             )
-            hist.observe(r.ttfb_ms / 1000)
-        for a in r.attempts:
-            self.verdicts[a.verdict] = self.verdicts.get(a.verdict, 0) + 1
-        self.failovers += max(len(r.attempts) - 1, 0)
-        self.exhausted += r.error_code in ("no_key_available", "no_keys")
+            seconds = r.ttfb_ms / 1000
+            hist.counts[bisect.bisect_left(hist.bounds, seconds)] += 1
+            hist.total += seconds
+        attempts = r.attempts
+        if len(attempts) == 1:
+            verdict = attempts[0].verdict
+            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + 1
+        else:
+            for a in attempts:
+                self.verdicts[a.verdict] = self.verdicts.get(a.verdict, 0) + 1
+            self.failovers += max(len(attempts) - 1, 0)
+        if r.error_code:
+            self.exhausted += r.error_code in ("no_key_available", "no_keys")
 
     def _route(self, route: str) -> str:
         # Pass-through routes are whatever path a client sends: past ROUTES distinct ones,

@@ -16,6 +16,7 @@ import tornado.web
 
 from . import errors
 from .auth import bearer
+from .handlers.base import BaseHandler
 from .usage import (
     Attempt,
     RequestRecord,
@@ -32,34 +33,49 @@ _GENERATION_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
 
 def record_of(handler: tornado.web.RequestHandler) -> RequestRecord:
     """The ledger record of a finished /v1 request."""
+    if not isinstance(handler, BaseHandler):  # one of Tornado's own (a malformed request)
+        return _plain_record(handler)
     req = handler.request
     total = req.request_time()
     started = time.time() - total
     status = handler.get_status()
-    error = getattr(handler, "error", None)
+    error = handler.error
     error_type, error_code = error if error is not None else ("", "")
     if error is None and status >= 400:
         error_type = errors.from_status(status).error_type
-    client_keys = handler.application.client_keys  # type: ignore[attr-defined]
     rec = RequestRecord(
         time=started,
-        request_id=getattr(handler, "request_id", ""),
+        request_id=handler.request_id,
         route=req.path,
-        model=getattr(handler, "model", None) or "",
-        stream=bool(getattr(handler, "streaming", False)),
+        model=handler.model or "",
+        stream=handler.streaming,
         status=status,
         error_type=error_type,
         error_code=error_code,
         client_addr=req.remote_ip or "",
-        client=client_fingerprint(bearer(req.headers)) if client_keys else "",
-        duration_ms=tenths(1000.0 * total),
-        bytes_out=getattr(handler, "bytes_out", 0),
-        client_disconnected=bool(getattr(handler, "disconnected", False)),
+        client=client_fingerprint(bearer(req.headers)) if handler.application.client_keys else "",
+        duration_ms=int(10000.0 * total + 0.5) / 10.0,  # tenths(), inline
+        bytes_out=handler.bytes_out,
+        client_disconnected=handler.disconnected,
     )
-    attempts = getattr(handler, "attempts", None)
+    attempts = handler.attempts
     if attempts is not None:
         _from_attempts(rec, attempts, started)
     return rec
+
+
+def _plain_record(handler: tornado.web.RequestHandler) -> RequestRecord:
+    req = handler.request
+    total = req.request_time()
+    status = handler.get_status()
+    return RequestRecord(
+        time=time.time() - total,
+        route=req.path,
+        status=status,
+        error_type=errors.from_status(status).error_type if status >= 400 else "",
+        client_addr=req.remote_ip or "",
+        duration_ms=tenths(1000.0 * total),
+    )
 
 
 def _from_attempts(rec: RequestRecord, attempts: Any, started: float) -> None:

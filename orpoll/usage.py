@@ -125,20 +125,24 @@ class RequestRecord:
         if usage is None:
             return False
         # One test per figure, not a loop over (name, value) pairs: this runs for every request.
-        if usage.prompt is not None:
-            self.prompt_tokens = usage.prompt
-        if usage.completion is not None:
-            self.completion_tokens = usage.completion
+        prompt, completion, cost = usage.prompt, usage.completion, usage.cost
+        if prompt is not None:
+            self.prompt_tokens = prompt
+        if completion is not None:
+            self.completion_tokens = completion
         if usage.cached is not None:
             self.cached_tokens = usage.cached
         if usage.reasoning is not None:
             self.reasoning_tokens = usage.reasoning
-        if usage.cost is not None:
-            self.cost = usage.cost
-        self.answered_model = self.answered_model or usage.model
-        self.generation_id = self.generation_id or usage.generation_id
-        known = usage.prompt is not None or usage.completion is not None or usage.cost is not None
-        self.usage_known = self.usage_known or known
+        if cost is not None:
+            self.cost = cost
+        if not self.answered_model:
+            self.answered_model = usage.model
+        if not self.generation_id:
+            self.generation_id = usage.generation_id
+        known = prompt is not None or completion is not None or cost is not None
+        if known:
+            self.usage_known = True
         return known
 
 
@@ -200,11 +204,21 @@ def usage_from_body(body: bytes) -> Usage | None:
     grow with the answer. A body laid out otherwise is parsed whole (up to WHOLE_BODY bytes;
     past that, its last ``usage`` object alone).
     """
-    usage = _last_member_usage(body)
-    if usage is not None:
-        head = _head_fields(body)
-        head["usage"] = usage
-        return usage_of(head)
+    end = body[-BODY_END:]
+    at = end.rfind(b'"usage"')
+    start = end.find(b"{", at) if at >= 0 else -1
+    choices = body.find(b'"choices"', 0, HEAD_BYTES)
+    if start > 0 and choices > 0 and end[at + 7 : start].strip() == b":":
+        try:
+            # The usage object up to the body's own closing brace, and the members before
+            # the choices (closed off with a stand-in for them).
+            usage = orjson.loads(end[start : end.rstrip().rfind(b"}")])
+            head = orjson.loads(body[:choices] + b'"choices":0}')
+        except orjson.JSONDecodeError:
+            usage = head = None
+        if type(usage) is dict and type(head) is dict:
+            head["usage"] = usage
+            return usage_of(head)
     if len(body) > WHOLE_BODY:
         body = _usage_at_end(body)
     try:
@@ -230,33 +244,6 @@ def _usage_at_end(body: bytes) -> bytes:
             if depth == 0:
                 return b'{"usage":' + end[start : i + 1] + b"}"
     return b""
-
-
-def _last_member_usage(body: bytes) -> dict | None:
-    """The ``usage`` object when it is the body's last member, else None."""
-    end = body[-BODY_END:]
-    at = end.rfind(b'"usage"')
-    start = end.find(b"{", at) if at >= 0 else -1
-    if start < 0 or end[at + 7 : start].strip() != b":":
-        return None
-    close = end.rstrip().rfind(b"}")  # the body's own closing brace
-    try:
-        usage = orjson.loads(end[start:close])
-    except orjson.JSONDecodeError:
-        return None
-    return usage if isinstance(usage, dict) else None
-
-
-def _head_fields(body: bytes) -> dict:
-    """The members before ``choices`` (``id`` and ``model`` among them), or {}."""
-    choices = body.find(b'"choices"', 0, HEAD_BYTES)
-    if choices < 0:
-        return {}
-    try:
-        head = orjson.loads(body[:choices] + b'"choices":0}')
-    except orjson.JSONDecodeError:
-        return {}
-    return head if type(head) is dict else {}
 
 
 def usage_from_stream_tail(tail: bytes) -> Usage | None:

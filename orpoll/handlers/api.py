@@ -30,8 +30,6 @@ class RelayHandler(ApiHandler):
     transfer: Transfer | None = None
     counted = False  # holds an in-flight slot
     client = b""  # the client key whose admission slot it holds
-    bytes_out = 0  # body bytes written to the client
-    disconnected = False  # the client left before the answer was over
     buffer_small_bodies = True  # see fast.SmallBodyFirst: such bodies arrive before prepare()
     head_sent = False  # a stream's head is on its way to the client
     ended = False  # done() answered the request
@@ -165,12 +163,14 @@ class RelayHandler(ApiHandler):
         one coroutine around both: a frame less per open stream)."""
         self.streaming = stream
         cfg = self.config
+        attempts = self.attempts
+        assert attempts is not None  # made by prepare()
         return Relay(
             self.scheduler,
             self.upstream,
             retries=cfg.retry_count,
             backoff=cfg.retry_backoff,
-            attempts=self.attempts,
+            attempts=attempts,
         )
 
     def done(self) -> None:

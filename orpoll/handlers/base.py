@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from .. import errors
+from ..attempt import Attempts
 from ..auth import client_key_ok
 
 if TYPE_CHECKING:
@@ -54,6 +55,13 @@ class BaseHandler(tornado.web.RequestHandler):
     # What ended it, for the request ledger: (type, code) of the error answered, not the
     # exception itself (its traceback would hold the handler in a reference cycle).
     error: tuple[str, str] | None = None
+    # What the relay fills in, for the access line and the request ledger (these defaults
+    # stand for a request that never reached the relay).
+    model: str | None = None
+    streaming = False
+    bytes_out = 0  # body bytes written to the client
+    disconnected = False  # the client left before the answer was over
+    attempts: Attempts | None = None
 
     def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
         """A refusal (any HTTPError) goes into the request's one access line (``error=``)
