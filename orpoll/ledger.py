@@ -64,6 +64,11 @@ ADD_TOTALS = (
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in TOTALS.split())
 )
 INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+# Rows per INSERT statement: sqlite3 lets go of the GIL around each step, so executemany over
+# single rows would hand the GIL to the event loop and back once a row, and under load each
+# hand-back waits on the loop. Many rows a statement make one step (and one hand-off) of them.
+ROWS_PER_INSERT = 128
+INSERT_MANY = INSERT + (", (" + ", ".join("?" * len(COLUMNS)) + ")") * (ROWS_PER_INSERT - 1)
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -79,6 +84,15 @@ def connect(path: str) -> sqlite3.Connection:
 def nanos(cost: float | None) -> int:
     """Cost in nano-dollars, rounded half up as SQLite's ROUND does for the totals."""
     return int(cost * NANO + 0.5) if cost is not None and cost > 0 else 0
+
+
+def insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    """Insert ``rows`` into ``requests``, ROWS_PER_INSERT to a statement."""
+    whole = len(rows) - len(rows) % ROWS_PER_INSERT
+    for at in range(0, whole, ROWS_PER_INSERT):
+        db.execute(INSERT_MANY, [v for row in rows[at : at + ROWS_PER_INSERT] for v in row])
+    if whole < len(rows):
+        db.executemany(INSERT, rows[whole:])
 
 
 def row_of(r: RequestRecord) -> tuple:
@@ -293,7 +307,7 @@ class Ledger:
         rows = [row_of(r) for r in records]
         try:
             db.execute("BEGIN IMMEDIATE")
-            db.executemany(INSERT, rows)
+            insert_rows(db, rows)
             db.executemany(ADD_TOTALS, totals_rows(hours))
             db.execute("COMMIT")
         except sqlite3.Error:
