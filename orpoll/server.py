@@ -93,7 +93,11 @@ def fail(message: str, code: int) -> None:
 
 
 def supervise(config: Settings, count: int) -> int:
-    """WORKERS > 1: this process supervises ``count`` workers serving one listening socket."""
+    """WORKERS > 1: this process supervises ``count`` workers serving one listening socket.
+
+    One socket shared by all, rather than one per worker with SO_REUSEPORT: both spread the
+    load as evenly (bench/README.md), and with one socket a worker's death strands no
+    connection in its own accept queue while it starts again: the others accept them."""
     sockets = listen(config)
 
     def run(worker: workers.Worker, socks: list[socket.socket]) -> None:
