@@ -42,6 +42,7 @@ type config struct {
 	url, auth, model       string
 	c, n, chunks, interval int
 	rampMs, timeoutS       int
+	processing             bool
 }
 
 func main() {
@@ -55,6 +56,8 @@ func main() {
 	flag.IntVar(&cf.interval, "interval-ms", 10, "delay between chunks (bench_interval_ms)")
 	flag.IntVar(&cf.rampMs, "ramp-ms", 0, "spread the first request of each worker over this many ms")
 	flag.IntVar(&cf.timeoutS, "timeout-s", 120, "give up on the whole run after this many seconds")
+	flag.BoolVar(&cf.processing, "processing", false,
+		"ask the fake for a ': OPENROUTER PROCESSING' comment, then the first chunk at once (bench_processing)")
 	flag.Parse()
 	if cf.url == "" || cf.c < 1 || cf.n < 1 {
 		fmt.Fprintln(os.Stderr, "usage: streamload -url URL [-c C] [-n N] ...")
@@ -82,6 +85,7 @@ func run(cf config) map[string]any {
 		"model": cf.model, "stream": true,
 		"messages":     []map[string]string{{"role": "user", "content": "bench"}},
 		"bench_chunks": cf.chunks, "bench_interval_ms": cf.interval,
+		"bench_processing": cf.processing,
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(cf.timeoutS)*time.Second)
 	defer cancel()
