@@ -244,3 +244,12 @@ def test_the_supervisor_tells_each_worker_its_place_and_backs_off(tmp_path):
     delays = [float(d) for d in re.findall(r"worker 1 \(pid \d+\) exited \(1\) .* in (\S+)s", err)]
     assert delays[:3] == [0.5, 1.0, 2.0], err  # doubling: a crash loop does not spin
     assert 2 <= len(starts) <= 4, err
+
+
+def test_log_lines_name_the_worker_only_with_several():
+    from orpoll.logs import JsonFormatter, TextFormatter
+
+    assert "[worker" not in TextFormatter().line(0.0, 20, "orpoll", "hi")
+    assert TextFormatter(1).line(0.0, 20, "orpoll", "hi").endswith(" I [worker 1] orpoll: hi")
+    assert "worker" not in json.loads(JsonFormatter().line(0.0, 20, "orpoll", "hi"))
+    assert json.loads(JsonFormatter(1).line(0.0, 20, "orpoll", "hi"))["worker"] == 1
