@@ -23,6 +23,9 @@ import statistics
 from bench import loadgen, procs, scenarios
 
 STREAMS = 2000  # per round and per shape
+# Rounds in which other jobs took less than this (percent of one core) while the proxies ran:
+# WORKERS=2 needs the second core, so only those rounds show what it gains.
+QUIET_PCT = 30
 
 
 def stream_run(ctx: scenarios.Ctx, url: str, relay, processing: bool) -> dict:
@@ -78,13 +81,23 @@ def summary(rounds: list[dict]) -> dict:
                     row[f"{shape}_added_{pct}_ms"] = med(added)
             row[f"{shape}_per_s"] = med(r[name][shape]["streams_per_s"] for r in rounds)
         out[name] = row
+    ratios = [r["w2"]["nonstream"]["rps"] / r["w1"]["nonstream"]["rps"] for r in rounds]
+    quiet = [x for x, r in zip(ratios, rounds, strict=True) if is_quiet(r)]
     out["w2_over_w1"] = {
-        "rps": med(r["w2"]["nonstream"]["rps"] / r["w1"]["nonstream"]["rps"] for r in rounds),
-        "per_round": [
-            round(r["w2"]["nonstream"]["rps"] / r["w1"]["nonstream"]["rps"], 2) for r in rounds
+        "rps": med(ratios),
+        "per_round": [round(x, 2) for x in ratios],
+        "other_pct_per_round": [
+            [round(r[name]["nonstream"]["other_core_pct"]) for name in ("w1", "w2")] for r in rounds
         ],
+        "rps_quiet": med(quiet) if quiet else None,
+        "quiet_rounds": len(quiet),
     }
     return out
+
+
+def is_quiet(r: dict) -> bool:
+    """Other jobs took less than QUIET_PCT of a core during both proxies' non-stream runs."""
+    return all(r[name]["nonstream"]["other_core_pct"] < QUIET_PCT for name in ("w1", "w2"))
 
 
 def print_table(s: dict) -> None:
@@ -114,6 +127,11 @@ def print_table(s: dict) -> None:
     print(
         f"\nWORKERS=2 / WORKERS=1 non-stream req/s: {ratio['rps']} (rounds: {ratio['per_round']})"
     )
+    print(f"other jobs, % of a core, (w1, w2) per round: {ratio['other_pct_per_round']}")
+    print(
+        f"rounds where other jobs took < {QUIET_PCT}% of a core: {ratio['quiet_rounds']}; "
+        f"the ratio over those: {ratio['rps_quiet']}"
+    )
 
 
 def main() -> None:
@@ -142,7 +160,11 @@ def main() -> None:
         for r in range(args.rounds):
             order = ["direct", "w1", "w2"] if r % 2 == 0 else ["direct", "w2", "w1"]
             rounds.append(one_round(ctx, targets, order, args.seconds))
-            print(f"[bench.workers] round {r + 1}/{args.rounds} done", flush=True)
+            figures = {
+                name: (round(res["nonstream"]["rps"]), round(res["nonstream"]["other_core_pct"]))
+                for name, res in rounds[-1].items()
+            }
+            print(f"[bench.workers] round {r + 1}: (req/s, other jobs %) {figures}", flush=True)
     finally:
         for child in proxies:
             child.stop()
