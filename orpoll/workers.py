@@ -239,9 +239,8 @@ class Supervisor:
             log.log(logging.INFO if code == 0 else logging.WARNING, "worker %d %s", slot.index, how)
             return
         if code in (EXIT_CONFIG, EXIT_LISTEN) and not slot.ready:
-            log.error("worker %d could not start: stopping", slot.index)
             self.failed = code
-            self.stop(signal.SIGTERM)
+            self.stop(signal.SIGTERM, f"worker {slot.index} could not start")
             return
         lived = time.monotonic() - slot.started
         if lived >= STABLE_SECONDS:
@@ -258,7 +257,7 @@ class Supervisor:
             slot.backoff,
         )
 
-    def stop(self, sig: signal.Signals) -> None:
+    def stop(self, sig: signal.Signals, why: str = "") -> None:
         """Pass the signal on to every worker; stop listening here at once (the workers close
         their own copies of the socket as they begin to drain)."""
         if not self.stopping:
@@ -267,7 +266,8 @@ class Supervisor:
             self.close_sockets()
             for slot in self.slots:
                 slot.restart_at = None
-            log.info("%s: stopping %s", sig.name, plural(len(self.by_pid), "worker"))
+            level = logging.ERROR if why else logging.INFO
+            log.log(level, "%s: stopping %s", why or sig.name, plural(len(self.by_pid), "worker"))
         for pid in self.by_pid:
             try:
                 os.kill(pid, sig)

@@ -212,6 +212,17 @@ def test_a_bad_workers_value_is_a_configuration_error(upstream, tmp_path, value)
     assert_one_line_error(run(env, "--workers", value), 2, "WORKERS=")
 
 
+def test_a_worker_that_cannot_open_the_database_ends_the_supervisor_with_2(upstream, tmp_path):
+    env = workers_env(upstream, tmp_path, PORT=str(free_port()))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "orpoll.db").write_text("not a database, " * 8)
+    proc = run(env)
+    assert proc.returncode == 2, proc.stderr
+    assert "orpoll: storage error: cannot open the database" in proc.stderr
+    assert "worker 0 could not start: stopping 0 workers" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 SUPERVISED = """
 import os, sys, time
 from orpoll.workers import Supervisor
