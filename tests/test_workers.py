@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import prometheus_client.mmap_dict
 import pytest
 
+from orpoll.server import STARTUP_SWEEP_SECONDS
 from orpoll.workers import MAX_WORKERS, worker_count
 from tests.admin_helpers import PASSWORD, ROOT, child_env, free_port
 from tests.conftest import FAST, raw_chat_request
@@ -168,6 +169,15 @@ def test_sigterm_drains_every_worker_and_exits_0(upstream, spawn, tmp_path):
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}"), pid
     assert "Traceback" not in log and "worker 0 exited (0)" in log and "worker 1 exited (0)" in log
+
+
+def test_only_worker_0_sweeps_the_keys(upstream, spawn, tmp_path):
+    start_workers(spawn, workers_env(upstream, tmp_path))
+    time.sleep(STARTUP_SWEEP_SECONDS + 2)  # the first sweep, soon after start-up
+    assert dict(upstream.state.key_probes) == {
+        "sk-or-v1-test-aaaa1111": 1,
+        "sk-or-v1-test-bbbb2222": 1,
+    }
 
 
 def test_metrics_count_the_requests_of_every_worker(upstream, spawn, tmp_path):
