@@ -100,6 +100,13 @@ def test_both_workers_serve_the_port(upstream, spawn, tmp_path):
     assert "orpoll.supervisor: supervisor" in proc.log()
 
 
+def test_workers_1_is_the_single_process(upstream, spawn, tmp_path):
+    proc = spawn(workers_env(upstream, tmp_path, WORKERS="1"))
+    assert chat(proc.url) == 200
+    assert worker_pids(proc) == set()
+    assert "supervisor" not in proc.log() and "[worker" not in proc.log()
+
+
 def test_a_killed_worker_is_started_again_and_the_port_keeps_serving(upstream, spawn, tmp_path):
     proc = start_workers(spawn, workers_env(upstream, tmp_path))
     results: list[tuple[float, int]] = []
