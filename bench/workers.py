@@ -80,6 +80,7 @@ def summary(rounds: list[dict]) -> dict:
                     added = (r[name][shape][key] - r["direct"][shape][key] for r in rounds)
                     row[f"{shape}_added_{pct}_ms"] = med(added)
             row[f"{shape}_per_s"] = med(r[name][shape]["streams_per_s"] for r in rounds)
+            row[f"{shape}_incomplete"] = sum(r[name][shape]["incomplete"] for r in rounds)
         out[name] = row
     ratios = [r["w2"]["nonstream"]["rps"] / r["w1"]["nonstream"]["rps"] for r in rounds]
     quiet = [x for x, r in zip(ratios, rounds, strict=True) if is_quiet(r)]
@@ -115,10 +116,12 @@ def print_table(s: dict) -> None:
         ("200 streams: TTFC p99 (ms)", "streams_ttfc_ms_p99"),
         ("200 streams: added TTFC p50 (ms)", "streams_added_p50_ms"),
         ("200 streams: added TTFC p99 (ms)", "streams_added_p99_ms"),
+        ("200 streams: incomplete, all rounds", "streams_incomplete"),
         ("comment-first streams: TTFC p50 (ms)", "processing_ttfc_ms_p50"),
         ("comment-first streams: TTFC p99 (ms)", "processing_ttfc_ms_p99"),
         ("comment-first streams: added TTFC p50 (ms)", "processing_added_p50_ms"),
         ("comment-first streams: added TTFC p99 (ms)", "processing_added_p99_ms"),
+        ("comment-first streams: incomplete, all rounds", "processing_incomplete"),
     ]
     for label, key in rows:
         cells = [str(s[name].get(key, "")) for name in ("direct", "w1", "w2")]
