@@ -163,24 +163,24 @@ class Supervisor:
 
     def start(self, slot: Slot) -> None:
         ready_r, ready_w = os.pipe()
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:
             os.close(ready_r)
-            self.child(slot, ready_w)  # never returns
+            self.child(slot, ready_w, supervisor)  # never returns
         os.close(ready_w)
         slot.pid, slot.started, slot.ready_r, slot.restart_at = pid, time.monotonic(), ready_r, None
         self.by_pid[pid] = slot
 
-    def child(self, slot: Slot, ready_w: int) -> None:
+    def child(self, slot: Slot, ready_w: int, supervisor: int) -> None:
         """In the forked worker: forget the supervisor's signals and descriptors, then serve."""
         code = 1
         try:
-            supervisor = os.getppid()
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             die_with_parent()
-            if os.getppid() != supervisor:
+            if os.getppid() != supervisor:  # it died before the death signal was asked for
                 os._exit(1)
             for fd in (self.wake_r, self.wake_w, *(s.ready_r for s in self.slots)):
                 if fd >= 0:

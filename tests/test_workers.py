@@ -187,6 +187,22 @@ def test_only_worker_0_sweeps_the_keys(upstream, spawn, tmp_path):
     }
 
 
+def test_workers_stop_when_the_supervisor_is_killed(upstream, spawn, tmp_path):
+    proc = start_workers(spawn, workers_env(upstream, tmp_path))
+    pids = worker_pids(proc)
+    proc.kill9()
+
+    def gone(pid: int) -> bool:  # exited: no process, or a zombie nobody has reaped yet
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_for(lambda: all(gone(pid) for pid in pids), timeout=15, what="workers exited")
+    assert "shutting down" in proc.log()
+
+
 def test_metrics_count_the_requests_of_every_worker(upstream, spawn, tmp_path):
     proc = start_workers(spawn, workers_env(upstream, tmp_path))
     served = 0
