@@ -48,6 +48,8 @@ var modelsBody = []byte(`{"data":[{"id":"a/b","canonical_slug":"a/b","name":"A: 
 
 var keyBody = []byte(`{"data":{"label":"x","limit":null,"limit_remaining":null,"usage":0,"is_free_tier":false}}`)
 
+var processingComment = []byte(": OPENROUTER PROCESSING\n\n")
+
 // Counters read back by the runner (GET /bench/stats) as evidence of what the proxy sent.
 var stats struct {
 	ChatStream, ChatJSON, Models, Key, Unauthorized, BadBody int64
@@ -59,6 +61,7 @@ type benchParams struct {
 	Stream     bool `json:"stream"`
 	Chunks     *int `json:"bench_chunks"`
 	IntervalMs *int `json:"bench_interval_ms"`
+	Processing bool `json:"bench_processing"`
 }
 
 // intParam picks the body field, then the X-Bench-* header, then the query, then def.
@@ -114,12 +117,16 @@ func chat(w http.ResponseWriter, r *http.Request) {
 	atomic.AddInt64(&stats.ChatStream, 1)
 	n := intParam(p.Chunks, r, "X-Bench-Chunks", "chunks", 20)
 	ms := intParam(p.IntervalMs, r, "X-Bench-Interval-Ms", "interval_ms", 10)
-	stream(w, r, n, time.Duration(ms)*time.Millisecond)
+	processing := p.Processing || r.Header.Get("X-Bench-Processing") == "1" ||
+		r.URL.Query().Get("processing") == "1"
+	stream(w, r, n, time.Duration(ms)*time.Millisecond, processing)
 }
 
 // stream sends chunk i at start+(i+1)*interval (an absolute schedule, so a busy machine does not
 // make the fake drift), flushing each, then [DONE]; expected duration is n*interval.
-func stream(w http.ResponseWriter, r *http.Request, n int, interval time.Duration) {
+// processing: OpenRouter's other shape, a ": OPENROUTER PROCESSING" comment first and then the
+// first chunk at once (chunk i at start+i*interval; expected duration (n-1)*interval).
+func stream(w http.ResponseWriter, r *http.Request, n int, interval time.Duration, processing bool) {
 	active := atomic.AddInt64(&stats.Active, 1)
 	defer atomic.AddInt64(&stats.Active, -1)
 	for {
@@ -135,6 +142,11 @@ func stream(w http.ResponseWriter, r *http.Request, n int, interval time.Duratio
 	w.WriteHeader(http.StatusOK)
 	fl.Flush()
 	start := time.Now()
+	if processing {
+		w.Write(processingComment)
+		fl.Flush()
+		start = start.Add(-interval)
+	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for i := 0; i < n; i++ {

@@ -90,11 +90,15 @@ def streamload(
     interval_ms: int,
     ramp_ms: int = 0,
     timeout_s: int = 120,
+    processing: bool = False,
 ) -> dict:
-    """One streamload run (see streamload.go for the JSON fields); adds 'client_cpu_s'."""
+    """One streamload run (see streamload.go for the JSON fields); adds 'client_cpu_s'.
+    ``processing``: streams of OpenRouter's other shape (a comment, then the first chunk at
+    once)."""
     exe = procs.build_go("streamload")
     argv = [str(exe), f"-url={url}", f"-c={c}", f"-n={n}", f"-chunks={chunks}"]
     argv += [f"-interval-ms={interval_ms}", f"-ramp-ms={ramp_ms}", f"-timeout-s={timeout_s}"]
+    argv += ["-processing"] if processing else []
     before, drops = procs.children_cpu(), procs.listen_drops()
     out = subprocess.run(
         argv,

@@ -106,11 +106,10 @@ class OrpollApp(tornado.web.Application):
         self.ledger.backfill = Backfill(
             lambda kid: getattr(scheduler.get(kid), "key", None), lambda: self.config.upstream_base
         )
-        self.metrics_registry = make_registry(
-            Collector(
-                self.ledger.counters, lambda: len(self.streams), lambda: pool_figures(scheduler)
-            )
+        self.metrics_collector = Collector(
+            self.ledger.counters, lambda: len(self.streams), lambda: pool_figures(scheduler)
         )
+        self.metrics_registry = make_registry(self.metrics_collector)
 
     def _open_admin(self) -> None:
         """Admin sessions, the password, the login throttle and the page templates."""

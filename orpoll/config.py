@@ -88,6 +88,7 @@ class Settings:
         "orpoll's fast paths (its own HTTP server loop, direct socket writes, curl transfer "
         "pool); 0 = Tornado's and pycurl's public APIs only",
     )
+    workers: str = _opt("1", "WORKERS", "processes serving the port (auto = one per core)")
     default_model: str = _opt(
         "deepseek/deepseek-chat-v3-0324:free",
         "DEFAULT_MODEL",

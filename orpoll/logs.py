@@ -15,6 +15,7 @@ import stat
 import sys
 import threading
 import time
+from typing import Any
 
 import orjson
 
@@ -199,8 +200,11 @@ class TextFormatter(logging.Formatter):
 
     stamp_format = "%Y-%m-%d %H:%M:%S,"  # then the milliseconds
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname).1s %(name)s: %(message)s")
+    def __init__(self, worker: int | None = None) -> None:
+        # With WORKERS > 1, every line says which worker wrote it: ``I [worker 1] orpoll: ...``.
+        self.tag = "" if worker is None else f"[worker {worker}] "
+        self.worker = worker
+        super().__init__(f"%(asctime)s %(levelname).1s {self.tag}%(name)s: %(message)s")
         self._second = -1
         self._stamp = ""
 
@@ -209,7 +213,8 @@ class TextFormatter(logging.Formatter):
 
     def line(self, created: float, levelno: int, name: str, message: str) -> str:
         """What ``format`` gives for a record of these fields (no exception, no stack)."""
-        return f"{self._time(created)} {logging.getLevelName(levelno)[:1]} {name}: {message}"
+        level = logging.getLevelName(levelno)[:1]
+        return f"{self._time(created)} {level} {self.tag}{name}: {message}"
 
     def _time(self, created: float) -> str:
         second = int(created)
@@ -227,12 +232,14 @@ class JsonFormatter(TextFormatter):
     stamp_format = "%Y-%m-%dT%H:%M:%S."
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, Any] = {
             "time": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            out["worker"] = self.worker
         fields = getattr(record, "access", None)
         if fields:
             out.update(fields)
@@ -245,7 +252,14 @@ class JsonFormatter(TextFormatter):
     ) -> str:
         """What ``format`` gives for a record of these fields (no exception)."""
         level = logging.getLevelName(levelno).lower()
-        out = {"time": self._time(created), "level": level, "logger": name, "message": message}
+        out: dict[str, Any] = {
+            "time": self._time(created),
+            "level": level,
+            "logger": name,
+            "message": message,
+        }
+        if self.worker is not None:
+            out["worker"] = self.worker
         if fields:
             out.update(fields)
         return orjson.dumps(out, default=str).decode()
@@ -259,13 +273,16 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def setup_logging(config: Settings) -> None:
+def setup_logging(config: Settings, worker: int | None = None) -> None:
+    """Log lines on stderr as LOG_FORMAT and LOG_LEVEL say; ``worker``: the index every line
+    names (WORKERS > 1)."""
     logging.addLevelName(5, "TRACE")
     try:
         handler: logging.Handler = LoopLogHandler(sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):  # started with stderr closed
         handler = logging.NullHandler()
-    handler.setFormatter(JsonFormatter() if config.log_format == "json" else TextFormatter())
+    fmt = JsonFormatter if config.log_format == "json" else TextFormatter
+    handler.setFormatter(fmt(worker))
     root = logging.getLogger()
     for old in root.handlers:
         old.close()

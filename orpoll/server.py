@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -13,16 +14,17 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from tornado.netutil import bind_sockets
 
-from . import __version__, cli
+from . import __version__, cli, workers
 from .app import OrpollApp, make_app
 from .config import ConfigError, Settings, load_dotenv_file
 from .fast import HttpServer, make_server
 from .logs import plural, setup_logging
+from .metricfiles import MetricFiles, shared_registry
 from .store import StoreError
 
 log = logging.getLogger("orpoll")
@@ -61,12 +63,22 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     hold_stdio()
     load_dotenv_file()
-    try:
+    with startup_errors():
         config = cli.load(argv, os.environ)
+        count = workers.worker_count(config.workers)
         cli.check_data_dir(config.data_dir)
         setup_logging(config)
+        if count > 1:
+            sys.exit(supervise(config, count))
         sockets = listen(config)
         event_loop(config)(serve(config, sockets))
+
+
+@contextlib.contextmanager
+def startup_errors() -> Iterator[None]:
+    """What cannot start the process ends it with one line and the exit code for it."""
+    try:
+        yield
     except ConfigError as e:
         fail(f"configuration error: {e}", cli.EXIT_CONFIG)
     except StoreError as e:
@@ -78,6 +90,22 @@ def main(argv: list[str] | None = None) -> None:
 def fail(message: str, code: int) -> None:
     print(f"orpoll: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def supervise(config: Settings, count: int) -> int:
+    """WORKERS > 1: this process supervises ``count`` workers serving one listening socket.
+
+    One socket shared by all, rather than one per worker with SO_REUSEPORT: both spread the
+    load as evenly (bench/README.md), and with one socket a worker's death strands no
+    connection in its own accept queue while it starts again: the others accept them."""
+    sockets = listen(config)
+
+    def run(worker: workers.Worker, socks: list[socket.socket]) -> None:
+        with startup_errors():
+            setup_logging(config, worker.index)
+            event_loop(config)(serve(config, socks, worker))
+
+    return workers.Supervisor(count, [sockets] * count, run, config.shutdown_grace).serve()
 
 
 def listen(config: Settings) -> list[socket.socket]:
@@ -110,7 +138,11 @@ def event_loop(config: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
     return asyncio.run
 
 
-async def serve(config: Settings, sockets: list[socket.socket]) -> None:
+async def serve(
+    config: Settings, sockets: list[socket.socket], worker: workers.Worker | None = None
+) -> None:
+    """Serve on ``sockets`` until SIGTERM or SIGINT, then drain. ``worker``: this process is
+    one of WORKERS (None: the only one)."""
     started = time.monotonic()
     fds = raise_fd_limit()
     try:
@@ -125,21 +157,47 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
         max_body_size=config.max_body_bytes,
     )
     server.add_sockets(sockets)
-    n = len(app.scheduler)
     log.info(
         "orpoll %s listening on http://%s:%d (%s, fd limit %d, %s loop, ready in %.2fs)",
         __version__,
         config.host,
         config.port,
-        plural(n, "key"),
+        plural(len(app.scheduler), "key"),
         fds,
         type(asyncio.get_running_loop()).__module__.partition(".")[0],
         time.monotonic() - started,
     )
-    warn_at_start(app, config, fds)
-    app.health.start(first_after=STARTUP_SWEEP_SECONDS)
-    app.write_behind.start()
+    warn_at_start(app, config, fds, everything=worker is None or worker.index == 0)
+    files = start_background(app, worker)
     app.ready = True
+    if worker is not None:
+        worker.announce_ready()
+    settle_memory()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await drain(app, server, config.shutdown_grace)
+    if files is not None:
+        files.stop()
+
+
+def start_background(app: OrpollApp, worker: workers.Worker | None) -> MetricFiles | None:
+    """The periodic work: health sweeps (in one worker only), the write-behind of key state,
+    and with several workers this one's share of /metrics (returned, to stop after draining)."""
+    if worker is None or worker.runs_sweeps():
+        app.health.start(first_after=STARTUP_SWEEP_SECONDS)
+    app.write_behind.start()
+    if worker is None or worker.count == 1:
+        return None
+    files = MetricFiles(app.metrics_collector, worker.metrics_dir)
+    app.metrics_registry = shared_registry(files)
+    files.start()
+    return files
+
+
+def settle_memory() -> None:
     # What start-up built (modules, the app, the key pool: many objects with many keys) lives
     # as long as the process. Freezing it keeps the collector's full passes from scanning it
     # again and again: those passes stalled every stream under load.
@@ -149,17 +207,12 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
     # passes Tornado's allocations would trigger every few hundred objects find nothing to
     # free, at a cost in CPU under load: collect far less often.
     gc.set_threshold(20_000, 10, 10)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await drain(app, server, config.shutdown_grace)
 
 
-def warn_at_start(app: OrpollApp, config: Settings, fds: int) -> None:
+def warn_at_start(app: OrpollApp, config: Settings, fds: int, everything: bool = True) -> None:
     """The warnings an operator must see once: the generated admin password, an empty pool,
-    an open relay, a low descriptor limit."""
+    an open relay, a low descriptor limit (not ``everything``: the password alone, for the
+    workers past the first, whose other warnings would repeat worker 0's)."""
     n = len(app.scheduler)
     if app.generated_password:
         host = config.host if config.host not in ("", "0.0.0.0", "::") else "localhost"
@@ -172,6 +225,8 @@ def warn_at_start(app: OrpollApp, config: Settings, fds: int) -> None:
             config.port,
         )
         app.generated_password = None
+    if not everything:
+        return
     if not n:
         log.warning(
             "no OpenRouter keys yet: set OPENROUTER_API_KEYS or add keys in the admin; "
