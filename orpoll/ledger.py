@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from tornado.ioloop import PeriodicCallback
 
 from .metrics import Counters
-from .minutes import MinuteTotals
+from .minutes import MINUTE, SPAN, MinuteTotals, written_minutes
 from .tally import Sums, Tally, totals_rows
 from .usage import RequestRecord
 
@@ -146,6 +147,7 @@ class Ledger:
         # a batch over at most ``interval`` seconds after its first record.
         self._batches: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._handoff: asyncio.TimerHandle | None = None
+        self._refresher: PeriodicCallback | None = None
         self._stopping = False
         self.pruned_at = 0.0
         self._thread: threading.Thread | None = None
@@ -207,6 +209,22 @@ class Ledger:
         """Bring the in-memory figures (minutes, today's, per model) up to the last record."""
         self.tally.fold()
 
+    def share(self, every: float = 2.0) -> None:
+        """Other processes write to this ledger too (several workers): re-read the minute
+        totals and today's per-key figures from the file every ``every`` seconds, so that this
+        process shows what all of them recorded, not its own share."""
+        if self._refresher is None:
+            self._refresher = PeriodicCallback(self._refresh, every * 1000)
+            self._refresher.start()
+
+    async def _refresh(self) -> None:
+        minutes, today = await self.read(_written_figures, self.clock())
+        tally = self.tally
+        tally.fold()
+        self.minutes.take(minutes)
+        tally.today_day, tally.today_keys = today
+        tally.replay_unwritten()  # folded here, not yet handed to the writer
+
     def minutes_between(self, since: float, until: float) -> list[dict[str, Any]]:
         self.tally.fold()
         return self.minutes.between(since, until)
@@ -247,6 +265,8 @@ class Ledger:
 
     def close(self) -> None:
         """Write what is queued, stop the writer and the readers."""
+        if self._refresher is not None:
+            self._refresher.stop()
         self.hand_over()
         self._stopping = True
         if self._thread is not None:
@@ -328,6 +348,10 @@ class Ledger:
             deleted += n
             if n < chunk:
                 break
+        deleted += db.execute(  # the minute totals: only the last day and an hour are read
+            "DELETE FROM usage WHERE period = ? AND dim = 'all' AND bucket < ?",
+            (MINUTE, now - (SPAN + MINUTE) * MINUTE),
+        ).rowcount
         cutoff = now - self.usage_days * DAY
         for period in (HOUR, DAY):
             for dim in DIMS:  # (period, dim, bucket) leads the key: each delete is a range
@@ -338,11 +362,24 @@ class Ledger:
         return deleted
 
     def _load_today(self, db: sqlite3.Connection) -> None:
-        day = int(self.clock() // DAY)
-        rows = db.execute(
-            "SELECT value, requests, errors, cost_nanos, prompt_tokens + completion_tokens "
-            "FROM usage WHERE period = ? AND dim = 'key' AND bucket = ?",
-            (DAY, day * DAY),
-        )
-        self.tally.today_day = day
-        self.tally.today_keys = {value: list(rest) for value, *rest in rows}
+        self.tally.today_day, self.tally.today_keys = _today_figures(db, self.clock())
+
+
+def _today_figures(db: sqlite3.Connection, now: float) -> tuple[int, dict[str, list[int]]]:
+    """Today's (UTC) day number and [requests, errors, nano-dollars, tokens] per key."""
+    day = int(now // DAY)
+    rows = db.execute(
+        "SELECT value, requests, errors, cost_nanos, prompt_tokens + completion_tokens "
+        "FROM usage WHERE period = ? AND dim = 'key' AND bucket = ?",
+        (DAY, day * DAY),
+    )
+    return day, {value: list(rest) for value, *rest in rows}
+
+
+def _written_figures(db: sqlite3.Connection, now: float) -> tuple[list[tuple], tuple]:
+    """What a refresh reads, in one read transaction: the minutes and today's per key."""
+    db.execute("BEGIN")
+    try:
+        return written_minutes(db, now), _today_figures(db, now)
+    finally:
+        db.execute("COMMIT")

@@ -2,8 +2,8 @@
 memory by the ledger: the dashboard's per-minute charts read them without touching the records
 (summing a day of records per refresh grows with the traffic).
 
-Loaded from the records once when the ledger opens; then the ledger's tally adds what its
-records add up to, per minute. Used on the loop only, so it needs no lock.
+Loaded from the minute totals the ledger writes once when it opens; then the ledger's tally
+adds what its records add up to, per minute. Used on the loop only, so it needs no lock.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ NANO = 1_000_000_000
 FIELDS = (
     "requests errors prompt_tokens completion_tokens cached_tokens reasoning_tokens cost"
 ).split()
+# The minute totals the ledger's writer keeps (an overall row per minute in ``usage``).
+LOAD_MINUTES = (
+    f"SELECT bucket / {MINUTE}, requests, errors, prompt_tokens, completion_tokens, "
+    f"cached_tokens, reasoning_tokens, cost_nanos FROM usage WHERE period = {MINUTE} "
+    "AND dim = 'all' AND bucket >= ?"
+)
+# A ledger written before minute totals were kept: the minutes summed from its records.
 LOAD = (
     f"SELECT CAST(ts / {MINUTE} AS INTEGER), COUNT(*), SUM(status >= 400 OR error_type != ''), "
     "SUM(IFNULL(prompt_tokens, 0)), SUM(IFNULL(completion_tokens, 0)), "
@@ -25,6 +32,13 @@ LOAD = (
     "SUM(CAST(ROUND(IFNULL(cost, 0) * 1e9) AS INTEGER)) "
     "FROM requests WHERE ts >= ? GROUP BY 1"
 )
+
+
+def written_minutes(db: sqlite3.Connection, now: float, span: int = SPAN) -> list[tuple]:
+    """(minute, sums...) of the last ``span`` minutes, as written to the database."""
+    since = (now // MINUTE - span) * MINUTE
+    rows = db.execute(LOAD_MINUTES, (since,)).fetchall()
+    return rows or db.execute(LOAD, (since,)).fetchall()
 
 
 class MinuteTotals:
@@ -35,9 +49,13 @@ class MinuteTotals:
         self.newest = 0
 
     def load(self, db: sqlite3.Connection, now: float) -> None:
-        """Take the minutes of the records already written (the ledger's start)."""
-        for minute, *sums in db.execute(LOAD, ((now // MINUTE - self.span) * MINUTE,)):
-            self.slots[minute] = list(sums)
+        """Take the minutes already written (the ledger's start, or a refresh when other
+        processes write to the same ledger)."""
+        self.take(written_minutes(db, now, self.span))
+
+    def take(self, rows: list[tuple]) -> None:
+        """Hold ``rows`` of (minute, sums...) instead of what was held."""
+        self.slots = {int(minute): list(sums) for minute, *sums in rows}
         self.newest = max(self.slots, default=0)
 
     def add_sums(self, minute: int, sums: list[int]) -> None:

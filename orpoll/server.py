@@ -191,6 +191,7 @@ def start_background(app: OrpollApp, worker: workers.Worker | None) -> MetricFil
     app.write_behind.start()
     if worker is None or worker.count == 1:
         return None
+    app.ledger.share()  # the other workers write to the same ledger
     files = MetricFiles(app.metrics_collector, worker.metrics_dir)
     app.metrics_registry = shared_registry(files)
     files.start()

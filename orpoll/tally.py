@@ -28,7 +28,7 @@ class Tally:
     def __init__(self, minutes: MinuteTotals, counters: Counters) -> None:
         self.minutes, self.counters = minutes, counters
         self.combos: dict[tuple, Sums] = {}  # (minute, key, model, account, client) -> sums
-        self.unwritten: dict[tuple, Sums] = {}  # (hour, key, model, account, client) -> sums
+        self.unwritten: dict[tuple, Sums] = {}  # the same, folded, not yet handed to the writer
         self.today_day = -1
         self.today_keys: dict[str, list[int]] = {}  # key id -> [requests, errors, nanos, tokens]
 
@@ -53,17 +53,25 @@ class Tally:
         """Move what was counted since the last fold into the figures read from it."""
         combos, self.combos = self.combos, {}
         unwritten = self.unwritten
-        for (minute, key, model, account, client), sums in combos.items():
+        for combo, sums in combos.items():
+            minute, key, model = combo[0], combo[1], combo[2]
             self.minutes.add_sums(minute, sums)
             self.counters.add_model(model or "unknown", sums)
             if key:
                 self._today(minute * MINUTE // DAY, key, sums)
-            where = (minute * MINUTE // HOUR, key, model, account, client)
-            into = unwritten.get(where)
-            unwritten[where] = sums if into is None else list(map(add, into, sums))
+            into = unwritten.get(combo)
+            unwritten[combo] = sums if into is None else list(map(add, into, sums))
+
+    def replay_unwritten(self) -> None:
+        """Add what is folded but not yet handed to the writer to figures just read back from
+        the database (which holds everything handed over before)."""
+        for (minute, key, *_), sums in self.unwritten.items():
+            self.minutes.add_sums(minute, sums)
+            if key:
+                self._today(minute * MINUTE // DAY, key, sums)
 
     def take_unwritten(self) -> dict[tuple, Sums]:
-        """The hour totals counted since the last take, for the writer (folds first)."""
+        """The totals counted since the last take, for the writer (folds first)."""
         self.fold()
         unwritten, self.unwritten = self.unwritten, {}
         return unwritten
@@ -81,14 +89,19 @@ class Tally:
             mine[3] += sums[2] + sums[3]
 
 
-def totals_rows(hours: dict[tuple, Sums]) -> list[tuple]:
-    """The ``usage`` rows that hour totals per (hour, key, model, account, client) add to, with
+def totals_rows(minutes: dict[tuple, Sums]) -> list[tuple]:
+    """The ``usage`` rows that totals per (minute, key, model, account, client) add to, with
     what they add: each into its hour and its day, overall and per dimension (records without
-    a key, model, account or client key are counted overall only)."""
+    a key, model, account or client key are counted overall only), and into its minute,
+    overall only (the per-minute charts)."""
     out: dict[tuple, Sums] = {}
-    for (hour, *values), sums in hours.items():
+    for (minute, *values), sums in minutes.items():
+        at = minute * MINUTE
+        where = (MINUTE, "all", at, "")
+        into = out.get(where)
+        out[where] = sums if into is None else list(map(add, into, sums))
         for period in (HOUR, DAY):
-            bucket = hour * HOUR // period * period
+            bucket = at // period * period
             for dim, value in zip(DIMS, ("", *values), strict=True):
                 if value or dim == "all":
                     where = (period, dim, bucket, value)
