@@ -25,7 +25,7 @@ from tornado.ioloop import PeriodicCallback
 
 from .metrics import Counters
 from .minutes import MINUTE, SPAN, MinuteTotals, written_minutes
-from .tally import Sums, Tally, totals_rows
+from .tally import Tally, totals_rows
 from .usage import RequestRecord
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("orpoll.ledger")
 T = TypeVar("T")
 DB_NAME = "ledger.sqlite3"
-Batch = tuple[list[RequestRecord], dict[tuple, list[int]]]
+Batch = tuple[list, int, list[tuple]]  # row values, rows, the usage rows they add to
 HOUR, DAY = 3600, 86400
 NANO = 1_000_000_000  # totals keep cost in integer nano-dollars, so sums are exact
 DIMS = ("all", "key", "model", "account", "client")
@@ -87,13 +87,16 @@ def nanos(cost: float | None) -> int:
     return int(cost * NANO + 0.5) if cost is not None and cost > 0 else 0
 
 
-def insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
-    """Insert ``rows`` into ``requests``, ROWS_PER_INSERT to a statement."""
-    whole = len(rows) - len(rows) % ROWS_PER_INSERT
-    for at in range(0, whole, ROWS_PER_INSERT):
-        db.execute(INSERT_MANY, [v for row in rows[at : at + ROWS_PER_INSERT] for v in row])
-    if whole < len(rows):
-        db.executemany(INSERT, rows[whole:])
+def insert_rows(db: sqlite3.Connection, values: list, rows: int) -> None:
+    """Insert ``rows`` rows into ``requests`` from ``values``, their columns one after the
+    other, ROWS_PER_INSERT rows to a statement."""
+    width, whole = len(COLUMNS), rows - rows % ROWS_PER_INSERT
+    step = width * ROWS_PER_INSERT
+    for at in range(0, whole * width, step):
+        db.execute(INSERT_MANY, values[at : at + step])
+    if whole < rows:
+        rest = values[whole * width :]
+        db.executemany(INSERT, [rest[i : i + width] for i in range(0, len(rest), width)])
 
 
 def row_of(r: RequestRecord) -> tuple:
@@ -128,7 +131,11 @@ class Ledger:
         self.path, self.clock = path, clock
         self.record_days, self.usage_days = record_days, usage_days
         self.interval, self.batch = interval, batch
-        self.pending: list[RequestRecord] = []  # on the loop, not yet handed to the writer
+        # The rows not yet handed to the writer, their columns one after the other: built on
+        # the loop, so that the writer thread runs hardly any Python and holds the GIL little
+        # (each Python step it took was a step the loop waited for).
+        self.pending: list = []
+        self.pending_rows = 0
         self.added = self.written = 0
         self.counters = Counters()
         self.backfill: Backfill | None = None  # set by the app; None = no backfill
@@ -143,7 +150,7 @@ class Ledger:
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="orpoll-ledger-read")
         self._local = threading.local()
         self._reader_dbs: list[sqlite3.Connection] = []
-        # Batches for the writer: (records, their hour totals), or None to stop. The loop hands
+        # Batches for the writer: (row values, rows, usage rows), or None to stop. The loop hands
         # a batch over at most ``interval`` seconds after its first record.
         self._batches: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._handoff: asyncio.TimerHandle | None = None
@@ -179,10 +186,10 @@ class Ledger:
         """Count ``record`` (metrics, the tally) and queue it for the writer."""
         self.counters.observe(record)
         self.tally.count(record)
-        pending = self.pending
-        pending.append(record)
+        self.pending += row_of(record)
+        self.pending_rows += 1
         self.added += 1
-        if len(pending) >= self.batch:
+        if self.pending_rows >= self.batch:
             self.hand_over()
         elif self._handoff is None:
             try:
@@ -197,10 +204,11 @@ class Ledger:
         if self._handoff is not None:
             self._handoff.cancel()
             self._handoff = None
-        if not self.pending:
+        if not self.pending_rows:
             return
-        batch, self.pending = self.pending, []
-        self._batches.put((batch, self.tally.take_unwritten()))
+        values, rows = self.pending, self.pending_rows
+        self.pending, self.pending_rows = [], 0
+        self._batches.put((values, rows, totals_rows(self.tally.take_unwritten())))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="orpoll-ledger", daemon=True)
             self._thread.start()
@@ -322,19 +330,18 @@ class Ledger:
                     log.exception("ledger: pruning failed")
 
     def _write_batch(
-        self, db: sqlite3.Connection, records: list[RequestRecord], hours: dict[tuple, Sums]
+        self, db: sqlite3.Connection, values: list, rows: int, totals: list[tuple]
     ) -> None:
-        rows = [row_of(r) for r in records]
         try:
             db.execute("BEGIN IMMEDIATE")
-            insert_rows(db, rows)
-            db.executemany(ADD_TOTALS, totals_rows(hours))
+            insert_rows(db, values, rows)
+            db.executemany(ADD_TOTALS, totals)
             db.execute("COMMIT")
         except sqlite3.Error:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        self.written += len(records)
+        self.written += rows
 
     def prune(self, db: sqlite3.Connection, chunk: int = 20000) -> int:
         """Delete records and totals past their retention, a chunk per transaction so that a
