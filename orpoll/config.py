@@ -293,6 +293,13 @@ class Settings:
         max=86400,
     )
     data_dir: str = _opt("./data", "DATA_DIR", "directory of the SQLite database and secrets")
+    redis_url: str = _opt(
+        "",
+        "REDIS_URL",
+        "Redis shared by several orpoll instances: one key pool, settings and admin sessions "
+        "(redis://, rediss://, unix://; AUTH in the URL); empty = this instance alone",
+        secret=True,
+    )
     admin_password: str = _opt(
         "", "ADMIN_PASSWORD", "admin password; empty = generated once and logged", secret=True
     )

@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 
 from . import __version__, cli
 from .app import OrpollApp, make_app
+from .cluster import open_cluster
 from .config import ConfigError, Settings, load_dotenv_file
 from .fast import HttpServer, make_server
 from .logs import plural, setup_logging
@@ -136,6 +137,8 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
         type(asyncio.get_running_loop()).__module__.partition(".")[0],
         time.monotonic() - started,
     )
+    app.cluster = open_cluster(app, os.environ)
+    await app.cluster.start()
     warn_at_start(app, config, fds)
     app.health.start(first_after=STARTUP_SWEEP_SECONDS)
     app.write_behind.start()

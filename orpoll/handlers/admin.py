@@ -306,6 +306,7 @@ class PasswordHandler(AdminApiHandler):
         if problem:
             raise errors.BadRequest(problem, param="new_password", code="weak_password")
         await password.change(new)
+        await self.application.cluster.password_changed()
         revoked = await self.application.sessions.revoke_all()
         await self.start_session()
         log.warning(

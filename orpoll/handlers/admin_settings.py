@@ -105,6 +105,7 @@ class SettingsHandler(AdminApiHandler):
         }
         await app.store.run(app.store.save_settings, stored)
         app.apply_settings(self.changed(app.config, changes))  # current config: edits may race
+        await app.cluster.settings_saved()
         log.info("settings changed in the admin: %s", ", ".join(sorted(changes)))
         self.write_json(
             {

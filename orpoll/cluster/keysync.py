@@ -1,0 +1,238 @@
+"""The pool's part of the cluster: publishing this instance's key changes, and merging other
+instances' into the local store and scheduler without publishing them again.
+
+Membership and operator columns merge by ``rev`` (the newer change wins; a deletion is a
+tombstone with its time). Shared runtime state follows the snapshot, except for keys whose
+local change is still on its way out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..keys import KeyState
+from .backend import Backend
+from .rows import Shared, decode_key, decode_state, encode_key, encode_state, shared, state_of
+
+if TYPE_CHECKING:
+    from ..app import OrpollApp
+    from ..seal import Sealer
+
+log = logging.getLogger("orpoll.cluster")
+BATCH = 1000  # key ids per commit and per event
+
+
+class KeySync:
+    def __init__(self, app: OrpollApp, backend: Backend, origin: str) -> None:
+        self.app, self.backend, self.origin = app, backend, origin
+        self.sealer: Sealer | None = None
+        self.gone: dict[str, float] = {}  # local tombstones: key id -> deleted at
+        self.known: dict[str, Shared] = {}  # shared state last sent or taken, per key
+        self.out_keys: set[str] = set()  # operator rows to publish (added, edited)
+        self.out_state: set[str] = set()  # shared runtime state to publish
+        self.out_gone: dict[str, float] = {}  # deletions to publish
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.out_keys or self.out_state or self.out_gone)
+
+    # ---- local changes ---------------------------------------------------------------------
+
+    def edited(self, ids: Iterable[str]) -> None:
+        for kid in ids:
+            self.out_keys.add(kid)
+            self.out_gone.pop(kid, None)
+            self.gone.pop(kid, None)
+
+    def removed(self, ids: Iterable[str], at: float) -> None:
+        for kid in ids:
+            self.out_gone[kid] = self.gone[kid] = at
+            self.out_keys.discard(kid)
+            self.out_state.discard(kid)
+            self.known.pop(kid, None)
+
+    def states(self, keys: Iterable[KeyState]) -> bool:
+        """Keys whose state the write-behind is saving: those whose shared state differs from
+        what the cluster last saw are queued. True if any was."""
+        now, queued = self.app.scheduler.clock(), False
+        for ks in keys:
+            mine = shared(state_of(ks), now)
+            if self.known.get(ks.id) != mine:
+                self.known[ks.id] = mine
+                self.out_state.add(ks.id)
+                queued = True
+        return queued
+
+    async def flush(self) -> None:
+        """Publish what is queued; on BackendDown it stays queued (nothing is lost)."""
+        keys, state, gone = self.out_keys, self.out_state, self.out_gone
+        self.out_keys, self.out_state, self.out_gone = set(), set(), {}
+        try:
+            await self._publish(keys, state, gone)
+        except BaseException:
+            self.out_keys |= keys - set(self.out_gone)
+            self.out_state |= state - set(self.out_gone)
+            self.out_gone = {**gone, **self.out_gone}
+            raise
+
+    async def _publish(self, keys: set[str], state: set[str], gone: dict[str, float]) -> None:
+        pool = self.app.scheduler.keys
+        edited = [pool[k] for k in keys if k in pool]
+        for i in range(0, len(edited), BATCH):
+            part = edited[i : i + BATCH]
+            rows = {ks.id: encode_key(ks, self.sealer) for ks in part}
+            states = {ks.id: encode_state(ks) for ks in part}
+            await self.backend.commit(
+                self._event("keys", list(rows)),
+                put={"keys": rows, "state": states},
+                drop={"gone": list(rows)},
+            )
+        only = [pool[k] for k in state - keys if k in pool]
+        for i in range(0, len(only), BATCH):
+            states = {ks.id: encode_state(ks) for ks in only[i : i + BATCH]}
+            await self.backend.commit(self._event("state", list(states)), put={"state": states})
+        dead = list(gone.items())
+        for i in range(0, len(dead), BATCH):
+            part = dict(dead[i : i + BATCH])
+            await self.backend.commit(
+                self._event("keys", list(part)),
+                put={"gone": {kid: repr(at) for kid, at in part.items()}},
+                drop={"keys": list(part), "state": list(part)},
+            )
+
+    def _event(self, kind: str, ids: list[str]) -> dict[str, Any]:
+        return {"o": self.origin, "t": kind, "ids": ids}
+
+    # ---- other instances' changes ----------------------------------------------------------
+
+    async def pull(self, ids: list[str], with_keys: bool = True) -> None:
+        """Take the snapshot of ``ids`` (after an event naming them)."""
+        b = self.backend
+        states = await b.hmget("state", ids)
+        if not with_keys:
+            self.take_states(dict(zip(ids, states, strict=True)))
+            return
+        rows, gone = await b.hmget("keys", ids), await b.hmget("gone", ids)
+        await self.merge(
+            {k: v for k, v in zip(ids, rows, strict=True) if v is not None},
+            {k: v for k, v in zip(ids, states, strict=True) if v is not None},
+            {k: float(v) for k, v in zip(ids, gone, strict=True) if v is not None},
+            ids,
+        )
+
+    async def reconcile(self) -> None:
+        """Merge the whole snapshot with the local pool both ways (the backstop for a lost
+        message, and how a restarted or emptied backend is filled again)."""
+        b = self.backend
+        rows, states = await b.hgetall("keys"), await b.hgetall("state")
+        gone = {k: float(v) for k, v in (await b.hgetall("gone")).items()}
+        ids = set(rows) | set(gone) | set(self.app.scheduler.keys) | set(self.gone)
+        await self.merge(rows, states, gone, ids)
+
+    async def merge(
+        self,
+        rows: dict[str, str],
+        states: dict[str, str],
+        gone: dict[str, float],
+        ids: Iterable[str],
+    ) -> None:
+        pool, add, edit, drop = self.app.scheduler.keys, [], [], []
+        for kid in ids:
+            local = pool.get(kid)
+            mine = local.rev if local is not None else self.gone.get(kid)
+            row = rows.get(kid)
+            theirs = gone.get(kid) if row is None else float(json.loads(row)["rev"])
+            if mine is not None and (theirs is None or mine > theirs):
+                self.edited([kid]) if local is not None else self.removed([kid], mine)
+            elif theirs is not None and (mine is None or theirs > mine):
+                if row is None:
+                    drop.append((kid, theirs))
+                    continue
+                try:
+                    entry = decode_key(row, kid, self.sealer)
+                except ValueError as e:
+                    log.error("key %s from the shared pool skipped: %s", kid, e)
+                    continue
+                (add if local is None else edit).append((kid, entry))
+            elif local is not None and kid not in states:
+                self.out_state.add(kid)  # the snapshot lacks it (an emptied backend)
+        await self._apply(add, edit, drop, states)
+        self.take_states({k: states.get(k) for k in ids if k in pool})
+
+    async def _apply(
+        self,
+        add: list[tuple[str, dict[str, Any]]],
+        edit: list[tuple[str, dict[str, Any]]],
+        drop: list[tuple[str, float]],
+        states: dict[str, str],
+    ) -> None:
+        if not (add or edit or drop):
+            return
+        fresh = []
+        for kid, e in add:
+            ks = KeyState(e["key"], e["weight"], e["label"], kid, enabled=e["enabled"])
+            ks.added_at, ks.rev = e["added_at"], e["rev"]
+            if kid in states:
+                for name, value in decode_state(states[kid]).items():
+                    setattr(ks, name, value)
+            fresh.append(ks)
+        store = self.app.store
+
+        def save() -> None:
+            if fresh:
+                store.insert_keys(fresh)
+            for kid, e in edit:
+                cols = {n: e[n] for n in ("weight", "label", "rev")}
+                store.update_key(kid, enabled=int(e["enabled"]), **cols)
+            for kid, at in drop:
+                store.delete_keys([kid], at)
+
+        await store.run(save)
+        self._to_pool(fresh, edit, drop)
+
+    def _to_pool(
+        self,
+        fresh: list[KeyState],
+        edit: list[tuple[str, dict[str, Any]]],
+        drop: list[tuple[str, float]],
+    ) -> None:
+        sched, now = self.app.scheduler, self.app.scheduler.clock()
+        for ks in fresh:
+            state = {n: getattr(ks, n) for n in state_of(ks)}
+            added = sched.add(ks.key, ks.weight, ks.label, **self._extra(ks), **state)
+            if added is not None:
+                self.known[ks.id] = shared(state_of(added), now)
+                self.gone.pop(ks.id, None)
+        for kid, e in edit:
+            ks = sched.keys.get(kid)
+            if ks is not None:
+                sched.set_weight(ks, e["weight"])
+                sched.set_enabled(ks, e["enabled"])
+                ks.label, ks.rev = e["label"], e["rev"]
+        for kid, at in drop:
+            sched.remove(kid)
+            self.gone[kid] = at
+            self.known.pop(kid, None)
+        if fresh or drop:
+            log.info("shared pool: %d keys added, %d removed", len(fresh), len(drop))
+
+    @staticmethod
+    def _extra(ks: KeyState) -> dict[str, Any]:
+        return {"enabled": ks.enabled, "added_at": ks.added_at, "rev": ks.rev}
+
+    def take_states(self, states: dict[str, str | None]) -> None:
+        """Adopt the snapshot's shared state of keys with no local change on its way out."""
+        sched = self.app.scheduler
+        now, pending = sched.clock(), sched.changes.state
+        for kid, text in states.items():
+            ks = sched.keys.get(kid)
+            if text is None or ks is None or kid in pending or kid in self.out_state:
+                continue
+            theirs = decode_state(text)
+            target = shared(theirs, now)
+            if shared(state_of(ks), now) != target:
+                sched.assume(ks, theirs)
+            self.known[kid] = target

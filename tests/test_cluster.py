@@ -1,0 +1,115 @@
+"""Several real ``python run.py`` instances sharing one pool through a real redis-server: key
+changes and verdicts made on one reach the others within a second, through the public
+interfaces (the OpenAI SDK on /v1, HTTP on /admin)."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+
+from orpoll.keys import key_id
+from tests.admin_helpers import PASSWORD, SyncAdmin, child_env
+from tests.cluster_helpers import RedisServer, key_rows, until
+from tests.conftest import KEYS
+
+PROPAGATION = 1.0  # seconds a change may take to show on another instance
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer(str(tmp_path / "redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def instance(upstream, spawn, redis, tmp_path):
+    """instance(name, **env) -> (OrpollProcess, logged-in SyncAdmin), DATA_DIR of its own."""
+
+    def start(name: str, **extra: str):
+        env = child_env(upstream, str(tmp_path / name), ADMIN_PASSWORD=PASSWORD)
+        env.update(REDIS_URL=redis.url, **extra)
+        proc = spawn(env)
+        admin = SyncAdmin(proc.url)
+        admin.login()
+        return proc, admin
+
+    return start
+
+
+def sdk(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=10)
+
+
+def chat(client: openai.OpenAI) -> str:
+    reply = client.chat.completions.create(
+        model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
+    return reply.choices[0].message.content or ""
+
+
+def test_key_changes_on_one_instance_reach_another_within_a_second(instance):
+    _, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    _, b = instance("b")  # empty DATA_DIR: the pool comes from Redis
+    assert set(key_rows(b)) == {key_id(k) for k in KEYS}
+    new = "sk-or-v1-cluster-new-9999"
+    kid = key_id(new)
+    a.ok("POST", "/admin/add-key", {"openrouter_api_key": f"{new}:3", "label": "fresh"})
+    row, took = until(lambda: key_rows(b).get(kid))
+    assert took < PROPAGATION and row["weight"] == 3 and row["label"] == "fresh"
+    a.ok("POST", f"/admin/keys/{kid}/weight", {"weight": 7})
+    _, took = until(lambda: key_rows(b)[kid]["weight"] == 7)
+    assert took < PROPAGATION
+    a.ok("POST", f"/admin/keys/{kid}/disable")
+    _, took = until(lambda: key_rows(b)[kid]["status"] == "paused")
+    assert took < PROPAGATION
+    a.ok("POST", f"/admin/keys/{kid}/label", {"label": "renamed"})
+    _, took = until(lambda: key_rows(b)[kid]["label"] == "renamed")
+    assert took < PROPAGATION
+    a.ok("DELETE", f"/admin/delete-key/{kid}")
+    _, took = until(lambda: kid not in key_rows(b))
+    assert took < PROPAGATION
+    # Changes made on b travel the other way just the same.
+    b.ok(
+        "POST",
+        "/admin/add-keys",
+        {"key_data": "sk-or-v1-cluster-bulk-0001\nsk-or-v1-cluster-bulk-0002:2"},
+    )
+    rows, took = until(lambda: len(key_rows(a)) == len(KEYS) + 2 and key_rows(a))
+    assert took < PROPAGATION and rows[key_id("sk-or-v1-cluster-bulk-0002")]["weight"] == 2
+    b.ok("POST", "/admin/reload-keys", {"openrouter_api_keys_str": f"{KEYS[0]}:5"})
+    rows, took = until(lambda: len(key_rows(a)) == 1 and key_rows(a))
+    assert took < PROPAGATION and rows[key_id(KEYS[0])]["weight"] == 5
+
+
+def test_a_key_rate_limited_on_one_instance_is_spared_by_the_others(instance, upstream):
+    pa, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    pb, b = instance("b")
+    limited = KEYS[0]
+    reset = time.time() + 5
+    upstream.state.script(
+        limited,
+        {
+            "status": 429,
+            "headers": {"X-RateLimit-Reset": str(int(reset * 1000))},
+            "error": {"code": 429, "message": "Rate limit exceeded"},
+        },
+        {"chunks": 3},
+    )
+    client_a, client_b = sdk(pa.url), sdk(pb.url)
+    while upstream.state.requests[limited] == 0:
+        chat(client_a)  # the 429 fails over invisibly
+    seen = upstream.state.requests[limited]
+    row = key_rows(a)[key_id(limited)]
+    assert row["status"] == "cooling" and row["cooldown_until"] == pytest.approx(reset, abs=0.01)
+    time.sleep(PROPAGATION)
+    row = key_rows(b)[key_id(limited)]
+    assert row["status"] == "cooling" and row["cooldown_until"] == pytest.approx(reset, abs=0.01)
+    while time.time() < reset - 0.3:
+        chat(client_b)
+    assert upstream.state.requests[limited] == seen  # b sent it nothing before the reset
+    time.sleep(max(reset - time.time(), 0) + 0.1)
+    until(lambda: (chat(client_b), upstream.state.requests[limited] > seen)[1], timeout=10)
