@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs what the test suite needs on a fresh Debian machine: Python packages, and Debian's
-# chromium for the browser tests (Playwright cannot download its own browser here) and nginx
-# for the reverse-proxy tests and redis-server for the cluster tests. apt-get needs root; pip installs for the `python` on PATH (a
-# virtual environment's, once activated).
+# chromium for the browser tests (Playwright cannot download its own browser here), nginx
+# for the reverse-proxy tests and redis-server for the cluster tests. apt-get needs root; pip
+# installs for the `python` on PATH (a virtual environment's, once activated).
 set -e
 cd "$(dirname "$0")/.."
 python -m pip install -q --disable-pip-version-check -r requirements-dev.txt

@@ -4,6 +4,7 @@ interfaces (the OpenAI SDK on /v1, HTTP on /admin)."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import openai
@@ -29,12 +30,13 @@ def redis(tmp_path):
 def instance(upstream, spawn, redis, tmp_path):
     """instance(name, **env) -> (OrpollProcess, logged-in SyncAdmin), DATA_DIR of its own."""
 
-    def start(name: str, **extra: str):
-        env = child_env(upstream, str(tmp_path / name), ADMIN_PASSWORD=PASSWORD)
+    def start(name: str, password: str = PASSWORD, **extra: str):
+        env = child_env(upstream, str(tmp_path / name), ADMIN_PASSWORD=password)
         env.update(REDIS_URL=redis.url, **extra)
         proc = spawn(env)
         admin = SyncAdmin(proc.url)
-        admin.login()
+        if password:
+            admin.login(password)
         return proc, admin
 
     return start
@@ -113,3 +115,65 @@ def test_a_key_rate_limited_on_one_instance_is_spared_by_the_others(instance, up
     assert upstream.state.requests[limited] == seen  # b sent it nothing before the reset
     time.sleep(max(reset - time.time(), 0) + 0.1)
     until(lambda: (chat(client_b), upstream.state.requests[limited] > seen)[1], timeout=10)
+
+
+def same_cookies(admin: SyncAdmin, url: str) -> SyncAdmin:
+    """A client of ``url`` holding ``admin``'s cookies (a browser behind a load balancer)."""
+    other = SyncAdmin(url)
+    for cookie in admin.jar:
+        other.jar.set_cookie(cookie)
+    return other
+
+
+def test_sessions_and_password_are_shared(instance):
+    # No ADMIN_PASSWORD: a generates one (and logs it); b, joining, takes a's.
+    pa, a = instance("a", "", OPENROUTER_API_KEYS=",".join(KEYS))
+    pb, b = instance("b", "")
+    password = re.search(r"admin password generated .*?: (\S+)  --", pa.log()).group(1)
+    assert "admin password generated" not in pb.log()
+    a.login(password)
+    b.login(password)
+    # a's session works on b (one cookie secret, the session in the snapshot)
+    on_b, took = until(
+        lambda: (c := same_cookies(a, pb.url)).call("GET", "/admin/app-status")[0] == 200 and c
+    )
+    assert took < PROPAGATION
+    a.ok("POST", "/admin/logout")
+    _, took = until(lambda: on_b.call("GET", "/admin/app-status")[0] == 401)
+    assert took < PROPAGATION
+    # A password change on b ends every session, a's included, and the new password works on a.
+    a.login(password)
+    new = "a-new-admin-password-123"
+    b.ok("POST", "/admin/password", {"current_password": password, "new_password": new})
+    _, took = until(lambda: a.call("GET", "/admin/app-status")[0] == 401)
+    assert took < PROPAGATION
+    _, took = until(lambda: a.call("POST", "/admin/login", {"password": new})[0] == 200)
+    assert took < PROPAGATION
+    assert a.call("GET", "/admin/app-status")[0] == 200
+
+
+def test_settings_changed_on_one_instance_apply_on_all(instance):
+    _, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    _, b = instance("b")
+    a.ok("POST", "/admin/settings", {"RETRY_WITH_NEW_KEY_COUNT": 6})
+    _, took = until(
+        lambda: b.ok("GET", "/admin/settings")["settings"]["RETRY_WITH_NEW_KEY_COUNT"] == 6
+    )
+    assert took < PROPAGATION
+    b.ok("POST", "/admin/settings", {"RETRY_WITH_NEW_KEY_COUNT": None})
+    _, took = until(
+        lambda: a.ok("GET", "/admin/settings")["settings"]["RETRY_WITH_NEW_KEY_COUNT"] != 6
+    )
+    assert took < PROPAGATION
+
+
+def test_the_login_throttle_counts_tries_on_every_instance(instance):
+    pa, _ = instance("a", OPENROUTER_API_KEYS=",".join(KEYS), LOGIN_MAX_FAILURES="3")
+    pb, _ = instance("b", LOGIN_MAX_FAILURES="3")
+    a, b = SyncAdmin(pa.url), SyncAdmin(pb.url)
+    for client in (a, b, a):
+        assert client.call("POST", "/admin/login", {"password": "wrong"})[0] == 401
+        time.sleep(0.3)
+    # Three failures in all, none on b past the limit alone: b throttles the next try.
+    _, took = until(lambda: b.call("POST", "/admin/login", {"password": "wrong"})[0] == 429)
+    assert took < PROPAGATION

@@ -96,11 +96,11 @@ class KeySync:
             await self.backend.commit(self._event("state", list(states)), put={"state": states})
         dead = list(gone.items())
         for i in range(0, len(dead), BATCH):
-            part = dict(dead[i : i + BATCH])
+            tombs = dict(dead[i : i + BATCH])
             await self.backend.commit(
-                self._event("keys", list(part)),
-                put={"gone": {kid: repr(at) for kid, at in part.items()}},
-                drop={"keys": list(part), "state": list(part)},
+                self._event("keys", list(tombs)),
+                put={"gone": {kid: repr(at) for kid, at in tombs.items()}},
+                drop={"keys": list(tombs), "state": list(tombs)},
             )
 
     def _event(self, kind: str, ids: list[str]) -> dict[str, Any]:
@@ -139,7 +139,10 @@ class KeySync:
         gone: dict[str, float],
         ids: Iterable[str],
     ) -> None:
-        pool, add, edit, drop = self.app.scheduler.keys, [], [], []
+        pool = self.app.scheduler.keys
+        add: list[tuple[str, dict[str, Any]]] = []
+        edit: list[tuple[str, dict[str, Any]]] = []
+        drop: list[tuple[str, float]] = []
         for kid in ids:
             local = pool.get(kid)
             mine = local.rev if local is not None else self.gone.get(kid)
@@ -207,11 +210,11 @@ class KeySync:
                 self.known[ks.id] = shared(state_of(added), now)
                 self.gone.pop(ks.id, None)
         for kid, e in edit:
-            ks = sched.keys.get(kid)
-            if ks is not None:
-                sched.set_weight(ks, e["weight"])
-                sched.set_enabled(ks, e["enabled"])
-                ks.label, ks.rev = e["label"], e["rev"]
+            mine = sched.keys.get(kid)
+            if mine is not None:
+                sched.set_weight(mine, e["weight"])
+                sched.set_enabled(mine, e["enabled"])
+                mine.label, mine.rev = e["label"], e["rev"]
         for kid, at in drop:
             sched.remove(kid)
             self.gone[kid] = at

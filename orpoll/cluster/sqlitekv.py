@@ -113,7 +113,8 @@ class LocalBackend(Backend):
                 cur = db.execute("INSERT INTO events (body) VALUES (?)", (json.dumps(event),))
                 self._appended += 1
                 if self._appended % 1000 == 0:
-                    db.execute("DELETE FROM events WHERE seq <= ?", (cur.lastrowid - KEEP_EVENTS,))
+                    last = cur.lastrowid or 0
+                    db.execute("DELETE FROM events WHERE seq <= ?", (last - KEEP_EVENTS,))
         except BaseException:
             db.execute("ROLLBACK")
             raise
