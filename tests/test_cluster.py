@@ -177,3 +177,24 @@ def test_the_login_throttle_counts_tries_on_every_instance(instance):
     # Three failures in all, none on b past the limit alone: b throttles the next try.
     _, took = until(lambda: b.call("POST", "/admin/login", {"password": "wrong"})[0] == 429)
     assert took < PROPAGATION
+
+
+def test_three_instances_probe_each_key_once_per_health_interval(instance, upstream):
+    keys = [f"sk-or-v1-probe-{i:04d}" for i in range(30)]
+    interval = {"HEALTH_CHECK_INTERVAL_SECONDS": "2", "HEALTH_CHECK_ROTATION_SECONDS": "2"}
+    procs = [instance("a", OPENROUTER_API_KEYS=",".join(keys), **interval)[0]]
+    procs += [instance(name, **interval)[0] for name in ("b", "c")]
+    probes = upstream.state.key_probes
+    time.sleep(7)  # past every instance's first sweep
+    probes.clear()
+    time.sleep(6)  # three intervals
+    counts = [probes[k] for k in keys]
+    # Alone, each of the three would probe every key three times here.
+    assert min(counts) >= 2 and max(counts) <= 4, counts
+    # The prober dies: the others take its share from the next interval on.
+    for proc in procs[:2]:
+        proc.kill9()
+    probes.clear()
+    time.sleep(6)
+    counts = [probes[k] for k in keys]
+    assert min(counts) >= 2 and max(counts) <= 4, counts
