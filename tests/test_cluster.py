@@ -4,11 +4,15 @@ interfaces (the OpenAI SDK on /v1, HTTP on /admin)."""
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
+import urllib.request
 
 import openai
 import pytest
+import redis as redis_client
 
 from orpoll.keys import key_id
 from tests.admin_helpers import PASSWORD, SyncAdmin, child_env
@@ -27,7 +31,7 @@ def redis(tmp_path):
 
 
 @pytest.fixture
-def instance(upstream, spawn, redis, tmp_path):
+def instance(upstream, redis, spawn, tmp_path):
     """instance(name, **env) -> (OrpollProcess, logged-in SyncAdmin), DATA_DIR of its own."""
 
     def start(name: str, password: str = PASSWORD, **extra: str):
@@ -198,3 +202,98 @@ def test_three_instances_probe_each_key_once_per_health_interval(instance, upstr
     time.sleep(6)
     counts = [probes[k] for k in keys]
     assert min(counts) >= 2 and max(counts) <= 4, counts
+
+
+def healthz(url: str) -> dict:
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def load(url: str, stop: threading.Event, failures: list, served: list) -> None:
+    """Non-stream and stream chat completions until ``stop``; errors go to ``failures``."""
+    client = sdk(url)
+    while not stop.is_set():
+        try:
+            if len(served) % 2:
+                chat(client)
+            else:
+                stream = client.chat.completions.create(
+                    model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            served.append(1)
+        except Exception as e:  # noqa: BLE001 (every failure is the test's finding)
+            failures.append(repr(e))
+
+
+def test_redis_down_under_load_fails_no_request_and_converges_after(instance, redis):
+    pa, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    pb, b = instance("b")
+    stop, failures, served = threading.Event(), [], []
+    threads = [
+        threading.Thread(target=load, args=(url, stop, failures, served))
+        for url in (pa.url, pb.url, pa.url, pb.url)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        redis.kill()
+        until(lambda: healthz(pa.url)["status"] == "degraded" == healthz(pb.url)["status"])
+        body = healthz(pa.url)
+        assert body["ready"] is True and body["cluster"]["connected"] is False
+        new = "sk-or-v1-during-outage-1234"
+        a.ok("POST", "/admin/add-key", {"openrouter_api_key": f"{new}:4"})
+        b.ok("POST", f"/admin/keys/{key_id(KEYS[1])}/disable")
+        time.sleep(8)
+        assert key_id(new) not in key_rows(b)
+        before = len(served)
+        redis.start()  # empty: nothing was saved
+        _, took = until(lambda: key_rows(b).get(key_id(new)), timeout=10)
+        until(lambda: key_rows(a)[key_id(KEYS[1])]["status"] == "paused")
+        until(lambda: healthz(pa.url)["status"] == "ok" == healthz(pb.url)["status"])
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert not failures, failures[:5]
+    assert len(served) > before > 50
+    # Repopulated: the restarted Redis holds the whole pool again.
+    db = redis_client.Redis.from_url(redis.url)
+    assert db.hlen("orpoll:keys") == len(KEYS) + 1
+    for proc in (pa, pb):
+        assert proc.log().count("cluster backend (redis) lost") == 1
+
+
+def test_an_acknowledged_change_survives_kill_9_of_instance_and_redis(instance, upstream, redis):
+    pa, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    reset = time.time() + 3600
+    upstream.state.script(
+        KEYS[0],
+        {
+            "status": 429,
+            "headers": {"X-RateLimit-Reset": str(int(reset * 1000))},
+            "error": {"code": 429, "message": "Rate limit exceeded"},
+        },
+        {"chunks": 3},
+    )
+    client = sdk(pa.url)
+    while upstream.state.requests[KEYS[0]] == 0:
+        chat(client)
+    a.ok("POST", f"/admin/keys/{key_id(KEYS[1])}/disable")
+    new = "sk-or-v1-acknowledged-5678"
+    a.ok("POST", "/admin/add-key", {"openrouter_api_key": f"{new}:2"})
+    time.sleep(0.5)  # the write-behind saves the cooldown locally
+    pa.kill9()
+    redis.kill()
+    redis.start()
+    pa2, _ = instance("a")  # the same DATA_DIR: it fills the emptied Redis again
+    pc, c = instance("c")  # a new instance with an empty DATA_DIR
+    rows, _ = until(lambda: len(key_rows(c)) == len(KEYS) + 1 and key_rows(c))
+    assert rows[key_id(new)]["weight"] == 2
+    assert rows[key_id(KEYS[1])]["status"] == "paused"
+    limited = rows[key_id(KEYS[0])]
+    assert limited["status"] == "cooling"
+    assert limited["cooldown_until"] == pytest.approx(reset, abs=0.01)
+    assert chat(sdk(pc.url))
