@@ -35,6 +35,11 @@ def test_workers_sharing_a_data_dir_share_the_pool(upstream, spawn, data_dir):
     b.ok("DELETE", f"/admin/delete-key/{kid}")
     _, took = until(lambda: kid not in key_rows(a))
     assert took < PROPAGATION
+    a.ok("POST", "/admin/settings", {"RETRY_WITH_NEW_KEY_COUNT": 6})
+    _, took = until(
+        lambda: b.ok("GET", "/admin/settings")["settings"]["RETRY_WITH_NEW_KEY_COUNT"] == 6
+    )
+    assert took < PROPAGATION
     # A session started on one worker is good on the other; a logout ends it on both.
     other = SyncAdmin(b.base)
     for cookie in a.jar:

@@ -30,6 +30,9 @@ class AdminSync:
         self.out_settings = self.out_password = False
         self.out_sessions: list[Op] = []  # session changes in order (an end after a start)
         self.out_logins: list[tuple[str, bool]] = []
+        # The settings revision this process applies (workers sharing a DATA_DIR share the
+        # store, so the store's revision may be another worker's and not yet applied here).
+        self.settings_rev = float(app.store.get_meta("settings_rev") or 0)
 
     @property
     def pending(self) -> bool:
@@ -41,8 +44,8 @@ class AdminSync:
     # ---- local changes ---------------------------------------------------------------------
 
     async def settings_saved(self) -> None:
-        store = self.app.store
-        await store.run(store.set_meta, "settings_rev", repr(time.time()))
+        store, self.settings_rev = self.app.store, time.time()
+        await store.run(store.set_meta, "settings_rev", repr(self.settings_rev))
         self.out_settings = True
 
     async def password_changed(self) -> None:
@@ -72,8 +75,10 @@ class AdminSync:
             )
             self.out_settings = False
         if self.out_password and not self.app.password.from_env:
+            # From the store, not memory: a worker sharing it may have changed it just now.
+            stored = await store.run(store.get_meta, "admin_password")
             rev = await store.run(self._rev, "password_rev")
-            meta = {"admin_password": self.app.password.hash, "password_rev": repr(rev)}
+            meta = {"admin_password": stored or "", "password_rev": repr(rev)}
             await b.commit(self._event("password"), put={"meta": meta})
         self.out_password = False
         while self.out_sessions:
@@ -124,11 +129,10 @@ class AdminSync:
     async def pull_settings(self) -> None:
         store, b = self.app.store, self.backend
         theirs = float((await b.hmget("meta", ["settings_rev"]))[0] or 0)
-        mine = await store.run(self._rev, "settings_rev")
-        if mine > theirs:
+        if await store.run(self._rev, "settings_rev") > theirs:
             self.out_settings = True
             return
-        if theirs <= mine:
+        if theirs <= self.settings_rev:
             return
         remote = await b.hgetall("settings")
         local = await store.run(store.load_settings)
@@ -139,6 +143,7 @@ class AdminSync:
             store.set_meta("settings_rev", repr(theirs))
 
         await store.run(save)
+        self.settings_rev = theirs
         self.app.apply_settings(overlay_settings(self.app.env_config, remote))
         if diff:
             log.info("settings changed on another instance: %s", ", ".join(sorted(diff)))

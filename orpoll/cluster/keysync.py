@@ -8,7 +8,6 @@ local change is still on its way out.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ class KeySync:
         self.sealer: Sealer | None = None
         self.gone: dict[str, float] = {}  # local tombstones: key id -> deleted at
         self.known: dict[str, Shared] = {}  # shared state last sent or taken, per key
+        self.seen: dict[str, str] = {}  # the state text last sent or taken, per key
         self.out_keys: set[str] = set()  # operator rows to publish (added, edited)
         self.out_state: set[str] = set()  # shared runtime state to publish
         self.out_gone: dict[str, float] = {}  # deletions to publish
@@ -53,6 +53,7 @@ class KeySync:
             self.out_keys.discard(kid)
             self.out_state.discard(kid)
             self.known.pop(kid, None)
+            self.seen.pop(kid, None)
 
     def states(self, keys: Iterable[KeyState]) -> bool:
         """Keys whose state the write-behind is saving: those whose shared state differs from
@@ -84,15 +85,15 @@ class KeySync:
         for i in range(0, len(edited), BATCH):
             part = edited[i : i + BATCH]
             rows = {ks.id: encode_key(ks, self.sealer) for ks in part}
-            states = {ks.id: encode_state(ks) for ks in part}
+            revs = {ks.id: repr(ks.rev) for ks in part}
             await self.backend.commit(
                 self._event("keys", list(rows)),
-                put={"keys": rows, "state": states},
+                put={"keys": rows, "revs": revs, "state": self._states(part)},
                 drop={"gone": list(rows)},
             )
         only = [pool[k] for k in state - keys if k in pool]
         for i in range(0, len(only), BATCH):
-            states = {ks.id: encode_state(ks) for ks in only[i : i + BATCH]}
+            states = self._states(only[i : i + BATCH])
             await self.backend.commit(self._event("state", list(states)), put={"state": states})
         dead = list(gone.items())
         for i in range(0, len(dead), BATCH):
@@ -100,8 +101,13 @@ class KeySync:
             await self.backend.commit(
                 self._event("keys", list(tombs)),
                 put={"gone": {kid: repr(at) for kid, at in tombs.items()}},
-                drop={"keys": list(tombs), "state": list(tombs)},
+                drop={"keys": list(tombs), "revs": list(tombs), "state": list(tombs)},
             )
+
+    def _states(self, keys: list[KeyState]) -> dict[str, str]:
+        states = {ks.id: encode_state(ks) for ks in keys}
+        self.seen.update(states)
+        return states
 
     def _event(self, kind: str, ids: list[str]) -> dict[str, Any]:
         return {"o": self.origin, "t": kind, "ids": ids}
@@ -111,57 +117,62 @@ class KeySync:
     async def pull(self, ids: list[str], with_keys: bool = True) -> None:
         """Take the snapshot of ``ids`` (after an event naming them)."""
         b = self.backend
-        states = await b.hmget("state", ids)
+        states = dict(zip(ids, await b.hmget("state", ids), strict=True))
         if not with_keys:
-            self.take_states(dict(zip(ids, states, strict=True)))
+            self.take_states(states)
             return
-        rows, gone = await b.hmget("keys", ids), await b.hmget("gone", ids)
+        revs, gone = await b.hmget("revs", ids), await b.hmget("gone", ids)
         await self.merge(
-            {k: v for k, v in zip(ids, rows, strict=True) if v is not None},
-            {k: v for k, v in zip(ids, states, strict=True) if v is not None},
+            {k: float(v) for k, v in zip(ids, revs, strict=True) if v is not None},
             {k: float(v) for k, v in zip(ids, gone, strict=True) if v is not None},
+            {k: v for k, v in states.items() if v is not None},
             ids,
         )
 
     async def reconcile(self) -> None:
         """Merge the whole snapshot with the local pool both ways (the backstop for a lost
-        message, and how a restarted or emptied backend is filled again)."""
+        message, and how a restarted or emptied backend is filled again). Only revision times
+        and state texts are compared; rows are fetched for the keys that changed."""
         b = self.backend
-        rows, states = await b.hgetall("keys"), await b.hgetall("state")
+        revs = {k: float(v) for k, v in (await b.hgetall("revs")).items()}
         gone = {k: float(v) for k, v in (await b.hgetall("gone")).items()}
-        ids = set(rows) | set(gone) | set(self.app.scheduler.keys) | set(self.gone)
-        await self.merge(rows, states, gone, ids)
+        states = await b.hgetall("state")
+        ids = set(revs) | set(gone) | set(self.app.scheduler.keys) | set(self.gone)
+        await self.merge(revs, gone, states, ids)
 
     async def merge(
-        self,
-        rows: dict[str, str],
-        states: dict[str, str],
-        gone: dict[str, float],
-        ids: Iterable[str],
+        self, revs: dict[str, float], gone: dict[str, float], states: dict[str, str], ids: Any
     ) -> None:
+        """Merge the snapshot of ``ids`` (their revs, tombstones and states) into the pool:
+        the newer side wins; where ours is newer it is queued to be published."""
         pool = self.app.scheduler.keys
-        add: list[tuple[str, dict[str, Any]]] = []
-        edit: list[tuple[str, dict[str, Any]]] = []
+        need: list[str] = []
         drop: list[tuple[str, float]] = []
         for kid in ids:
             local = pool.get(kid)
             mine = local.rev if local is not None else self.gone.get(kid)
-            row = rows.get(kid)
-            theirs = gone.get(kid) if row is None else float(json.loads(row)["rev"])
+            theirs = revs.get(kid, gone.get(kid))
             if mine is not None and (theirs is None or mine > theirs):
                 self.edited([kid]) if local is not None else self.removed([kid], mine)
             elif theirs is not None and (mine is None or theirs > mine):
-                if row is None:
+                if kid in revs:
+                    need.append(kid)
+                else:
                     drop.append((kid, theirs))
-                    continue
-                try:
-                    entry = decode_key(row, kid, self.sealer)
-                except ValueError as e:
-                    log.error("key %s from the shared pool skipped: %s", kid, e)
-                    continue
-                (add if local is None else edit).append((kid, entry))
             elif local is not None and kid not in states:
                 self.out_state.add(kid)  # the snapshot lacks it (an emptied backend)
+        rows = await self.backend.hmget("keys", need)
+        add: list[tuple[str, dict[str, Any]]] = []
+        edit: list[tuple[str, dict[str, Any]]] = []
+        for kid, row in zip(need, rows, strict=True):
+            if row is None:
+                continue  # deleted since: its tombstone's event follows
+            try:
+                entry = decode_key(row, kid, self.sealer)
+            except ValueError as e:
+                log.error("key %s from the shared pool skipped: %s", kid, e)
+                continue
+            (add if kid not in pool else edit).append((kid, entry))
         await self._apply(add, edit, drop, states)
         self.take_states({k: states.get(k) for k in ids if k in pool})
 
@@ -219,6 +230,7 @@ class KeySync:
             sched.remove(kid)
             self.gone[kid] = at
             self.known.pop(kid, None)
+            self.seen.pop(kid, None)
         if fresh or drop:
             log.info("shared pool: %d keys added, %d removed", len(fresh), len(drop))
 
@@ -231,9 +243,12 @@ class KeySync:
         sched = self.app.scheduler
         now, pending = sched.clock(), sched.changes.state
         for kid, text in states.items():
+            if text is None or text == self.seen.get(kid):
+                continue  # as last sent or taken: nothing new
             ks = sched.keys.get(kid)
-            if text is None or ks is None or kid in pending or kid in self.out_state:
+            if ks is None or kid in pending or kid in self.out_state:
                 continue
+            self.seen[kid] = text
             theirs = decode_state(text)
             target = shared(theirs, now)
             if shared(state_of(ks), now) != target:

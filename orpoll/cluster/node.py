@@ -74,6 +74,7 @@ class Cluster(NoCluster):
         self.since = time.time()
         self.epoch: str | None = None
         self.cursor: str | None = None
+        self.error = ""  # why the backend was last unreachable
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -84,6 +85,7 @@ class Cluster(NoCluster):
             "connected": self.connected,
             "since": self.since,
             "queued": self.keys.pending or self.admin.pending,
+            "error": "" if self.connected else self.error,
         }
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -102,8 +104,9 @@ class Cluster(NoCluster):
             await asyncio.wait_for(self._join(), wait)
         if not self.connected:
             log.warning(
-                "cluster backend (%s) unreachable: serving from local state, changes queued",
+                "cluster backend (%s) unreachable (%s): serving from local state, changes queued",
                 self.backend.name,
+                self.error or "timed out",
             )
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._flusher())]
         self._tasks.append(asyncio.create_task(self._reconciler()))
@@ -133,7 +136,7 @@ class Cluster(NoCluster):
                 self.cursor = cursor
             await self._merge(union=epoch != self.epoch)
         except BackendDown as e:
-            log.debug("cluster backend unreachable: %s", e)
+            self.error = str(e)
             return False
         self.epoch = epoch
         if not self.connected:
@@ -149,6 +152,7 @@ class Cluster(NoCluster):
         await self.admin.pull_sessions(union)
 
     def _down(self, error: BaseException) -> None:
+        self.error = str(error)
         if self.connected:
             self.connected, self.degraded, self.since = False, True, time.time()
             log.warning(

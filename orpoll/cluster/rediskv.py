@@ -22,7 +22,9 @@ STREAM = PREFIX + "events"
 # The stream is trimmed to about this many events: an instance away for longer than that
 # many changes takes the rest from the snapshot (the reconcile), not from the log.
 MAX_EVENTS = 100_000
-FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+# Any Redis error (refused, timed out, NOAUTH, a replica that cannot write) leaves the
+# instance serving from its own state, as an outage does.
+FAILURES = (redis.exceptions.RedisError, OSError)
 
 
 class RedisBackend(Backend):
