@@ -119,6 +119,10 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open the database in {config.data_dir}: {e}") from None
     app.ready = False
+    # Joined before taking requests: a new instance serves the shared pool from its first
+    # request (connections wait in the listen queue meanwhile).
+    app.cluster = open_cluster(app, os.environ)
+    await app.cluster.start()
     server = make_server(
         app,
         fast=config.fast,
@@ -137,8 +141,6 @@ async def serve(config: Settings, sockets: list[socket.socket]) -> None:
         type(asyncio.get_running_loop()).__module__.partition(".")[0],
         time.monotonic() - started,
     )
-    app.cluster = open_cluster(app, os.environ)
-    await app.cluster.start()
     warn_at_start(app, config, fds)
     app.health.start(first_after=STARTUP_SWEEP_SECONDS)
     app.write_behind.start()

@@ -1,8 +1,9 @@
 """Helpers for the cluster tests: a real redis-server in a temporary directory, and polling
 one instance until it shows what another was told.
 
-- ``RedisServer``: ``redis-server`` on a free loopback port with its own dir (default
-  persistence); ``kill()`` is kill -9, ``start()`` starts it again on the same port and dir
+- ``RedisServer``: ``redis-server`` on a free loopback port and a unix socket, with its own
+  dir (default persistence) and optionally a password (AUTH); ``kill()`` is kill -9,
+  ``start()`` starts it again on the same port and dir
 - ``until(fn, timeout)``: poll ``fn`` until it returns a true value; returns (value, seconds)
 """
 
@@ -31,6 +32,15 @@ class RedisServer:
         os.makedirs(directory, exist_ok=True)
 
     @property
+    def socket(self) -> str:
+        return os.path.join(self.dir, "redis.sock")
+
+    @property
+    def unix_url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket}"
+
+    @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
@@ -40,6 +50,7 @@ class RedisServer:
         args += ["--dir", self.dir, "--daemonize", "no", "--logfile", "redis.log"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += ["--unixsocket", self.socket, "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import threading
 import time
 import urllib.request
@@ -15,7 +16,7 @@ import pytest
 import redis as redis_client
 
 from orpoll.keys import key_id
-from tests.admin_helpers import PASSWORD, SyncAdmin, child_env
+from tests.admin_helpers import PASSWORD, SyncAdmin, child_env, run_py
 from tests.cluster_helpers import RedisServer, key_rows, until
 from tests.conftest import KEYS
 
@@ -297,3 +298,35 @@ def test_an_acknowledged_change_survives_kill_9_of_instance_and_redis(instance, 
     assert limited["status"] == "cooling"
     assert limited["cooldown_until"] == pytest.approx(reset, abs=0.01)
     assert chat(sdk(pc.url))
+
+
+def test_unix_socket_auth_and_keys_sealed_in_redis(upstream, spawn, tmp_path):
+    server = RedisServer(str(tmp_path / "redis"), password="redis-secret-pw")
+    server.start()
+    try:
+        sealed = {"ADMIN_PASSWORD": PASSWORD, "ENCRYPTION_KEY": "one passphrase for all"}
+        env_a = child_env(upstream, str(tmp_path / "a"), OPENROUTER_API_KEYS=",".join(KEYS))
+        pa = spawn({**env_a, **sealed, "REDIS_URL": server.unix_url})
+        env_b = child_env(upstream, str(tmp_path / "b"), **sealed, REDIS_URL=server.url)
+        pb = spawn(env_b)
+        b = SyncAdmin(pb.url)
+        b.login()
+        assert set(key_rows(b)) == {key_id(k) for k in KEYS}
+        db = redis_client.Redis.from_url(server.url)
+        stored = b"".join(db.hgetall("orpoll:keys").values())
+        assert stored and not any(k.encode() in stored for k in KEYS)
+        assert all(
+            k.encode() not in b"".join(db.xrange("orpoll:events")[0][1].values()) for k in KEYS
+        )
+        for _ in range(6):
+            chat(sdk(pb.url))
+        assert sum(upstream.state.requests[k] for k in KEYS) == 6  # b holds the real keys
+        # Another ENCRYPTION_KEY cannot join: it would mix two pools.
+        env_c = child_env(upstream, str(tmp_path / "c"), **sealed, REDIS_URL=server.url)
+        env_c["ENCRYPTION_KEY"] = "another passphrase"
+        proc, _ = run_py(env_c, str(tmp_path), stderr=subprocess.PIPE)
+        assert proc.wait(30) == 2
+        assert "ENCRYPTION_KEY does not match" in proc.stderr.read().decode()
+        assert pa.proc.poll() is None
+    finally:
+        server.kill()
