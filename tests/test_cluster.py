@@ -243,6 +243,7 @@ def test_redis_down_under_load_fails_no_request_and_converges_after(instance, re
         until(lambda: healthz(pa.url)["status"] == "degraded" == healthz(pb.url)["status"])
         body = healthz(pa.url)
         assert body["ready"] is True and body["cluster"]["connected"] is False
+        assert a.ok("GET", "/admin/key-status")["cluster"]["connected"] is False
         new = "sk-or-v1-during-outage-1234"
         a.ok("POST", "/admin/add-key", {"openrouter_api_key": f"{new}:4"})
         b.ok("POST", f"/admin/keys/{key_id(KEYS[1])}/disable")

@@ -98,6 +98,7 @@ class KeyStatusHandler(KeysHandler):
                 "counts": self.scheduler.counts(),
                 "requests": self.application.traffic.summary(),
                 "upstream": self.scheduler.upstream.state(),
+                "cluster": self.application.cluster.state(),
                 "health": self.application.health.last_sweep,
                 "now": now,
             }

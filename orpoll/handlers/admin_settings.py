@@ -145,6 +145,7 @@ class AppStatusHandler(AdminApiHandler):
                 "sessions": len(app.sessions.active),
                 "admin_password_source": "env" if app.password.from_env else "store",
                 "encrypted_at_rest": app.store.sealer is not None,
+                "cluster": app.cluster.state(),
                 "settings": app.config.public(),
             }
         )
