@@ -294,11 +294,7 @@ class Settings:
     )
     data_dir: str = _opt("./data", "DATA_DIR", "directory of the SQLite database and secrets")
     redis_url: str = _opt(
-        "",
-        "REDIS_URL",
-        "Redis shared by several orpoll instances: one key pool, settings and admin sessions "
-        "(redis://, rediss://, unix://; AUTH in the URL); empty = this instance alone",
-        secret=True,
+        "", "REDIS_URL", "Redis that instances sharing one key pool use; empty = alone", secret=True
     )
     admin_password: str = _opt(
         "", "ADMIN_PASSWORD", "admin password; empty = generated once and logged", secret=True
