@@ -174,14 +174,16 @@ class AdminSync:
         """Make the local sessions the snapshot's; with ``union`` (the backend may have lost
         what it held) local sessions it lacks are published instead of ended."""
         sessions = self.app.sessions
-        remote = {sid: json.loads(v) for sid, v in (await self.backend.hgetall("sessions")).items()}
+        # Taken before the read: a session published while it runs is in neither otherwise.
+        read_at = sessions.clock()
         queued = {arg.sid for what, arg in self.out_sessions if what == "add"}
+        remote = {sid: json.loads(v) for sid, v in (await self.backend.hgetall("sessions")).items()}
         for sid, row in remote.items():
             if sid not in sessions.active:
                 await sessions.adopt(*row)
         for sid, s in list(sessions.active.items()):
-            if sid in remote or sid in queued:
-                continue
+            if sid in remote or sid in queued or s.refreshed >= read_at:
+                continue  # published or taken after the snapshot was read
             if union:
                 self.session("add", s)
             else:

@@ -8,6 +8,7 @@ local change is still on its way out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orpoll.cluster")
 BATCH = 1000  # key ids per commit and per event
+YIELD_EVERY = 5000
 
 
 class KeySync:
@@ -31,6 +33,9 @@ class KeySync:
         self.gone: dict[str, float] = {}  # local tombstones: key id -> deleted at
         self.known: dict[str, Shared] = {}  # shared state last sent or taken, per key
         self.seen: dict[str, str] = {}  # the state text last sent or taken, per key
+        # Keys published since the current pull or merge read the snapshot: what it read of
+        # them may predate our own change, which must not be undone.
+        self.fresh: set[str] = set()
         self.out_keys: set[str] = set()  # operator rows to publish (added, edited)
         self.out_state: set[str] = set()  # shared runtime state to publish
         self.out_gone: dict[str, float] = {}  # deletions to publish
@@ -71,6 +76,7 @@ class KeySync:
         """Publish what is queued; on BackendDown it stays queued (nothing is lost)."""
         keys, state, gone = self.out_keys, self.out_state, self.out_gone
         self.out_keys, self.out_state, self.out_gone = set(), set(), {}
+        self.fresh |= keys | state
         try:
             await self._publish(keys, state, gone)
         except BaseException:
@@ -117,6 +123,7 @@ class KeySync:
     async def pull(self, ids: list[str], with_keys: bool = True) -> None:
         """Take the snapshot of ``ids`` (after an event naming them)."""
         b = self.backend
+        self.fresh.clear()
         states = dict(zip(ids, await b.hmget("state", ids), strict=True))
         if not with_keys:
             self.take_states(states)
@@ -134,6 +141,7 @@ class KeySync:
         message, and how a restarted or emptied backend is filled again). Only revision times
         and state texts are compared; rows are fetched for the keys that changed."""
         b = self.backend
+        self.fresh.clear()
         revs = {k: float(v) for k, v in (await b.hgetall("revs")).items()}
         gone = {k: float(v) for k, v in (await b.hgetall("gone")).items()}
         states = await b.hgetall("state")
@@ -148,7 +156,9 @@ class KeySync:
         pool = self.app.scheduler.keys
         need: list[str] = []
         drop: list[tuple[str, float]] = []
-        for kid in ids:
+        for n, kid in enumerate(ids):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # a large pool's merge leaves the loop to requests
             local = pool.get(kid)
             mine = local.rev if local is not None else self.gone.get(kid)
             theirs = revs.get(kid, gone.get(kid))
@@ -246,7 +256,7 @@ class KeySync:
             if text is None or text == self.seen.get(kid):
                 continue  # as last sent or taken: nothing new
             ks = sched.keys.get(kid)
-            if ks is None or kid in pending or kid in self.out_state:
+            if ks is None or kid in pending or kid in self.out_state or kid in self.fresh:
                 continue
             self.seen[kid] = text
             theirs = decode_state(text)

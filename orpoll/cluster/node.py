@@ -109,7 +109,6 @@ class Cluster(NoCluster):
                 self.error or "timed out",
             )
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._flusher())]
-        self._tasks.append(asyncio.create_task(self._reconciler()))
 
     async def stop(self, flush_wait: float = 2.0) -> None:
         self._stopping = True
@@ -190,10 +189,14 @@ class Cluster(NoCluster):
     # ---- background tasks ------------------------------------------------------------------
 
     async def _listen(self) -> None:
+        """Apply the others' events in order, and merge with the snapshot every RECONCILE
+        seconds, in this one task: a merge never interleaves with an event."""
+        merged = time.monotonic()
         while not self._stopping:
             if not self.connected:
                 if not await self._join():
                     await asyncio.sleep(RETRY)
+                merged = time.monotonic()
                 continue
             try:
                 assert self.cursor is not None
@@ -201,6 +204,10 @@ class Cluster(NoCluster):
                 for event in events:
                     if event.get("o") != self.origin:
                         await self._apply(event)
+                if time.monotonic() - merged >= RECONCILE:
+                    await self._merge(union=False)
+                    merged = time.monotonic()
+                    self._wake.set()
             except BackendDown as e:
                 self._down(e)
             except asyncio.CancelledError:
@@ -235,19 +242,6 @@ class Cluster(NoCluster):
     async def _flush(self) -> None:
         await self.keys.flush()
         await self.admin.flush()
-
-    async def _reconciler(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(RECONCILE)
-            if not self.connected:
-                continue
-            try:
-                await self._merge(union=False)
-                self._wake.set()
-            except BackendDown as e:
-                self._down(e)
-            except Exception:
-                log.exception("reconciling with the cluster failed")
 
     # ---- hooks -----------------------------------------------------------------------------
 

@@ -89,7 +89,15 @@ class RedisBackend(Backend):
         return await self._call(lambda: self.client.hmget(PREFIX + name, list(fields)))
 
     async def hgetall(self, name: str) -> dict[str, str]:
-        return await self._call(lambda: self.client.hgetall(PREFIX + name))
+        # Page by page (HSCAN): neither Redis nor this loop is held by a large pool at once.
+        found: dict[str, str] = {}
+
+        async def scan() -> None:
+            async for field, value in self.client.hscan_iter(PREFIX + name, count=1000):
+                found[field] = value
+
+        await self._call(scan)
+        return found
 
     async def claim(self, names: Sequence[str], value: str, ttl: float) -> list[bool]:
         pipe = self.client.pipeline(transaction=False)
