@@ -20,7 +20,7 @@ from tornado.netutil import bind_sockets
 
 from . import __version__, cli
 from .app import OrpollApp, make_app
-from .cluster import open_cluster
+from .cluster import check_url, open_cluster
 from .config import ConfigError, Settings, load_dotenv_file
 from .fast import HttpServer, make_server
 from .logs import plural, setup_logging
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = cli.load(argv, os.environ)
         cli.check_data_dir(config.data_dir)
+        check_url(config.redis_url)
         setup_logging(config)
         sockets = listen(config)
         event_loop(config)(serve(config, sockets))

@@ -331,3 +331,25 @@ def test_unix_socket_auth_and_keys_sealed_in_redis(upstream, spawn, tmp_path):
         assert pa.proc.poll() is None
     finally:
         server.kill()
+
+
+def test_a_malformed_redis_url_is_a_configuration_error(upstream, tmp_path):
+    env = child_env(upstream, str(tmp_path / "a"), REDIS_URL="http://127.0.0.1:6379")
+    proc, _ = run_py(env, str(tmp_path), stderr=subprocess.PIPE)
+    assert proc.wait(30) == 2
+    err = proc.stderr.read().decode()
+    assert err.startswith("orpoll: configuration error: REDIS_URL:") and "Traceback" not in err
+
+
+def test_redis_down_at_start_serves_and_joins_when_it_comes(
+    instance, redis, upstream, tmp_path, spawn
+):
+    redis.kill()
+    env = child_env(upstream, str(tmp_path / "a"), ADMIN_PASSWORD=PASSWORD)
+    pa = spawn({**env, "REDIS_URL": redis.url, "OPENROUTER_API_KEYS": ",".join(KEYS)})
+    assert "unreachable" in pa.log() and healthz(pa.url)["status"] == "degraded"
+    assert chat(sdk(pa.url))
+    redis.start()
+    until(lambda: healthz(pa.url)["status"] == "ok", timeout=10)
+    _, b = instance("b")
+    assert set(key_rows(b)) == {key_id(k) for k in KEYS}

@@ -7,9 +7,11 @@ this package runs.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..values import ConfigError
 from .node import Cluster, NoCluster
 
 if TYPE_CHECKING:
@@ -26,6 +28,13 @@ def workers(environ: Mapping[str, str]) -> int:
         return 1
 
 
+def check_url(url: str) -> None:
+    """ConfigError unless REDIS_URL is empty or a Redis URL (checked before logging starts, so
+    a typo is the one-line start-up error; the message never repeats the URL's password)."""
+    if url and urllib.parse.urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError("REDIS_URL: expected a redis://, rediss:// or unix:// URL")
+
+
 def open_cluster(app: OrpollApp, environ: Mapping[str, str]) -> NoCluster:
     """The app's cluster: Redis when REDIS_URL is set, the shared SQLite file when workers
     run on one machine without it, else NoCluster."""
@@ -33,7 +42,10 @@ def open_cluster(app: OrpollApp, environ: Mapping[str, str]) -> NoCluster:
     if url:
         from .rediskv import RedisBackend
 
-        return Cluster(app, RedisBackend(url))
+        try:
+            return Cluster(app, RedisBackend(url))
+        except ValueError as e:  # redis-py's verdict on a malformed URL
+            raise ConfigError(f"REDIS_URL: {e}") from None
     if workers(environ) > 1:
         from .sqlitekv import LocalBackend
 

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..keys import KeyState
-from ..seal import Sealer
+from ..seal import SECRET_FILE, Sealer
 from ..store import StoreError
 from .adminsync import AdminSync
 from .backend import Backend, BackendDown
@@ -75,6 +75,7 @@ class Cluster(NoCluster):
         self.epoch: str | None = None
         self.cursor: str | None = None
         self.error = ""  # why the backend was last unreachable
+        self.salt = ""  # of the shared pool's sealer
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -100,8 +101,14 @@ class Cluster(NoCluster):
         app.health.claim = self.claim_probes
         app.sessions.notify = self._session
         app.login_throttle.notify = self._login
-        with contextlib.suppress(asyncio.TimeoutError):
+        try:
             await asyncio.wait_for(self._join(), wait)
+        except TimeoutError:
+            pass
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("joining the cluster failed; will retry")
         if not self.connected:
             log.warning(
                 "cluster backend (%s) unreachable (%s): serving from local state, changes queued",
@@ -127,8 +134,8 @@ class Cluster(NoCluster):
         another ENCRYPTION_KEY) is raised: joining would mix two pools."""
         try:
             epoch = await self.backend.connect()
-            if self.keys.sealer is None and self.app.config.encryption_key:
-                self.keys.sealer = await self._sealer(self.app.config.encryption_key)
+            if self.app.config.encryption_key:
+                await self._sealer(self.app.config.encryption_key)
             await self._session_secret()
             cursor = await self.backend.tail()
             if self.cursor is None or epoch != self.epoch:
@@ -160,17 +167,20 @@ class Cluster(NoCluster):
                 error,
             )
 
-    async def _sealer(self, passphrase: str) -> Sealer:
+    async def _sealer(self, passphrase: str) -> None:
+        """The sealer of the shared pool: ENCRYPTION_KEY with the salt kept in the backend
+        (offered again on every join, so a backend restarted empty keeps the same one)."""
         b = self.backend
-        await b.claim(["salt"], base64.b64encode(os.urandom(16)).decode(), FOREVER)
-        salt = await b.get("salt")
-        sealer = Sealer(passphrase, base64.b64decode(salt or ""))
+        await b.claim(["salt"], self.salt or base64.b64encode(os.urandom(16)).decode(), FOREVER)
+        salt = await b.get("salt") or ""
+        if salt != self.salt or self.keys.sealer is None:
+            self.keys.sealer, self.salt = Sealer(passphrase, base64.b64decode(salt)), salt
+        sealer = self.keys.sealer
         await b.claim(["check"], base64.b64encode(sealer.seal("orpoll", "check")).decode(), FOREVER)
         try:
             sealer.open(base64.b64decode(await b.get("check") or ""), "check")
         except Exception:
             raise StoreError("ENCRYPTION_KEY does not match the shared pool's") from None
-        return sealer
 
     async def _session_secret(self) -> None:
         """One cookie secret for every instance (unless SESSION_SECRET_KEY sets it), so a
@@ -182,9 +192,12 @@ class Cluster(NoCluster):
         offer = base64.b64encode(sealer.seal(mine, "secret")).decode() if sealer else mine
         await self.backend.claim(["session_secret"], offer, FOREVER)
         got = await self.backend.get("session_secret") or offer
-        self.app.settings["cookie_secret"] = (
-            sealer.open(base64.b64decode(got), "secret") if sealer else got
-        )
+        shared = sealer.open(base64.b64decode(got), "secret") if sealer else got
+        if shared != mine:
+            self.app.settings["cookie_secret"] = shared
+            # Kept in DATA_DIR too: after a restart with the backend down, this instance
+            # still accepts the cluster's cookies.
+            await self.app.store.run(keep_secret, self.app.config.data_dir, shared)
 
     # ---- background tasks ------------------------------------------------------------------
 
@@ -193,12 +206,12 @@ class Cluster(NoCluster):
         seconds, in this one task: a merge never interleaves with an event."""
         merged = time.monotonic()
         while not self._stopping:
-            if not self.connected:
-                if not await self._join():
-                    await asyncio.sleep(RETRY)
-                merged = time.monotonic()
-                continue
             try:
+                if not self.connected:
+                    if not await self._join():
+                        await asyncio.sleep(RETRY)
+                    merged = time.monotonic()
+                    continue
                 assert self.cursor is not None
                 self.cursor, events = await self.backend.read(self.cursor, READ_WAIT)
                 for event in events:
@@ -214,6 +227,7 @@ class Cluster(NoCluster):
                 raise
             except Exception:
                 log.exception("applying a cluster event failed")
+                await asyncio.sleep(RETRY)
 
     async def _apply(self, event: dict[str, Any]) -> None:
         kind = event["t"]
@@ -289,3 +303,14 @@ class Cluster(NoCluster):
             self._down(e)
             return keys
         return [ks for ks, mine in zip(keys, won, strict=True) if mine]
+
+
+def keep_secret(data_dir: str, value: str) -> None:
+    """Replace DATA_DIR's session secret (mode 0600, written whole then renamed)."""
+    path = os.path.join(data_dir, SECRET_FILE)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
