@@ -2,13 +2,16 @@
 one instance until it shows what another was told.
 
 - ``RedisServer``: ``redis-server`` on a free loopback port and a unix socket, with its own
-  dir (default persistence) and optionally a password (AUTH); ``kill()`` is kill -9,
+  dir (default persistence), optionally a password (AUTH) and TLS only (``rediss://``, a
+  self-signed certificate the URL names as its CA); ``kill()`` is kill -9,
   ``start()`` starts it again on the same port and dir
 - ``until(fn, timeout)``: poll ``fn`` until it returns a true value; returns (value, seconds)
 """
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import shutil
 import signal
@@ -18,6 +21,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from tests.admin_helpers import SyncAdmin, free_port
 
 T = TypeVar("T")
@@ -25,11 +33,13 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 class RedisServer:
-    def __init__(self, directory: str, password: str = "") -> None:
-        self.dir, self.password = directory, password
+    def __init__(self, directory: str, password: str = "", tls: bool = False) -> None:
+        self.dir, self.password, self.tls = directory, password, tls
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         os.makedirs(directory, exist_ok=True)
+        if tls:
+            self_signed(os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem"))
 
     @property
     def socket(self) -> str:
@@ -43,10 +53,26 @@ class RedisServer:
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            ca = os.path.join(self.dir, "cert.pem")
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.tls:  # TLS only, on the same port
+            cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+            args = [
+                REDIS_SERVER,
+                "--port",
+                "0",
+                "--tls-port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+            ]
+            args += ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert]
+            args += ["--tls-auth-clients", "no"]
         args += ["--dir", self.dir, "--daemonize", "no", "--logfile", "redis.log"]
         if self.password:
             args += ["--requirepass", self.password]
@@ -88,3 +114,35 @@ def key_rows(admin: SyncAdmin) -> dict[str, dict[str, Any]]:
         if page >= data["total_pages"]:
             return rows
         page += 1
+
+
+def self_signed(cert_path: str, key_path: str) -> None:
+    """A certificate for 127.0.0.1 that is its own CA (the client trusts it by file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )

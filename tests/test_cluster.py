@@ -353,3 +353,27 @@ def test_redis_down_at_start_serves_and_joins_when_it_comes(
     until(lambda: healthz(pa.url)["status"] == "ok", timeout=10)
     _, b = instance("b")
     assert set(key_rows(b)) == {key_id(k) for k in KEYS}
+
+
+def test_instances_share_the_pool_over_tls(upstream, spawn, tmp_path):
+    server = RedisServer(str(tmp_path / "redis"), password="tls-and-auth", tls=True)
+    server.start()
+    try:
+        assert server.url.startswith("rediss://")
+        env = child_env(upstream, str(tmp_path / "a"), ADMIN_PASSWORD=PASSWORD)
+        pa = spawn({**env, "REDIS_URL": server.url, "OPENROUTER_API_KEYS": ",".join(KEYS)})
+        pb = spawn(
+            {
+                **child_env(upstream, str(tmp_path / "b"), ADMIN_PASSWORD=PASSWORD),
+                "REDIS_URL": server.url,
+            }
+        )
+        a, b = SyncAdmin(pa.url), SyncAdmin(pb.url)
+        a.login()
+        b.login()
+        assert set(key_rows(b)) == {key_id(k) for k in KEYS}
+        a.ok("POST", f"/admin/keys/{key_id(KEYS[2])}/weight", {"weight": 11})
+        _, took = until(lambda: key_rows(b)[key_id(KEYS[2])]["weight"] == 11)
+        assert took < PROPAGATION and healthz(pb.url)["cluster"]["connected"] is True
+    finally:
+        server.kill()
