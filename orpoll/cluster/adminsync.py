@@ -65,22 +65,29 @@ class AdminSync:
         """Publish what is queued; what failed (BackendDown) stays queued."""
         store, b = self.app.store, self.backend
         if self.out_settings:
-            values = await store.run(store.load_settings)
-            rev = await store.run(self._rev, "settings_rev")
-            meta = {"settings_rev": repr(rev)}
-            await b.commit(
-                self._event("settings"),
-                drop={"settings": None},
-                put={"settings": values, "meta": meta},
-            )
-            self.out_settings = False
+            self.out_settings = False  # cleared first: an edit made meanwhile queues again
+            try:
+                values = await store.run(store.load_settings)
+                meta = {"settings_rev": repr(await store.run(self._rev, "settings_rev"))}
+                await b.commit(
+                    self._event("settings"),
+                    drop={"settings": None},
+                    put={"settings": values, "meta": meta},
+                )
+            except BaseException:
+                self.out_settings = True
+                raise
         if self.out_password and not self.app.password.from_env:
-            # From the store, not memory: a worker sharing it may have changed it just now.
-            stored = await store.run(store.get_meta, "admin_password")
-            rev = await store.run(self._rev, "password_rev")
-            meta = {"admin_password": stored or "", "password_rev": repr(rev)}
-            await b.commit(self._event("password"), put={"meta": meta})
-        self.out_password = False
+            self.out_password = False
+            try:
+                # From the store, not memory: a worker sharing it may have changed it just now.
+                stored = await store.run(store.get_meta, "admin_password")
+                rev = await store.run(self._rev, "password_rev")
+                meta = {"admin_password": stored or "", "password_rev": repr(rev)}
+                await b.commit(self._event("password"), put={"meta": meta})
+            except BaseException:
+                self.out_password = True
+                raise
         while self.out_sessions:
             await self._publish_session(*self.out_sessions[0])
             self.out_sessions.pop(0)
