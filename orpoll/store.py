@@ -84,6 +84,19 @@ SAVE_STATE = f"UPDATE keys SET {', '.join(c + '=?' for c in COLUMNS)}, info=? WH
 SAVE_COUNTERS = "UPDATE keys SET requests=?, successes=?, last_used=? WHERE id=?"
 
 
+def statements(script: str) -> list[str]:
+    """The SQL statements of ``script``, one by one (executescript cannot run in a transaction
+    that also checks the schema's version)."""
+    found, buf = [], ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                found.append(buf)
+            buf = ""
+    return found
+
+
 class StoreError(RuntimeError):
     """The database cannot be used as configured (e.g. encrypted keys, no ENCRYPTION_KEY)."""
 
@@ -140,15 +153,23 @@ class Store:
         for n in range(version, len(migrations)):
             if n:
                 log.info("upgrading %s: schema version %d to %d", self.path, n, n + 1)
-            try:
-                self.db.executescript(
-                    f"BEGIN IMMEDIATE;\n{migrations[n]}\nPRAGMA user_version = {n + 1};\nCOMMIT;"
-                )
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
+            self._migrate_step(n, migrations[n])
         return version
+
+    def _migrate_step(self, n: int, script: str) -> None:
+        """Version ``n`` to ``n + 1`` in one transaction, unless another process (a worker
+        sharing DATA_DIR, started at the same moment) has made the step meanwhile."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] <= n:
+                for statement in statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {n + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def backup(self, path: str) -> None:
         """A consistent copy of the database at ``path`` (mode 0600), made while it is in use."""
