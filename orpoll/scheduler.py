@@ -83,7 +83,7 @@ class KeyScheduler(InFlight):
             self.changes.changed(ks.id)
 
     def assume(self, ks: KeyState, shared: dict[str, Any]) -> None:
-        """Take on the state another instance decided for the key (``cluster.rows.SHARED``):
+        """Take on the state another instance decided for the key (``cluster.rows.state_of``):
         the same cooldowns with the same reset times, as if the verdict had been ours."""
         old = self._weights(ks)
         ks.state, ks.until = shared["state"], shared["until"]
