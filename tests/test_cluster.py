@@ -377,3 +377,28 @@ def test_instances_share_the_pool_over_tls(upstream, spawn, tmp_path):
         assert took < PROPAGATION and healthz(pb.url)["cluster"]["connected"] is True
     finally:
         server.kill()
+
+
+def test_account_groups_and_an_account_wide_verdict_are_shared(instance, upstream):
+    pa, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    pb, b = instance("b")
+    info = {"label": "x", "limit": None, "limit_remaining": None, "creator_user_id": "user_1"}
+    for key in KEYS[:2]:
+        upstream.state.key_info[key] = (200, info)
+    a.ok("POST", "/admin/check-keys")  # a's probes learn the account
+    rows, took = until(lambda: (r := key_rows(b))[key_id(KEYS[1])]["group"] == "user_1" and r)
+    assert took < PROPAGATION and rows[key_id(KEYS[0])]["group"] == "user_1"
+    upstream.state.script(
+        KEYS[0], {"status": 402, "error": {"code": 402, "message": "Insufficient credits"}}
+    )
+    client = sdk(pb.url)
+    while upstream.state.requests[KEYS[0]] == 0:
+        chat(client)
+
+    # b's verdict on the account's balance cools both of its keys, on a too.
+    def kinds() -> list[str]:
+        rows = key_rows(a)
+        return [rows[key_id(k)]["kind"] for k in KEYS]
+
+    found, took = until(lambda: (k := kinds())[:2] == ["key_credit"] * 2 and k)
+    assert took < PROPAGATION and found[2] == ""
