@@ -262,8 +262,8 @@ def test_redis_down_under_load_fails_no_request_and_converges_after(instance, re
     assert not failures, failures[:5]
     assert len(served) > before > 50
     # Repopulated: the restarted Redis holds the whole pool again.
-    db = redis_client.Redis.from_url(redis.url)
-    assert db.hlen("orpoll:keys") == len(KEYS) + 1
+    with redis_client.Redis.from_url(redis.url) as db:
+        assert db.hlen("orpoll:keys") == len(KEYS) + 1
     for proc in (pa, pb):
         assert proc.log().count("cluster backend (redis) lost") == 1
 
@@ -313,21 +313,21 @@ def test_unix_socket_auth_and_keys_sealed_in_redis(upstream, spawn, tmp_path):
         b = SyncAdmin(pb.url)
         b.login()
         assert set(key_rows(b)) == {key_id(k) for k in KEYS}
-        db = redis_client.Redis.from_url(server.url)
-        stored = b"".join(db.hgetall("orpoll:keys").values())
+        with redis_client.Redis.from_url(server.url) as db:
+            stored = b"".join(db.hgetall("orpoll:keys").values())
+            events = b"".join(b"".join(fields.values()) for _, fields in db.xrange("orpoll:events"))
         assert stored and not any(k.encode() in stored for k in KEYS)
-        assert all(
-            k.encode() not in b"".join(db.xrange("orpoll:events")[0][1].values()) for k in KEYS
-        )
+        assert events and not any(k.encode() in events for k in KEYS)
+        client = sdk(pb.url)
         for _ in range(6):
-            chat(sdk(pb.url))
+            chat(client)
         assert sum(upstream.state.requests[k] for k in KEYS) == 6  # b holds the real keys
         # Another ENCRYPTION_KEY cannot join: it would mix two pools.
         env_c = child_env(upstream, str(tmp_path / "c"), **sealed, REDIS_URL=server.url)
         env_c["ENCRYPTION_KEY"] = "another passphrase"
         proc, _ = run_py(env_c, str(tmp_path), stderr=subprocess.PIPE)
-        assert proc.wait(30) == 2
-        assert "ENCRYPTION_KEY does not match" in proc.stderr.read().decode()
+        err = proc.communicate(timeout=30)[1].decode()
+        assert proc.returncode == 2 and "ENCRYPTION_KEY does not match" in err
         assert pa.proc.poll() is None
     finally:
         server.kill()
@@ -336,8 +336,8 @@ def test_unix_socket_auth_and_keys_sealed_in_redis(upstream, spawn, tmp_path):
 def test_a_malformed_redis_url_is_a_configuration_error(upstream, tmp_path):
     env = child_env(upstream, str(tmp_path / "a"), REDIS_URL="http://127.0.0.1:6379")
     proc, _ = run_py(env, str(tmp_path), stderr=subprocess.PIPE)
-    assert proc.wait(30) == 2
-    err = proc.stderr.read().decode()
+    err = proc.communicate(timeout=30)[1].decode()
+    assert proc.returncode == 2
     assert err.startswith("orpoll: configuration error: REDIS_URL:") and "Traceback" not in err
 
 
