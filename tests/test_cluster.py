@@ -402,3 +402,25 @@ def test_account_groups_and_an_account_wide_verdict_are_shared(instance, upstrea
 
     found, took = until(lambda: (k := kinds())[:2] == ["key_credit"] * 2 and k)
     assert took < PROPAGATION and found[2] == ""
+
+
+def test_a_redis_restored_from_an_older_snapshot_brings_no_session_back(instance, redis):
+    pa, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    pb, _ = instance("b")
+    leaving = SyncAdmin(pa.url)
+    leaving.login()
+    on_b = same_cookies(leaving, pb.url)
+    until(lambda: on_b.call("GET", "/admin/app-status")[0] == 200)
+    with redis_client.Redis.from_url(redis.url) as db:
+        db.save()  # the snapshot a restart will load: it holds the session
+    leaving.ok("POST", "/admin/logout")
+    until(lambda: on_b.call("GET", "/admin/app-status")[0] == 401)
+    redis.kill()
+    redis.start()
+    until(lambda: healthz(pa.url)["status"] == "ok" == healthz(pb.url)["status"], timeout=10)
+    time.sleep(1)
+    assert on_b.call("GET", "/admin/app-status")[0] == 401
+    assert same_cookies(leaving, pa.url).call("GET", "/admin/app-status")[0] == 401
+    assert same_cookies(a, pb.url).call("GET", "/admin/app-status")[0] == 200
+    with redis_client.Redis.from_url(redis.url) as db:
+        _, took = until(lambda: db.hlen("orpoll:sessions") == 2)  # a's and b's own logins

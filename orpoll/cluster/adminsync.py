@@ -30,6 +30,8 @@ class AdminSync:
         self.out_settings = self.out_password = False
         self.out_sessions: list[Op] = []  # session changes in order (an end after a start)
         self.out_logins: list[tuple[str, bool]] = []
+        self.revoked: set[str] = set()  # sessions ended (here or elsewhere) since start
+        self.revoked_before = 0.0  # every session created before this was ended
         # The settings revision this process applies (workers sharing a DATA_DIR share the
         # store, so the store's revision may be another worker's and not yet applied here).
         self.settings_rev = float(app.store.get_meta("settings_rev") or 0)
@@ -54,7 +56,18 @@ class AdminSync:
         self.out_password = True
 
     def session(self, what: str, arg: Any) -> None:
+        if what == "revoke_all":
+            arg = time.time()  # the sessions it ends are those created before
         self.out_sessions.append((what, arg))
+        self._ended(what, arg)
+
+    def _ended(self, what: str, arg: Any) -> None:
+        """Remember ended sessions (``arg``: the id, or the time of a revoke_all): a backend
+        restored from an older snapshot must not bring them back (see pull_sessions)."""
+        if what == "revoke":
+            self.revoked.add(arg)
+        elif what == "revoke_all":
+            self.revoked_before = max(self.revoked_before, arg)
 
     def login(self, addr: str, ok: bool) -> None:
         self.out_logins.append((addr, ok))
@@ -107,7 +120,7 @@ class AdminSync:
         elif what == "revoke":
             await b.commit({**self._event("revoke"), "sid": arg}, drop={"sessions": [arg]})
         else:
-            await b.commit(self._event("revoke_all"), drop={"sessions": None})
+            await b.commit({**self._event("revoke_all"), "at": arg}, drop={"sessions": None})
 
     def _event(self, kind: str) -> dict[str, Any]:
         return {"o": self.origin, "t": kind}
@@ -123,8 +136,10 @@ class AdminSync:
         elif kind == "session":
             await app.sessions.adopt(*event["s"])
         elif kind == "revoke":
+            self._ended("revoke", event["sid"])
             await app.sessions.drop(event["sid"])
         elif kind == "revoke_all":
+            self._ended("revoke_all", event["at"])
             await app.sessions.drop(None)
         elif kind == "login":
             throttle = app.login_throttle
@@ -186,7 +201,9 @@ class AdminSync:
         queued = {arg.sid for what, arg in self.out_sessions if what == "add"}
         remote = {sid: json.loads(v) for sid, v in (await self.backend.hgetall("sessions")).items()}
         for sid, row in remote.items():
-            if sid not in sessions.active:
+            if sid in self.revoked or row[1] < self.revoked_before:
+                self.session("revoke", sid)  # ended: an older snapshot's copy
+            elif sid not in sessions.active:
                 await sessions.adopt(*row)
         for sid, s in list(sessions.active.items()):
             if sid in remote or sid in queued or s.refreshed >= read_at:
