@@ -404,21 +404,40 @@ def test_account_groups_and_an_account_wide_verdict_are_shared(instance, upstrea
     assert took < PROPAGATION and found[2] == ""
 
 
-def test_a_redis_restored_from_an_older_snapshot_brings_no_session_back(instance, redis):
+def test_a_redis_restored_from_an_older_snapshot_undoes_no_later_change(instance, redis, upstream):
     pa, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
-    pb, _ = instance("b")
+    pb, b = instance("b")
     leaving = SyncAdmin(pa.url)
     leaving.login()
     on_b = same_cookies(leaving, pb.url)
     until(lambda: on_b.call("GET", "/admin/app-status")[0] == 200)
     with redis_client.Redis.from_url(redis.url) as db:
-        db.save()  # the snapshot a restart will load: it holds the session
+        db.save()  # the snapshot a restart will load: the session, every key available
     leaving.ok("POST", "/admin/logout")
     until(lambda: on_b.call("GET", "/admin/app-status")[0] == 401)
+    reset = time.time() + 3600
+    upstream.state.script(
+        KEYS[0],
+        {
+            "status": 429,
+            "headers": {"X-RateLimit-Reset": str(int(reset * 1000))},
+            "error": {"code": 429, "message": "Rate limit exceeded"},
+        },
+        {"chunks": 3},
+    )
+    client = sdk(pa.url)
+    while upstream.state.requests[KEYS[0]] == 0:
+        chat(client)
+    until(lambda: key_rows(b)[key_id(KEYS[0])]["status"] == "cooling")
     redis.kill()
     redis.start()
     until(lambda: healthz(pa.url)["status"] == "ok" == healthz(pb.url)["status"], timeout=10)
     time.sleep(1)
+    for admin in (a, b):  # the cooldown made after the snapshot stands, everywhere
+        row = key_rows(admin)[key_id(KEYS[0])]
+        assert row["status"] == "cooling" and row["cooldown_until"] == pytest.approx(
+            reset, abs=0.01
+        )
     assert on_b.call("GET", "/admin/app-status")[0] == 401
     assert same_cookies(leaving, pa.url).call("GET", "/admin/app-status")[0] == 401
     assert same_cookies(a, pb.url).call("GET", "/admin/app-status")[0] == 200

@@ -135,11 +135,15 @@ class KeySync:
             {k: v for k, v in states.items() if v is not None},
             ids,
         )
+        self.take_states({k: v for k, v in states.items() if k in self.app.scheduler.keys})
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, restored: bool = False) -> None:
         """Merge the whole snapshot with the local pool both ways (the backstop for a lost
         message, and how a restarted or emptied backend is filled again). Only revision times
-        and state texts are compared; rows are fetched for the keys that changed."""
+        and state texts are compared; rows are fetched for the keys that changed.
+
+        ``restored``: the backend restarted while this instance ran, so its states may be an
+        older snapshot's: this instance's are published instead of taken."""
         b = self.backend
         self.fresh.clear()
         revs = {k: float(v) for k, v in (await b.hgetall("revs")).items()}
@@ -147,6 +151,10 @@ class KeySync:
         states = await b.hgetall("state")
         ids = set(revs) | set(gone) | set(self.app.scheduler.keys) | set(self.gone)
         await self.merge(revs, gone, states, ids)
+        if restored:
+            self.out_state.update(kid for kid in self.app.scheduler.keys)
+        else:
+            self.take_states({k: states.get(k) for k in ids if k in self.app.scheduler.keys})
 
     async def merge(
         self, revs: dict[str, float], gone: dict[str, float], states: dict[str, str], ids: Any
@@ -184,7 +192,6 @@ class KeySync:
                 continue
             (add if kid not in pool else edit).append((kid, entry))
         await self._apply(add, edit, drop, states)
-        self.take_states({k: states.get(k) for k in ids if k in pool})
 
     async def _apply(
         self,

@@ -140,7 +140,10 @@ class Cluster(NoCluster):
             cursor = await self.backend.tail()
             if self.cursor is None or epoch != self.epoch:
                 self.cursor = cursor
-            await self._merge(union=epoch != self.epoch)
+            # A new epoch: the backend may have lost what it held. If it restarted while we
+            # ran, our key states are newer than whatever snapshot it came back with.
+            restored = self.epoch is not None and epoch != self.epoch
+            await self._merge(union=epoch != self.epoch, restored=restored)
         except BackendDown as e:
             self.error = str(e)
             return False
@@ -151,8 +154,8 @@ class Cluster(NoCluster):
         self._wake.set()
         return True
 
-    async def _merge(self, union: bool) -> None:
-        await self.keys.reconcile()
+    async def _merge(self, union: bool, restored: bool = False) -> None:
+        await self.keys.reconcile(restored)
         await self.admin.pull_settings()
         await self.admin.pull_password()
         await self.admin.pull_sessions(union)
