@@ -443,3 +443,14 @@ def test_a_redis_restored_from_an_older_snapshot_undoes_no_later_change(instance
     assert same_cookies(a, pb.url).call("GET", "/admin/app-status")[0] == 200
     with redis_client.Redis.from_url(redis.url) as db:
         _, took = until(lambda: db.hlen("orpoll:sessions") == 2)  # a's and b's own logins
+
+
+def test_propagation_p99_is_under_a_second(instance):
+    _, a = instance("a", OPENROUTER_API_KEYS=",".join(KEYS))
+    _, b = instance("b")
+    kid, took = key_id(KEYS[0]), []
+    for weight in range(2, 42):
+        a.ok("POST", f"/admin/keys/{kid}/weight", {"weight": weight})
+        took.append(until(lambda w=weight: key_rows(b)[kid]["weight"] == w, step=0.005)[1])
+    took.sort()
+    assert took[int(len(took) * 0.99) - 1] < PROPAGATION, took
