@@ -79,6 +79,7 @@ class Cluster(NoCluster):
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._failure = ""  # the last failure logged by the event task
 
     def state(self) -> dict[str, Any]:
         return {
@@ -228,8 +229,12 @@ class Cluster(NoCluster):
                 self._down(e)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("applying a cluster event failed")
+            except Exception as e:
+                # Logged once per distinct failure: one that repeats at every retry (a pool
+                # sealed with another ENCRYPTION_KEY after a restart) must not flood the log.
+                if repr(e) != self._failure:
+                    self._failure = repr(e)
+                    log.exception("cluster link failed (retrying every %gs)", RETRY)
                 await asyncio.sleep(RETRY)
 
     async def _apply(self, event: dict[str, Any]) -> None:
