@@ -232,6 +232,7 @@ class Cluster(NoCluster):
             except Exception as e:
                 # Logged once per distinct failure: one that repeats at every retry (a pool
                 # sealed with another ENCRYPTION_KEY after a restart) must not flood the log.
+                self.error = str(e) or type(e).__name__
                 if repr(e) != self._failure:
                     self._failure = repr(e)
                     log.exception("cluster link failed (retrying every %gs)", RETRY)
