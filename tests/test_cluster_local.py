@@ -40,7 +40,9 @@ def test_workers_sharing_a_data_dir_share_the_pool(upstream, spawn, data_dir):
         lambda: b.ok("GET", "/admin/settings")["settings"]["RETRY_WITH_NEW_KEY_COUNT"] == 6
     )
     assert took < PROPAGATION
-    # A session started on one worker is good on the other; a logout ends it on both.
+    # A session started on one worker is good on the other as soon as its login answered; a
+    # logout ends it on both.
+    a.login()
     other = SyncAdmin(b.base)
     for cookie in a.jar:
         other.jar.set_cookie(cookie)

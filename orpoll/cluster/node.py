@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import time
@@ -60,6 +61,12 @@ class NoCluster:
     async def password_changed(self) -> None:
         pass
 
+    async def find_session(self, sid: str) -> bool:
+        return False
+
+    async def settle(self) -> None:
+        pass
+
 
 class Cluster(NoCluster):
     enabled = True
@@ -80,6 +87,7 @@ class Cluster(NoCluster):
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._failure = ""  # the last failure logged by the event task
+        self._flush_lock = asyncio.Lock()
 
     def state(self) -> dict[str, Any]:
         return {
@@ -263,8 +271,20 @@ class Cluster(NoCluster):
                 log.exception("publishing to the cluster failed")
 
     async def _flush(self) -> None:
-        await self.keys.flush()
-        await self.admin.flush()
+        async with self._flush_lock:  # one publisher at a time: the order of changes holds
+            await self.keys.flush()
+            await self.admin.flush()
+
+    async def settle(self, wait: float = 1.0) -> None:
+        """Publish what is queued now, before the caller answers (a login or logout: the next
+        request may reach another instance at once). Never raises; an outage leaves it
+        queued."""
+        if not self.connected:
+            return
+        try:
+            await asyncio.wait_for(self._flush(), wait)
+        except (TimeoutError, BackendDown):
+            self._wake.set()
 
     # ---- hooks -----------------------------------------------------------------------------
 
@@ -295,6 +315,22 @@ class Cluster(NoCluster):
     async def password_changed(self) -> None:
         await self.admin.password_changed()
         self._wake.set()
+
+    async def find_session(self, sid: str) -> bool:
+        """True if ``sid`` is a live session of the cluster's, taken in here: asked for a
+        signed cookie this instance does not know (rare: only a session started elsewhere
+        before its event arrived)."""
+        if not self.connected or sid in self.admin.revoked:
+            return False
+        try:
+            row = (await self.backend.hmget("sessions", [sid]))[0]
+        except BackendDown as e:
+            self._down(e)
+            return False
+        if row is None or json.loads(row)[1] < self.admin.revoked_before:
+            return False
+        await self.app.sessions.adopt(*json.loads(row))
+        return sid in self.app.sessions.active
 
     async def claim_probes(self, keys: list[KeyState]) -> list[KeyState]:
         """The keys this instance probes this health interval: those whose lease for the
