@@ -229,6 +229,10 @@ class Cluster(NoCluster):
                 for event in events:
                     if event.get("o") != self.origin:
                         await self._apply(event)
+                if self.keys.pending or self.admin.pending:
+                    # A merge found ours newer than what an event named (two instances
+                    # refilling an emptied Redis at once): publish it again now.
+                    self._wake.set()
                 if time.monotonic() - merged >= RECONCILE:
                     await self._merge(union=False)
                     merged = time.monotonic()
