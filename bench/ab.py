@@ -7,11 +7,14 @@ both trees, in turns (A then B, then B then A), and reads the proxy's CPU from /
 
   python -m bench.ab HEAD~1 HEAD --mode streams --rounds 10
   python -m bench.ab HEAD~1 HEAD --mode nonstream --rounds 6 --seconds 5 --sdk-headers
+  python -m bench.ab main HEAD --mode nonstream --env REDIS_URL=redis://127.0.0.1:6379/0
 
 ``streams``: 200 concurrent streams of 20 chunks x 10 ms, 3,000 per round (the streams200
 scenario); prints CPU ms per stream, time to first chunk p50 / p99 (ms) and streams/s.
 ``nonstream``: wrk with 64 connections; prints CPU ms per request, p99 (ms) and req/s.
 ``--sdk-headers`` sends the OpenAI SDK's 17 header lines instead of wrk's 4 (nonstream).
+``--env NAME=VALUE`` (repeatable) sets a setting on both proxies (a tree that does not know
+the setting ignores it).
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--seconds", type=int, default=5, help="wrk seconds per round")
     p.add_argument("--sdk-headers", action="store_true", help="nonstream: the SDK's headers")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = p.parse_args()
+    extra = dict(item.split("=", 1) for item in args.env)
     headers = loadgen.SDK_HEADERS if args.sdk_headers else None
     procs.OUT.mkdir(exist_ok=True)
     nofile = procs.raise_nofile()
@@ -68,7 +73,7 @@ def main() -> None:
         try:
             for tree in trees:
                 procs.ROOT = tree  # start_proxy runs ROOT/run.py
-                child, port = procs.start_proxy(f"ab-{tree.name}", fake_port)
+                child, port = procs.start_proxy(f"ab-{tree.name}", fake_port, **extra)
                 procs.wait_ready(child, port)
                 proxies.append((child, f"http://127.0.0.1:{port}/v1/chat/completions"))
             procs.ROOT = home

@@ -16,6 +16,7 @@ from .admission import Admission
 from .auth import AdminPassword, LoginThrottle, Sessions, parse_client_keys
 from .backfill import Backfill
 from .catalog import ModelCatalog
+from .cluster import NoCluster
 from .config import Settings
 from .handlers import admin, admin_keys, admin_settings, admin_usage, api
 from .handlers.base import NotFoundHandler
@@ -77,6 +78,7 @@ class OrpollApp(tornado.web.Application):
         self.started_at = time.time()
         self.traffic = Traffic()
         self.write_behind = WriteBehind(store, scheduler)
+        self.cluster: NoCluster = NoCluster()  # server.py joins a cluster when configured
         self._open_usage(ledger)
         self._open_admin()
         settings = {
@@ -147,6 +149,7 @@ class OrpollApp(tornado.web.Application):
         self.upstream.close()
         self.write_behind.stop()
         await self.write_behind.flush()
+        await self.cluster.stop()
         self.store.close()
         if self.ledger.backfill is not None:
             await self.ledger.backfill.close()

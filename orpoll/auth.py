@@ -170,6 +170,10 @@ class LoginThrottle:
     ) -> None:
         self.max_failures, self.clock, self.base, self.cap = max_failures, clock, base, cap
         self.failures: dict[str, tuple[int, float]] = {}  # addr -> (count, last failure)
+        # Told of every counted failure (False) and success (True) by address, for instances
+        # that share the count; their news comes back through ``failed``/``succeeded`` with
+        # ``shared=True``, which tells nobody.
+        self.notify: Callable[[str, bool], None] | None = None
 
     def retry_after(self, addr: str) -> float:
         """Seconds ``addr`` must wait before its next attempt (0 = may try now)."""
@@ -188,7 +192,9 @@ class LoginThrottle:
             return wait, self.failures[addr][0]
         return 0.0, self.failed(addr)
 
-    def failed(self, addr: str) -> int:
+    def failed(self, addr: str, shared: bool = False) -> int:
+        if self.notify is not None and not shared:
+            self.notify(addr, False)
         now = self.clock()
         count, last = self.failures.get(addr, (0, 0.0))
         if now - last > self.cap:
@@ -198,7 +204,9 @@ class LoginThrottle:
             self._forget(now)
         return count + 1
 
-    def succeeded(self, addr: str) -> None:
+    def succeeded(self, addr: str, shared: bool = False) -> None:
+        if self.notify is not None and not shared:
+            self.notify(addr, True)
         self.failures.pop(addr, None)
 
     def _forget(self, now: float) -> None:
@@ -233,6 +241,13 @@ class Sessions:
     ) -> None:
         self.store, self.lifetime, self.clock = store, lifetime, clock
         self.active: dict[str, Session] = {}
+        # Told of each session saved ("add", with the Session) or ended ("revoke" with its id,
+        # "revoke_all"), for instances that share sessions; ``adopt``/``drop`` tell nobody.
+        self.notify: Callable[[str, Any], None] | None = None
+
+    def _tell(self, what: str, arg: Any = None) -> None:
+        if self.notify is not None:
+            self.notify(what, arg)
 
     @staticmethod
     def sid_of(token: str) -> str:
@@ -249,6 +264,7 @@ class Sessions:
         s = Session(self.sid_of(token), now, now + self.lifetime(), addr, now)
         await self.store.run(self.store.add_session, s.sid, s.created, s.expires, s.addr)
         self.active[s.sid] = s
+        self._tell("add", s)
         return token
 
     def get(self, token: str | None) -> Session | None:
@@ -267,17 +283,34 @@ class Sessions:
         s.refreshed = now = self.clock()
         s.expires = now + self.lifetime()
         await self.store.run(self.store.touch_session, s.sid, s.expires)
+        self._tell("add", s)
 
     async def revoke(self, token: str) -> None:
         sid = self.sid_of(token)
         self.active.pop(sid, None)
         await self.store.run(self.store.delete_sessions, sid)
+        self._tell("revoke", sid)
 
     async def revoke_all(self) -> int:
         n = len(self.active)
         self.active.clear()
         await self.store.run(self.store.delete_sessions, None)
+        self._tell("revoke_all")
         return n
+
+    async def adopt(self, sid: str, created: float, expires: float, addr: str) -> None:
+        """Another instance's session (already saved there)."""
+        if expires > self.clock():
+            self.active[sid] = Session(sid, created, expires, addr, self.clock())
+            await self.store.run(self.store.add_session, sid, created, expires, addr)
+
+    async def drop(self, sid: str | None) -> None:
+        """End one session (None: every session) that another instance ended."""
+        if sid is None:
+            self.active.clear()
+        else:
+            self.active.pop(sid, None)
+        await self.store.run(self.store.delete_sessions, sid)
 
     def revoke_all_now(self) -> None:
         """Synchronous revoke_all for start-up."""

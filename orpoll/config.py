@@ -294,6 +294,9 @@ class Settings:
         max=86400,
     )
     data_dir: str = _opt("./data", "DATA_DIR", "directory of the SQLite database and secrets")
+    redis_url: str = _opt(
+        "", "REDIS_URL", "Redis that instances sharing one key pool use; empty = alone", secret=True
+    )
     admin_password: str = _opt(
         "", "ADMIN_PASSWORD", "admin password; empty = generated once and logged", secret=True
     )

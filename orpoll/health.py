@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,9 @@ class HealthChecker:
         self._first: object | None = None
         self._cursor = 0
         self.last_sweep: dict[str, Any] = {}
+        # Narrows a sweep's keys to this instance's share when several instances share the
+        # pool (each key is probed once per interval by all of them together).
+        self.claim: Callable[[list[KeyState]], Awaitable[list[KeyState]]] | None = None
         scheduler.upstream.probe = self.probe_upstream
 
     async def probe_upstream(self) -> bool:
@@ -102,6 +105,8 @@ class HealthChecker:
         Never raises.
         """
         keys = [k for k in self.scheduler if k.enabled] if everything else self.due()
+        if self.claim is not None and not everything:
+            keys = await self.claim(keys)
         sem = asyncio.Semaphore(self.config().health_concurrency)
         results: dict[str, int] = {}
 

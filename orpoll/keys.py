@@ -104,6 +104,9 @@ class KeyState:
     successes: int = 0
     errors: int = 0
     added_at: float = 0.0
+    # When the operator last changed the key (added, weight, label, enabled): instances sharing
+    # one pool merge their copies by it, the newer change winning.
+    rev: float = 0.0
     slot: int = -1
     group: str = ""  # account the key belongs to (from /api/v1/key), "" = unknown
     info: dict[str, Any] = field(default_factory=dict)  # from /api/v1/key probes

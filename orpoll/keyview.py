@@ -208,13 +208,19 @@ def reload_plan(
 
 
 def apply_reload(
-    sched: KeyScheduler, remove: list[str], add: list[KeyState], kept: list[tuple[int, str]]
+    sched: KeyScheduler,
+    remove: list[str],
+    add: list[KeyState],
+    kept: list[tuple[int, str]],
+    rev: float = 0.0,
 ) -> None:
-    """Apply a reload plan to the pool in one step (no await inside)."""
+    """Apply a reload plan to the pool in one step (no await inside); ``rev`` is the
+    change's time."""
     for kid in remove:
         sched.remove(kid)
     for ks in add:
-        sched.add(ks.key, ks.weight, added_at=ks.added_at)
+        sched.add(ks.key, ks.weight, added_at=ks.added_at, rev=rev)
     for weight, kid in kept:
         if kid in sched.keys:
             sched.set_weight(sched.keys[kid], weight)
+            sched.keys[kid].rev = rev

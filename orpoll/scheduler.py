@@ -82,6 +82,22 @@ class KeyScheduler(InFlight):
             self._join_group(ks, group)
             self.changes.changed(ks.id)
 
+    def assume(self, ks: KeyState, shared: dict[str, Any]) -> None:
+        """Take on the state another instance decided for the key (``cluster.rows.state_of``):
+        the same cooldowns with the same reset times, as if the verdict had been ours."""
+        old = self._weights(ks)
+        ks.state, ks.until = shared["state"], shared["until"]
+        ks.free_until, ks.reason, ks.kind = shared["free_until"], shared["reason"], shared["kind"]
+        ks.info = shared["info"]
+        self._sync(ks, old)
+        if ks.group != shared["group"]:
+            self._join_group(ks, shared["group"])
+        if ks.state == "cooling":
+            self._schedule(ks, ks.until, "all")
+        if ks.free_until:
+            self._schedule(ks, ks.free_until, "free")
+        self.changes.changed(ks.id)
+
     # ---- state changes ----------------------------------------------------------------------
 
     def _schedule(self, ks: KeyState, at: float, scope: str) -> None:

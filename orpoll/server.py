@@ -21,6 +21,7 @@ from tornado.netutil import bind_sockets
 
 from . import __version__, cli, workers
 from .app import OrpollApp, make_app
+from .cluster import check_url, open_cluster
 from .config import ConfigError, Settings, load_dotenv_file
 from .fast import HttpServer, make_server
 from .logs import plural, setup_logging
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         config = cli.load(argv, os.environ)
         count = workers.worker_count(config.workers)
         cli.check_data_dir(config.data_dir)
+        check_url(config.redis_url)
         setup_logging(config)
         if count > 1:
             sys.exit(supervise(config, count))
@@ -150,6 +152,10 @@ async def serve(
     except (sqlite3.Error, OSError) as e:
         raise StoreError(f"cannot open the database in {config.data_dir}: {e}") from None
     app.ready = False
+    # Joined before taking requests: a new instance serves the shared pool from its first
+    # request (connections wait in the listen queue meanwhile).
+    app.cluster = open_cluster(app, os.environ)
+    await app.cluster.start()
     server = make_server(
         app,
         fast=config.fast,

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -67,14 +68,33 @@ CREATE TABLE IF NOT EXISTS sessions (
 # schema of the first release; its statements are idempotent, so a database made before
 # versions were recorded (user_version 0, tables present) is simply stamped 1. A change to the
 # schema is a new entry at the end (ALTER TABLE, a new table, a data fix), never an edit.
-MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+MIGRATIONS: tuple[str, ...] = (
+    SCHEMA,
+    # rev: when the operator last changed a key; gone: when a key was deleted. Instances that
+    # share one pool merge their copies by these times (orpoll/cluster).
+    """ALTER TABLE keys ADD COLUMN rev REAL NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS gone (id TEXT PRIMARY KEY, at REAL NOT NULL);""",
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 INSERT = (
-    f"INSERT OR IGNORE INTO keys (id, secret, sealed, weight, label, enabled, added_at, "
-    f"{', '.join(COLUMNS)}, info) VALUES ({', '.join('?' * (len(COLUMNS) + 8))})"
+    f"INSERT OR IGNORE INTO keys (id, secret, sealed, weight, label, enabled, added_at, rev, "
+    f"{', '.join(COLUMNS)}, info) VALUES ({', '.join('?' * (len(COLUMNS) + 9))})"
 )
 SAVE_STATE = f"UPDATE keys SET {', '.join(c + '=?' for c in COLUMNS)}, info=? WHERE id=?"
 SAVE_COUNTERS = "UPDATE keys SET requests=?, successes=?, last_used=? WHERE id=?"
+
+
+def statements(script: str) -> list[str]:
+    """The SQL statements of ``script``, one by one (executescript cannot run in a transaction
+    that also checks the schema's version)."""
+    found, buf = [], ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                found.append(buf)
+            buf = ""
+    return found
 
 
 class StoreError(RuntimeError):
@@ -133,15 +153,23 @@ class Store:
         for n in range(version, len(migrations)):
             if n:
                 log.info("upgrading %s: schema version %d to %d", self.path, n, n + 1)
-            try:
-                self.db.executescript(
-                    f"BEGIN IMMEDIATE;\n{migrations[n]}\nPRAGMA user_version = {n + 1};\nCOMMIT;"
-                )
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
+            self._migrate_step(n, migrations[n])
         return version
+
+    def _migrate_step(self, n: int, script: str) -> None:
+        """Version ``n`` to ``n + 1`` in one transaction, unless another process (a worker
+        sharing DATA_DIR, started at the same moment) has made the step meanwhile."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] <= n:
+                for statement in statements(script):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {n + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def backup(self, path: str) -> None:
         """A consistent copy of the database at ``path`` (mode 0600), made while it is in use."""
@@ -240,7 +268,7 @@ class Store:
         """INSERT parameters for ``ks``: the key (sealed when configured) and all columns."""
         sealer = self.sealer
         secret, sealed = (ks.key, 0) if sealer is None else (sealer.seal(ks.key, ks.id), 1)
-        head = (ks.id, secret, sealed, ks.weight, ks.label, int(ks.enabled), ks.added_at)
+        head = (ks.id, secret, sealed, ks.weight, ks.label, int(ks.enabled), ks.added_at, ks.rev)
         return head + state_row(ks)[:-1]
 
     # ---- keys -------------------------------------------------------------------------------
@@ -251,13 +279,13 @@ class Store:
 
     def iter_keys(self) -> Iterator[dict[str, Any]]:
         """load_keys() one row at a time (a large pool need not be in memory twice)."""
-        sql = f"SELECT id, secret, sealed, weight, label, enabled, added_at, {', '.join(COLUMNS)}"
-        for row in self.db.execute(sql + ", info FROM keys ORDER BY rowid"):
+        head = "SELECT id, secret, sealed, weight, label, enabled, added_at, rev"
+        for row in self.db.execute(f"{head}, {', '.join(COLUMNS)}, info FROM keys ORDER BY rowid"):
             kid, secret, sealed = row[:3]
             key = self._open(secret, kid) if sealed else secret
-            entry = dict(zip(STATE, row[7:-1], strict=True))
+            entry = dict(zip(STATE, row[8:-1], strict=True))
             entry.update(key=key, weight=row[3], label=row[4], enabled=bool(row[5]))
-            entry.update(added_at=row[6], info=json.loads(row[-1]) if row[-1] else {})
+            entry.update(added_at=row[6], rev=row[7], info=json.loads(row[-1]) if row[-1] else {})
             yield entry
 
     def key_ids(self) -> list[str]:
@@ -268,27 +296,48 @@ class Store:
         rows = [self._row(ks) for ks in keys]
         with self._tx() as db:
             db.executemany(INSERT, rows)
+            db.executemany("DELETE FROM gone WHERE id=?", [(row[0],) for row in rows])
 
-    def delete_keys(self, ids: Iterable[str]) -> None:
+    def delete_keys(self, ids: Iterable[str], at: float | None = None) -> None:
+        """Delete keys, remembering when (``at``, default now) for instances sharing the pool."""
+        when = time.time() if at is None else at
         with self._tx() as db:
-            db.executemany("DELETE FROM keys WHERE id=?", [(kid,) for kid in ids])
+            self._forget(db, ids, when)
+
+    @staticmethod
+    def _forget(db: sqlite3.Connection, ids: Iterable[str], at: float) -> None:
+        rows = [(kid,) for kid in ids]
+        db.executemany("DELETE FROM keys WHERE id=?", rows)
+        db.executemany("INSERT OR REPLACE INTO gone VALUES (?, ?)", [(r[0], at) for r in rows])
+
+    def gone(self) -> dict[str, float]:
+        """Deleted key ids and when they were deleted."""
+        return dict(self.db.execute("SELECT id, at FROM gone"))
 
     def update_key(self, kid: str, **columns: Any) -> None:
-        """Set operator columns (weight, label, enabled) of one key."""
-        assert set(columns) <= {"weight", "label", "enabled"}, columns
+        """Set operator columns (weight, label, enabled, rev) of one key."""
+        assert set(columns) <= {"weight", "label", "enabled", "rev"}, columns
         sql = f"UPDATE keys SET {', '.join(c + '=?' for c in columns)} WHERE id=?"
         with self._tx() as db:
             db.execute(sql, (*columns.values(), kid))
 
     def replace_keys(
-        self, remove: Iterable[str], add: Iterable[KeyState], weights: Iterable[tuple[int, str]]
+        self,
+        remove: Iterable[str],
+        add: Iterable[KeyState],
+        weights: Iterable[tuple[int, str]],
+        at: float = 0.0,
     ) -> None:
-        """One transaction: delete ``remove``, insert ``add``, set (weight, id) pairs."""
+        """One transaction: delete ``remove``, insert ``add``, set (weight, id) pairs; ``at``
+        is the change's time (deletions and kept keys' rev)."""
         rows = [self._row(ks) for ks in add]
         with self._tx() as db:
-            db.executemany("DELETE FROM keys WHERE id=?", [(kid,) for kid in remove])
+            self._forget(db, remove, at)
             db.executemany(INSERT, rows)
-            db.executemany("UPDATE keys SET weight=? WHERE id=?", list(weights))
+            db.executemany("DELETE FROM gone WHERE id=?", [(row[0],) for row in rows])
+            db.executemany(
+                "UPDATE keys SET weight=?, rev=? WHERE id=?", [(w, at, k) for w, k in weights]
+            )
 
     def save_state(self, rows: list[Row], counters: Sequence[Row] = ()) -> None:
         """Write-behind of runtime state: rows from ``state_row`` and ``counter_row``."""
@@ -320,8 +369,11 @@ class Store:
         return self.db.execute("SELECT id, created, expires, addr FROM sessions").fetchall()
 
     def add_session(self, sid: str, created: float, expires: float, addr: str) -> None:
+        """Store a session (or replace one with the same id: another instance's copy)."""
         with self._tx() as db:
-            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (sid, created, expires, addr))
+            db.execute(
+                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)", (sid, created, expires, addr)
+            )
 
     def touch_session(self, sid: str, expires: float) -> None:
         with self._tx() as db:

@@ -4,17 +4,19 @@ WriteBehind saves what the scheduler changed since, off the proxy path."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from tornado.ioloop import PeriodicCallback
 
+from .keys import KeyState
 from .logs import plural
 from .scheduler import KeyScheduler
 from .store import Row, Store, counter_row, state_row
 
 log = logging.getLogger("orpoll.store")
-# Keys that only served requests (counters moved, state did not) are saved this often, in ticks.
-COUNTERS_EVERY = 30
+# Keys that only served requests (counters moved, state did not) are saved this often.
+COUNTERS_SECONDS = 30.0
 
 
 def load_pool(store: Store, scheduler: KeyScheduler) -> bool:
@@ -33,7 +35,7 @@ def load_pool(store: Store, scheduler: KeyScheduler) -> bool:
 
 class WriteBehind:
     """Writes the scheduler's changed runtime state to the store, about once a second
-    (counters of keys that only served requests every COUNTERS_EVERY seconds).
+    (counters of keys that only served requests every COUNTERS_SECONDS).
 
     ``flush()`` is a plain async method; ``start()``/``stop()`` wrap it in a PeriodicCallback
     (only server.py starts it; tests await ``flush()``).
@@ -43,6 +45,9 @@ class WriteBehind:
         self.store, self.scheduler, self.interval = store, scheduler, interval
         self._periodic: PeriodicCallback | None = None
         self._ticks = 0
+        # Also handed the keys whose state changed, as they are saved (a cluster publishes
+        # them: the write-behind already knows which keys changed).
+        self.publish: Callable[[list[KeyState]], None] | None = None
 
     def start(self) -> None:
         self.stop()
@@ -59,16 +64,19 @@ class WriteBehind:
         changes, and with ``counters`` also counter rows for keys that only served requests."""
         state, served = self.scheduler.changes.take(counters)
         get = self.scheduler.keys.get
-        rows = [state_row(ks) for kid in state if (ks := get(kid)) is not None]
+        changed = [ks for kid in state if (ks := get(kid)) is not None]
+        if self.publish is not None and changed:
+            self.publish(changed)
         counts = [counter_row(ks) for kid in served if (ks := get(kid)) is not None]
-        return rows, counts
+        return [state_row(ks) for ks in changed], counts
 
     async def tick(self) -> int:
-        """The periodic flush: state every time, counters every COUNTERS_EVERY-th time, because
+        """The periodic flush: state every time, counters every COUNTERS_SECONDS, because
         a busy pool moves thousands of keys' counters a second and rewriting them all each
         second would take the proxy's time for little worth keeping."""
         self._ticks += 1
-        return await self.flush(counters=self._ticks % COUNTERS_EVERY == 0)
+        every = max(1, round(COUNTERS_SECONDS / self.interval))
+        return await self.flush(counters=self._ticks % every == 0)
 
     async def flush(self, counters: bool = True) -> int:
         """Save what changed; returns the number of keys written. Never raises."""

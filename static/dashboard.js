@@ -56,6 +56,16 @@
     banner.textContent = t("upstream.down", { reason, since, retry: num(up.retry_after) });
   }
 
+  /** Cut off from the other instances sharing the pool: this one serves from its own state. */
+  function renderCluster(cluster, now) {
+    const banner = $("cluster-banner");
+    banner.hidden = !(cluster && cluster.backend !== "none" && !cluster.connected);
+    if (banner.hidden) return;
+    const since = cluster.since ? t("upstream.since", { time: clock(cluster.since), duration: duration(now - cluster.since) }) : "";
+    const reason = cluster.error ? t("upstream.reason", { reason: cluster.error }) : "";
+    banner.textContent = t("cluster.degraded", { backend: cluster.backend, reason, since });
+  }
+
   /** "Checked 4 keys just now in 1.2 s: 3 ok, 1 invalid" from a sweep summary. */
   function sweepText(sweep, now) {
     const results = Object.entries(sweep.results || {}).sort((a, b) => b[1] - a[1])
@@ -76,6 +86,7 @@
     const now = Date.now() / 1000 + view.skew;
     renderTraffic(data.requests);
     renderUpstream(data.upstream, now);
+    renderCluster(data.cluster, now);
     if (!view.sweeping && data.health && data.health.at) {
       $("check-result").textContent = sweepText(data.health, now);
       $("check-result").hidden = false;

@@ -108,6 +108,7 @@ class FakeUpstream:
         self.state = FakeOpenRouter()
         self.loop = asyncio.new_event_loop()
         sock, self.port = bind_unused_port()
+        self.sock = sock
         ready = threading.Event()
 
         def run() -> None:
@@ -129,8 +130,14 @@ class FakeUpstream:
         return f"http://127.0.0.1:{self.port}/api/v1"
 
     def stop(self) -> None:
+        """Stop serving and release the socket and the loop (a test process runs hundreds of
+        these, and descriptors above 1024 break ``select``)."""
+
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
+            self.sock.close()
 
 
 def child_env(upstream: FakeUpstream, data_dir: str, **extra: str) -> dict[str, str]:

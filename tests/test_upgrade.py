@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import urllib.request
 
 import pytest
@@ -126,3 +127,29 @@ def test_a_database_from_a_newer_release_is_refused(tmp_path):
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
         Store(path)
     assert user_version(path) == SCHEMA_VERSION + 1
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_workers_opening_an_old_database_at_once_all_come_up(tmp_path, attempt):
+    """Worker processes sharing DATA_DIR start together: one migrates, the others find the
+    schema already upgraded (their own attempt fails on the done step and is not an error)."""
+    path = os.path.join(release_data_dir(str(tmp_path / "data")), DB_NAME)
+    start, stores, errors = threading.Barrier(6), [], []
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            stores.append(Store(path))
+        except Exception as e:  # noqa: BLE001 (the finding)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and len(stores) == 6
+    assert user_version(path) == SCHEMA_VERSION
+    for store in stores:
+        assert len(store.load_keys()) == 2
+        store.close()

@@ -8,7 +8,7 @@ import pytest
 from orpoll.keys import KeyState
 from orpoll.scheduler import KeyScheduler
 from orpoll.store import Store
-from orpoll.writebehind import COUNTERS_EVERY, WriteBehind, load_pool
+from orpoll.writebehind import COUNTERS_SECONDS, WriteBehind, load_pool
 
 KEYS = ["sk-or-v1-store-aaaa1111", "sk-or-v1-store-bbbb2222", "sk-or-v1-store-cccc3333"]
 
@@ -50,7 +50,7 @@ async def test_served_requests_are_saved_less_often_than_state_changes(store):
     assert await wb.tick() == 1  # b's failure at once; a's counters wait
     rows = {r["key"]: r for r in store.load_keys()}
     assert rows[b.key]["failures"] == 1 and rows[a.key]["requests"] == 0
-    for _ in range(COUNTERS_EVERY - 1):
+    for _ in range(int(COUNTERS_SECONDS) - 1):
         await wb.tick()
     rows = {r["key"]: r for r in store.load_keys()}
     assert rows[a.key]["requests"] == rows[a.key]["successes"] == 5

@@ -124,6 +124,10 @@ class AdminHandler(BaseHandler):
 
     async def prepare(self) -> None:
         session, sessions = self.current_user, self.application.sessions
+        if session is None and self._token:
+            # A session started on another instance a moment ago, its news still on the way.
+            if await self.application.cluster.find_session(sessions.sid_of(self._token)):
+                session = self.current_user = sessions.get(self._token)
         if session is not None and self._token and sessions.stale(session):
             await sessions.refresh(session)  # sliding expiry; the cookie is renewed with it
             self.set_session_cookie(self._token)
@@ -135,6 +139,7 @@ class AdminHandler(BaseHandler):
     async def start_session(self) -> None:
         self._token = await self.application.sessions.create(self.request.remote_ip or "")
         self.set_session_cookie(self._token)
+        await self.application.cluster.settle()  # the next request may go to another instance
 
     async def password_ok(self, password: str) -> bool:
         """Check the admin password under the per-address throttle (RateLimited while the
@@ -280,6 +285,7 @@ class LogoutHandler(AdminHandler):
     async def post(self) -> None:
         if self.current_user is not None and self._token:
             await self.application.sessions.revoke(self._token)
+            await self.application.cluster.settle()
         self.clear_cookie(SESSION_COOKIE, path="/admin")
         if is_json(self.request) or not self.request.body:
             return self.write_json({"message": "logged out"})
@@ -306,6 +312,7 @@ class PasswordHandler(AdminApiHandler):
         if problem:
             raise errors.BadRequest(problem, param="new_password", code="weak_password")
         await password.change(new)
+        await self.application.cluster.password_changed()
         revoked = await self.application.sessions.revoke_all()
         await self.start_session()
         log.warning(

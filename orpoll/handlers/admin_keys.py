@@ -42,20 +42,25 @@ class KeysHandler(AdminApiHandler):
         """Store, then pool, the entries not already pooled; returns the added keys."""
         sched, store, now = self.scheduler, self.application.store, self.now()
         fresh = [
-            KeyState(key, weight, label, added_at=now)
+            KeyState(key, weight, label, added_at=now, rev=now)
             for key, weight in entries
             if key_id(key) not in sched.keys
         ]
         if fresh:
             await store.run(store.insert_keys, fresh)
-        added = [sched.add(ks.key, ks.weight, ks.label, added_at=ks.added_at) for ks in fresh]
-        return [ks for ks in added if ks is not None]
+        added = [
+            sched.add(ks.key, ks.weight, ks.label, added_at=ks.added_at, rev=ks.rev) for ks in fresh
+        ]
+        pooled = [ks for ks in added if ks is not None]
+        self.application.cluster.keys_edited([ks.id for ks in pooled])
+        return pooled
 
     async def remove_keys(self, keys: list[KeyState]) -> None:
-        store = self.application.store
-        await store.run(store.delete_keys, [ks.id for ks in keys])
+        store, at = self.application.store, self.now()
+        await store.run(store.delete_keys, [ks.id for ks in keys], at)
         for ks in keys:
             self.scheduler.remove(ks.id)
+        self.application.cluster.keys_removed([ks.id for ks in keys], at)
         ids = ", ".join(k.id for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
         log.info("admin deleted %s (%s)", plural(len(keys), "key"), ids)
 
@@ -93,6 +98,7 @@ class KeyStatusHandler(KeysHandler):
                 "counts": self.scheduler.counts(),
                 "requests": self.application.traffic.summary(),
                 "upstream": self.scheduler.upstream.state(),
+                "cluster": self.application.cluster.state(),
                 "health": self.application.health.last_sweep,
                 "now": now,
             }
@@ -243,10 +249,14 @@ class ReloadKeysHandler(KeysHandler):
                 param=FIELD,
                 code="would_empty_pool",
             )
-        remove, add, kept = reload_plan(self.scheduler, entries, self.now())
+        now = self.now()
+        remove, add, kept = reload_plan(self.scheduler, entries, now)
         store = self.application.store
-        await store.run(store.replace_keys, remove, add, kept)
-        apply_reload(self.scheduler, remove, add, kept)  # no await before: one step
+        await store.run(store.replace_keys, remove, add, kept, now)
+        apply_reload(self.scheduler, remove, add, kept, now)  # no await before: one step
+        cluster = self.application.cluster
+        cluster.keys_removed(remove, now)
+        cluster.keys_edited([ks.id for ks in add] + [kid for _, kid in kept])
         log.warning(
             "admin reloaded the pool: %d added, %d removed, %d kept",
             len(add),
@@ -278,8 +288,12 @@ class KeyActionHandler(KeysHandler):
         self.write_json({**out, "key": key_row(ks, self.now())})
 
     async def save(self, ks: KeyState, **columns: Any) -> None:
-        store = self.application.store
-        await store.run(lambda: store.update_key(ks.id, **columns))
+        """Store operator columns; the key's rev moves (the in-memory one once the caller
+        applied the change, which it does before its next await)."""
+        store, rev = self.application.store, self.now()
+        await store.run(lambda: store.update_key(ks.id, rev=rev, **columns))
+        ks.rev = rev
+        self.application.cluster.keys_edited([ks.id])
 
     async def do_weight(self, ks: KeyState) -> dict[str, Any]:
         weight = self.weight_of(self.json_body())

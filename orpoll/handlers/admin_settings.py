@@ -105,6 +105,7 @@ class SettingsHandler(AdminApiHandler):
         }
         await app.store.run(app.store.save_settings, stored)
         app.apply_settings(self.changed(app.config, changes))  # current config: edits may race
+        await app.cluster.settings_saved()
         log.info("settings changed in the admin: %s", ", ".join(sorted(changes)))
         self.write_json(
             {
@@ -144,6 +145,7 @@ class AppStatusHandler(AdminApiHandler):
                 "sessions": len(app.sessions.active),
                 "admin_password_source": "env" if app.password.from_env else "store",
                 "encrypted_at_rest": app.store.sealer is not None,
+                "cluster": app.cluster.state(),
                 "settings": app.config.public(),
             }
         )

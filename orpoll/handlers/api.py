@@ -305,7 +305,8 @@ def health_of(app: OrpollApp) -> tuple[dict[str, Any], bool]:
     """The body /healthz and /readyz answer, and whether the process should get traffic.
 
     ``status`` is ``draining`` while shutting down, ``degraded`` when no key is usable or the
-    upstream is down (the process still serves: errors with Retry-After), else ``ok``.
+    upstream is down (the process still serves: errors with Retry-After) or the cluster's
+    backend is unreachable (it serves as usual), else ``ok``.
     """
     counts = app.scheduler.counts()
     upstream = app.scheduler.upstream
@@ -317,6 +318,13 @@ def health_of(app: OrpollApp) -> tuple[dict[str, Any], bool]:
         status = "ok"
     ready = app.ready and status == "ok"
     body = {"status": status, "ready": ready, "keys": counts, "upstream": upstream.state()}
+    cluster = app.cluster
+    if cluster.enabled:
+        # Cut off from the other instances, this one still serves from its own state: it
+        # stays ready, and says it is degraded.
+        body["cluster"] = cluster.state()
+        if cluster.degraded and status == "ok":
+            body["status"] = "degraded"
     return body, ready
 
 
