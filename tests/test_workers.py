@@ -22,7 +22,7 @@ import pytest
 
 from orpoll.server import STARTUP_SWEEP_SECONDS
 from orpoll.workers import MAX_WORKERS, worker_count
-from tests.admin_helpers import PASSWORD, ROOT, child_env, free_port
+from tests.admin_helpers import PASSWORD, ROOT, SyncAdmin, child_env, free_port
 from tests.conftest import FAST, raw_chat_request
 from tests.test_shutdown import STREAM, dechunk, read_until_closed
 from tests.test_startup import assert_one_line_error, run
@@ -297,3 +297,25 @@ def test_log_lines_name_the_worker_only_with_several():
     assert TextFormatter(1).line(0.0, 20, "orpoll", "hi").endswith(" I [worker 1] orpoll: hi")
     assert "worker" not in json.loads(JsonFormatter().line(0.0, 20, "orpoll", "hi"))
     assert json.loads(JsonFormatter(1).line(0.0, 20, "orpoll", "hi"))["worker"] == 1
+
+
+def test_every_worker_shows_the_minutes_and_todays_figures_of_all(upstream, spawn, tmp_path):
+    proc = start_workers(spawn, workers_env(upstream, tmp_path))
+    served = 0
+    while set(ACCESS.findall(proc.log())) != {"0", "1"}:
+        assert served < 400, proc.log()[-3000:]
+        assert set(chat_in_parallel(proc.url, 40)) == {200}
+        served += 40
+    admin = SyncAdmin(proc.url)
+    admin.login()
+    since = int(time.time()) - 3600
+
+    def figures() -> tuple[int, int]:
+        minutes = admin.ok("GET", f"/admin/usage?group_by=minute&since={since}")["data"]
+        keys = admin.ok("GET", "/admin/key-status?page=1&limit=50")["keys"]
+        return sum(m["requests"] for m in minutes), sum(k["today_requests"] for k in keys)
+
+    # Each worker re-reads the shared ledger every 2 s; new connections land on either one.
+    wait_for(lambda: figures() == (served, served), timeout=15, what="the figures of all")
+    for _ in range(6):
+        assert figures() == (served, served)
